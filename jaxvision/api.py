@@ -1,0 +1,90 @@
+"""create_model / load_pretrained: the ways from a name (and weights) to a model."""
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from jaxvision.convert import merge, store
+from jaxvision.convert import torchvision as tv
+from jaxvision.registry import get_spec
+
+
+def build_model(name: str, num_classes: Optional[int] = None, dtype: Any = jnp.float32,
+                features_only: bool = False, out_indices: Optional[Sequence[int]] = None,
+                **model_kwargs):
+    spec = get_spec(name)
+    kwargs = {**spec.default_kwargs, **model_kwargs}
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    if out_indices is not None:
+        kwargs["out_indices"] = tuple(out_indices)
+    return spec.builder(dtype=dtype, features_only=features_only, **kwargs)
+
+
+def dummy_input(model, name: str, batch: int = 1):
+    size = getattr(model, "image_size", None) or get_spec(name).input_size
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    return jnp.zeros((batch, *size, 3), jnp.float32)
+
+
+def init_variables(model, name: str, rng=None, abstract: bool = False):
+    """The model's variables (or only their shapes, ``abstract=True``), created in eval mode."""
+    x = dummy_input(model, name)
+    rng = jax.random.key(0) if rng is None else rng
+    init = jax.jit(lambda r, x: model.init(r, x, train=False))
+    return dict(jax.eval_shape(init, rng, x) if abstract else init(rng, x))
+
+
+def load_pretrained(name: str, state_dict: Any, strict: bool = True, *, model=None,
+                    return_report: bool = False, **model_kwargs):
+    """Flax variables for model ``name`` from a torchvision state_dict.
+
+    ``state_dict``: a mapping of tensors/arrays, a torch module, or a ``.pth`` path.
+    ``strict=True`` demands that every tensor and every model variable find its partner with the
+    same shape; ``strict=False`` loads what fits and keeps the model's initial values for the
+    rest (e.g. a new head).  A ``features_only`` model ignores the classifier's tensors.
+    """
+    spec = get_spec(name)
+    model = build_model(name, **model_kwargs) if model is None else model
+    sd = tv.as_state_dict(state_dict)
+    if spec.adapt_state_dict is not None:
+        sd = spec.adapt_state_dict(dict(sd), model)
+    target = init_variables(model, name, abstract=strict)
+    report = merge.Report()
+    source, names = tv.map_state_dict(sd, target, report)
+    variables = merge.fill(target, source, names, report, strict,
+                           allow_unexpected=bool(getattr(model, "features_only", False)))
+    return (variables, report) if return_report else variables
+
+
+def _from_store(name: str, path, model, strict: bool):
+    meta, saved = store.load(path)
+    if meta.get("model") != name:
+        raise merge.ConversionError(f"{path}: holds weights for {meta.get('model')!r}, "
+                                    f"not {name!r}")
+    target = init_variables(model, name, abstract=strict)
+    report = merge.Report()
+    source = merge.flatten(saved)
+    variables = merge.fill(target, source, {}, report, strict,
+                           allow_unexpected=bool(getattr(model, "features_only", False)))
+    return variables
+
+
+def create_model(name: str, num_classes: Optional[int] = None, pretrained=None,
+                 dtype: Any = jnp.float32, features_only: bool = False,
+                 out_indices: Optional[Sequence[int]] = None, strict: bool = True,
+                 **model_kwargs):
+    """A ``flax.linen.Module`` for ``name``; with ``pretrained`` (a torchvision ``.pth`` file or a
+    directory written by ``jaxvision convert``), ``(module, variables)``."""
+    if pretrained is not None and store.is_store(pretrained) and num_classes is None:
+        saved_kwargs: Mapping = store.read_meta(pretrained).get("model_kwargs", {})
+        num_classes = saved_kwargs.get("num_classes")
+    model = build_model(name, num_classes, dtype, features_only, out_indices, **model_kwargs)
+    if pretrained is None:
+        return model
+    if os.path.isdir(os.fspath(pretrained)):
+        return model, _from_store(name, pretrained, model, strict)
+    return model, load_pretrained(name, tv.load_state_dict(pretrained), strict, model=model)

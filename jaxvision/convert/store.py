@@ -1,0 +1,73 @@
+"""Converted variables on disk: an Orbax checkpoint plus a small JSON naming the model.
+
+A directory is written under a temporary name and renamed into place at the end, so a failure
+at any point leaves nothing at the destination.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from jaxvision.convert.merge import ConversionError
+
+META = "jaxvision.json"
+ITEM = "variables"
+
+
+def is_store(path) -> bool:
+    return os.path.isfile(os.path.join(os.fspath(path), META))
+
+
+def save(out_dir, model_name: str, variables: Mapping, model_kwargs: Mapping[str, Any],
+         extra: Mapping[str, Any] | None = None) -> str:
+    out_dir = os.path.abspath(os.fspath(out_dir))
+    if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
+        raise FileExistsError(f"{out_dir}: already exists and is not empty; refusing to overwrite")
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
+    try:
+        tree = jax.tree.map(np.asarray, dict(variables))
+        with ocp.StandardCheckpointer() as ckptr:
+            ckptr.save(os.path.join(tmp, ITEM), tree)
+        meta = {"model": model_name, "model_kwargs": dict(model_kwargs), **(extra or {})}
+        with open(os.path.join(tmp, META), "w") as f:
+            json.dump(meta, f, indent=2, sort_keys=True)
+        if os.path.isdir(out_dir):
+            os.rmdir(out_dir)  # empty, checked above
+        os.rename(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def read_meta(path) -> dict:
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such file or directory")
+    try:
+        with open(os.path.join(path, META)) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConversionError(f"{path}: not a jaxvision weights directory (no readable {META}: "
+                              f"{e})") from e
+
+
+def load(path) -> tuple[dict, dict]:
+    """(metadata, variables as numpy arrays)."""
+    meta = read_meta(path)
+    item = os.path.join(os.path.abspath(os.fspath(path)), ITEM)
+    try:
+        with ocp.StandardCheckpointer() as ckptr:
+            variables = ckptr.restore(item)
+    except Exception as e:
+        raise ConversionError(f"{item}: could not restore the Orbax checkpoint ({e})") from e
+    return meta, jax.tree.map(np.asarray, variables)

@@ -1,0 +1,130 @@
+"""torchvision state_dict -> Flax variables.
+
+One generic rule, possible because jaxvision's parameter paths mirror torch's names: split the
+key on ``.``, join a numeric part to the part before it with ``_`` (``layer1.0.conv1`` ->
+``layer1_0/conv1``), then place the tensor by its leaf name:
+
+    weight        -> params kernel (transposed: OIHW -> HWIO, (out, in) -> (in, out)),
+                     else params scale, else batch_stats scale (frozen BN), else params weight
+    bias          -> params bias, else batch_stats bias
+    running_mean  -> batch_stats mean;  running_var -> batch_stats var
+    anything else -> params/<same name>, untouched (ViT's class_token, in_proj_weight, ...)
+
+``num_batches_tracked`` carries no weights and is reported as ignored.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from jaxvision.convert.merge import ConversionError, Path, Report, flatten
+
+_CANDIDATES = {
+    "weight": (("params", "kernel"), ("params", "scale"), ("batch_stats", "scale"),
+               ("params", "weight")),
+    "bias": (("params", "bias"), ("batch_stats", "bias")),
+    "running_mean": (("batch_stats", "mean"),),
+    "running_var": (("batch_stats", "var"),),
+}
+_IGNORED = ("num_batches_tracked",)
+
+
+def module_path(key: str) -> tuple[tuple[str, ...], str]:
+    parts = key.split(".")
+    modules: list[str] = []
+    for part in parts[:-1]:
+        if part.isdigit() and modules:
+            modules[-1] = f"{modules[-1]}_{part}"
+        else:
+            modules.append(part)
+    return tuple(modules), parts[-1]
+
+
+def _to_kernel(w: np.ndarray) -> np.ndarray:
+    if w.ndim == 4:  # conv OIHW -> HWIO
+        return w.transpose(2, 3, 1, 0)
+    if w.ndim == 3:  # conv1d OIK -> KIO
+        return w.transpose(2, 1, 0)
+    if w.ndim == 2:  # linear (out, in) -> (in, out)
+        return w.T
+    return w
+
+
+def to_numpy(value: Any) -> np.ndarray:
+    if hasattr(value, "detach"):  # a torch tensor, without importing torch
+        value = value.detach().cpu()
+        if str(value.dtype) in ("torch.bfloat16", "torch.float16"):
+            value = value.float()
+        return value.numpy().copy()  # torch may update the tensor in place later
+    return np.array(value)
+
+
+def map_state_dict(state_dict: Mapping[str, Any], target: Mapping, report: Report):
+    """Flax path for every torch key that has a place in ``target``; the rest are reported."""
+    leaves = set(flatten(target))
+    source: dict[Path, np.ndarray] = {}
+    names: dict[Path, str] = {}
+    for key, value in state_dict.items():
+        mods, leaf = module_path(key)
+        if leaf in _IGNORED:
+            report.ignored.append(key)
+            continue
+        candidates = _CANDIDATES.get(leaf, (("params", leaf),))
+        for collection, name in candidates:
+            path = (collection, *mods, name)
+            if path in leaves:
+                array = to_numpy(value)
+                source[path] = _to_kernel(array) if name == "kernel" else array
+                names[path] = key
+                break
+        else:
+            report.unexpected.append(key)
+    return source, names
+
+
+def _unwrap(obj: Any, path: str) -> Mapping[str, Any]:
+    """Accept a bare state_dict or the usual training-checkpoint wrappers around one."""
+    for wrapper in ("state_dict", "model", "model_state_dict", "model_ema"):
+        if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
+            obj = obj[wrapper]
+            break
+    if not isinstance(obj, Mapping) or not obj or not all(
+            isinstance(k, str) and hasattr(v, "shape") for k, v in obj.items()):
+        raise ConversionError(f"{path}: expected a torch state_dict (a mapping of parameter names "
+                              f"to tensors), found {type(obj).__name__}")
+    keys = list(obj)
+    if all(k.startswith("module.") for k in keys):  # saved from DistributedDataParallel
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return obj
+
+
+def load_state_dict(path: str | os.PathLike) -> Mapping[str, Any]:
+    """Read a ``.pth`` file with torch's ``weights_only`` loader: a file from the internet can
+    hold only tensors and plain containers, never code that runs here."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise ConversionError(f"{path}: is a directory, expected a torch .pth file")
+    try:
+        import torch
+    except ImportError as e:
+        raise ImportError("reading .pth files needs torch: pip install 'jaxvision[torch]'") from e
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for truncated, foreign or unsafe files
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConversionError(f"{path}: not a readable torch weights file ({first})") from e
+    return _unwrap(obj, path)
+
+
+def as_state_dict(source: Any) -> Mapping[str, Any]:
+    """A state_dict from a path, a torch module or a mapping."""
+    if isinstance(source, (str, os.PathLike)):
+        return load_state_dict(source)
+    if hasattr(source, "state_dict") and callable(source.state_dict):
+        return source.state_dict()
+    return _unwrap(source, "state_dict")

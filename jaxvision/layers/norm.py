@@ -1,0 +1,93 @@
+"""Normalisation layers with torch's semantics.
+
+``BatchNorm`` differs from ``flax.linen.BatchNorm`` where torch does: ``momentum`` is torch's
+(weight of the new batch statistic), and the running variance is updated with the *unbiased*
+batch variance while the batch itself is normalised with the biased one.  Statistics are always
+computed in float32, whatever the compute dtype.
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, Callable
+
+import jax.numpy as jnp
+import flax.linen as nn
+
+
+def _normalize(x, mean, var, scale, bias, eps, dtype):
+    mul = scale * jnp.reciprocal(jnp.sqrt(var + eps))
+    y = (x.astype(jnp.float32) - mean) * mul + bias
+    return y.astype(dtype or x.dtype)
+
+
+class BatchNorm(nn.Module):
+    """BatchNorm over every axis but the last (NHWC, NLC or NC).
+
+    ``use_running_average=True`` makes the layer use and keep its running statistics even when
+    called with ``train=True`` (mmdetection's ``norm_eval``); its affine parameters still train.
+    """
+
+    momentum: float = 0.1
+    epsilon: float = 1e-5
+    dtype: Any = None
+    use_running_average: bool = False
+    zero_init: bool = False  # scale starts at 0 (torchvision's zero_init_residual)
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        c = x.shape[-1]
+        scale_init = nn.initializers.zeros if self.zero_init else nn.initializers.ones
+        scale = self.param("scale", scale_init, (c,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+        ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (c,), jnp.float32)
+        ra_var = self.variable("batch_stats", "var", jnp.ones, (c,), jnp.float32)
+        if train and not self.use_running_average:
+            axes = tuple(range(x.ndim - 1))
+            xf = x.astype(jnp.float32)
+            mean = jnp.mean(xf, axes)
+            var = jnp.mean(jnp.square(xf - mean), axes)
+            if not self.is_initializing():
+                n = x.size // c
+                m = self.momentum
+                ra_mean.value = (1 - m) * ra_mean.value + m * mean
+                ra_var.value = (1 - m) * ra_var.value + m * var * (n / max(n - 1, 1))
+        else:
+            mean, var = ra_mean.value, ra_var.value
+        return _normalize(x, mean, var, scale, bias, self.epsilon, self.dtype)
+
+
+class FrozenBatchNorm(nn.Module):
+    """torchvision's FrozenBatchNorm2d: fixed statistics *and* affine.
+
+    All four tensors live in the ``batch_stats`` collection, so no optimizer ever sees them and
+    weight decay cannot move them; ``train`` is accepted and ignored.
+    """
+
+    epsilon: float = 1e-5
+    dtype: Any = None
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        del train
+        c = x.shape[-1]
+        get = lambda n, init: self.variable("batch_stats", n, init, (c,), jnp.float32).value
+        scale, bias = get("scale", jnp.ones), get("bias", jnp.zeros)
+        mean, var = get("mean", jnp.zeros), get("var", jnp.ones)
+        return _normalize(x, mean, var, scale, bias, self.epsilon, self.dtype)
+
+
+NORMS = ("batch", "batch_eval", "frozen")
+
+
+def norm_factory(norm: str, dtype: Any = None, **kwargs) -> Callable[..., nn.Module]:
+    """``norm`` is one of ``NORMS``: trained BatchNorm, BatchNorm whose statistics stay fixed
+    (``norm_eval``), or FrozenBatchNorm."""
+    if norm == "batch":
+        return partial(BatchNorm, dtype=dtype, **kwargs)
+    if norm == "batch_eval":
+        return partial(BatchNorm, dtype=dtype, use_running_average=True, **kwargs)
+    if norm == "frozen":
+        kwargs.pop("momentum", None)  # frozen statistics have no momentum
+        kwargs.pop("zero_init", None)  # nor a trainable scale to initialise
+        return partial(FrozenBatchNorm, dtype=dtype, **kwargs)
+    raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")

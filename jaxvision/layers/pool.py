@@ -1,0 +1,73 @@
+"""Pooling with torch's output sizes: ceil_mode, count_include_pad and adaptive bins (NHWC)."""
+from __future__ import annotations
+
+import math
+
+import jax.numpy as jnp
+from jax import lax
+
+
+def _pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def _out_size(size, k, s, p, ceil_mode):
+    span = size + 2 * p - k
+    out = (-(-span // s) if ceil_mode else span // s) + 1
+    # torch drops a last window that would start in the right padding
+    if ceil_mode and (out - 1) * s >= size + p:
+        out -= 1
+    return out
+
+
+def _windows(x, init, op, k, s, p, ceil_mode, pad_value):
+    """Pad (left p, right p plus what ceil_mode needs), reduce, and crop to torch's size."""
+    (kh, kw), (sh, sw), (ph, pw) = _pair(k), _pair(s), _pair(p)
+    oh = _out_size(x.shape[1], kh, sh, ph, ceil_mode)
+    ow = _out_size(x.shape[2], kw, sw, pw, ceil_mode)
+    rh = max((oh - 1) * sh + kh - x.shape[1] - ph, 0)
+    rw = max((ow - 1) * sw + kw - x.shape[2] - pw, 0)
+    padding = ((0, 0), (ph, rh), (pw, rw), (0, 0))
+    x = jnp.pad(x, padding, constant_values=pad_value) if any(map(any, padding)) else x
+    y = lax.reduce_window(x, init, op, (1, kh, kw, 1), (1, sh, sw, 1), "VALID")
+    return y[:, :oh, :ow], (oh, ow), (rh, rw)
+
+
+def max_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False):
+    stride = kernel_size if stride is None else stride
+    neg = jnp.array(-jnp.inf, x.dtype)
+    y, _, _ = _windows(x, neg, lax.max, kernel_size, stride, padding, ceil_mode, neg)
+    return y
+
+
+def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True):
+    stride = kernel_size if stride is None else stride
+    zero = jnp.array(0, x.dtype)
+    total, (oh, ow), (rh, rw) = _windows(x, zero, lax.add, kernel_size, stride, padding,
+                                         ceil_mode, 0)
+    # torch's divisor: the window clipped to the padded input (include) or to the input
+    (kh, kw), (sh, sw), (ph, pw) = _pair(kernel_size), _pair(stride), _pair(padding)
+    h, w = x.shape[1], x.shape[2]
+    if count_include_pad:
+        ones = jnp.ones((1, h + 2 * ph, w + 2 * pw, 1), jnp.float32)
+        ones = jnp.pad(ones, ((0, 0), (0, max(rh - ph, 0)), (0, max(rw - pw, 0)), (0, 0)))
+    else:
+        ones = jnp.pad(jnp.ones((1, h, w, 1), jnp.float32), ((0, 0), (ph, rh), (pw, rw), (0, 0)))
+    count = lax.reduce_window(ones, 0.0, lax.add, (1, kh, kw, 1), (1, sh, sw, 1), "VALID")
+    return (total / count[:, :oh, :ow].astype(x.dtype)).astype(x.dtype)
+
+
+def _bins(size, out):
+    return [(math.floor(i * size / out), math.ceil((i + 1) * size / out)) for i in range(out)]
+
+
+def adaptive_avg_pool2d(x, output_size):
+    oh, ow = _pair(output_size)
+    h, w = x.shape[1], x.shape[2]
+    if (oh, ow) == (1, 1):
+        return jnp.mean(x, axis=(1, 2), keepdims=True)
+    if h % oh == 0 and w % ow == 0:
+        return x.reshape(x.shape[0], oh, h // oh, ow, w // ow, x.shape[3]).mean(axis=(2, 4))
+    rows = [jnp.stack([x[:, a:b, c:d].mean(axis=(1, 2)) for c, d in _bins(w, ow)], axis=1)
+            for a, b in _bins(h, oh)]
+    return jnp.stack(rows, axis=1)

@@ -1,0 +1,2 @@
+"""Importing this package registers every model family."""
+from jaxvision.models import resnet  # noqa: F401

@@ -1,0 +1,176 @@
+"""ResNet, ResNeXt and Wide ResNet, laid out like torchvision's ``models/resnet.py``.
+
+Parameter paths mirror torchvision's state_dict: ``layer1.0.conv1.weight`` is
+``params/layer1_0/conv1/kernel``.  ``features_only=True`` returns a dict of NHWC maps keyed
+``stem`` (after the first ReLU, stride 2), ``layer1`` .. ``layer4`` (strides 4, 8, 16, 32, or
+less with ``replace_stride_with_dilation``).
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import jax.numpy as jnp
+import flax.linen as nn
+
+from jaxvision.layers import (Conv2d, Linear, adaptive_avg_pool2d, kaiming_normal_fan_out,
+                              max_pool2d, norm_factory)
+from jaxvision.models._features import FeatureCollector
+from jaxvision.registry import FeatureInfo, register_model
+
+
+def _conv(features, k, stride=1, groups=1, dilation=1, name=None, dtype=None):
+    pad = dilation * (k // 2)
+    return Conv2d(features, k, stride, pad, dilation, groups, dtype=dtype,
+                  kernel_init=kaiming_normal_fan_out, name=name)
+
+
+class BasicBlock(nn.Module):
+    planes: int
+    stride: int = 1
+    downsample: bool = False
+    groups: int = 1
+    base_width: int = 64
+    dilation: int = 1
+    norm: str = "batch"
+    zero_init_residual: bool = False
+    dtype: Any = jnp.float32
+    expansion = 1
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        if self.groups != 1 or self.base_width != 64:
+            raise ValueError("BasicBlock only supports groups=1 and base_width=64")
+        if self.dilation > 1:
+            raise NotImplementedError("Dilation > 1 not supported in BasicBlock")
+        norm = norm_factory(self.norm, self.dtype)
+        last_norm = norm_factory(self.norm, self.dtype, zero_init=self.zero_init_residual)
+        out = _conv(self.planes, 3, self.stride, name="conv1", dtype=self.dtype)(x)
+        out = nn.relu(norm(name="bn1")(out, train))
+        out = _conv(self.planes, 3, name="conv2", dtype=self.dtype)(out)
+        out = last_norm(name="bn2")(out, train)
+        identity = _downsample(self, x, self.planes, train)
+        return nn.relu(out + identity)
+
+
+class Bottleneck(nn.Module):
+    planes: int
+    stride: int = 1
+    downsample: bool = False
+    groups: int = 1
+    base_width: int = 64
+    dilation: int = 1
+    norm: str = "batch"
+    zero_init_residual: bool = False
+    dtype: Any = jnp.float32
+    expansion = 4
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        norm = norm_factory(self.norm, self.dtype)
+        last_norm = norm_factory(self.norm, self.dtype, zero_init=self.zero_init_residual)
+        width = int(self.planes * (self.base_width / 64.0)) * self.groups
+        out = _conv(width, 1, name="conv1", dtype=self.dtype)(x)
+        out = nn.relu(norm(name="bn1")(out, train))
+        out = _conv(width, 3, self.stride, self.groups, self.dilation, "conv2", self.dtype)(out)
+        out = nn.relu(norm(name="bn2")(out, train))
+        out = _conv(self.planes * 4, 1, name="conv3", dtype=self.dtype)(out)
+        out = last_norm(name="bn3")(out, train)
+        identity = _downsample(self, x, self.planes * 4, train)
+        return nn.relu(out + identity)
+
+
+def _downsample(block, x, out_features, train):
+    if not block.downsample:
+        return x
+    y = _conv(out_features, 1, block.stride, name="downsample_0", dtype=block.dtype)(x)
+    return norm_factory(block.norm, block.dtype)(name="downsample_1")(y, train)
+
+
+class ResNet(nn.Module):
+    block: str  # "basic" or "bottleneck"
+    layers: Sequence[int]
+    num_classes: int = 1000
+    zero_init_residual: bool = False
+    groups: int = 1
+    width_per_group: int = 64
+    replace_stride_with_dilation: Sequence[bool] = (False, False, False)
+    norm: str = "batch"
+    dtype: Any = jnp.float32
+    features_only: bool = False
+    out_indices: Optional[Sequence[int]] = None
+
+    feature_info = (FeatureInfo("stem", 64, 2), FeatureInfo("layer1", 64, 4),
+                    FeatureInfo("layer2", 128, 8), FeatureInfo("layer3", 256, 16),
+                    FeatureInfo("layer4", 512, 32))
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        if len(self.replace_stride_with_dilation) != 3:
+            raise ValueError("replace_stride_with_dilation should be None or a 3-element tuple, "
+                             f"got {self.replace_stride_with_dilation}")
+        block_cls = {"basic": BasicBlock, "bottleneck": Bottleneck}[self.block]
+        feats = FeatureCollector(self.feature_info, self.features_only, self.out_indices)
+
+        x = x.astype(self.dtype)
+        x = _conv(64, 7, 2, name="conv1", dtype=self.dtype)(x)
+        x = nn.relu(norm_factory(self.norm, self.dtype)(name="bn1")(x, train))
+        if feats.add("stem", x):
+            return feats.maps
+        x = max_pool2d(x, 3, 2, 1)
+        inplanes, dilation = 64, 1
+        for i, (planes, n) in enumerate(zip((64, 128, 256, 512), self.layers)):
+            stride = 1 if i == 0 else 2
+            previous_dilation = dilation
+            if i > 0 and self.replace_stride_with_dilation[i - 1]:
+                dilation *= stride
+                stride = 1
+            expansion = block_cls.expansion
+            for j in range(n):
+                x = block_cls(
+                    planes, stride if j == 0 else 1,
+                    downsample=j == 0 and (stride != 1 or inplanes != planes * expansion),
+                    groups=self.groups, base_width=self.width_per_group,
+                    dilation=previous_dilation if j == 0 else dilation, norm=self.norm,
+                    zero_init_residual=self.zero_init_residual, dtype=self.dtype,
+                    name=f"layer{i + 1}_{j}")(x, train)
+            inplanes = planes * expansion
+            if feats.add(f"layer{i + 1}", x):
+                return feats.maps
+        x = adaptive_avg_pool2d(x, 1).reshape(x.shape[0], -1)
+        if self.num_classes <= 0:
+            return x
+        return Linear(self.num_classes, x.shape[-1], dtype=self.dtype, name="fc")(x)
+
+
+def _features(expansion):
+    return tuple(FeatureInfo(f.name, f.channels * (expansion if f.name != "stem" else 1),
+                             f.reduction) for f in ResNet.feature_info)
+
+
+_VARIANTS = {
+    # name: (block, layers, groups, width_per_group, torchvision param count)
+    "resnet18": ("basic", (2, 2, 2, 2), 1, 64, 11_689_512),
+    "resnet34": ("basic", (3, 4, 6, 3), 1, 64, 21_797_672),
+    "resnet50": ("bottleneck", (3, 4, 6, 3), 1, 64, 25_557_032),
+    "resnet101": ("bottleneck", (3, 4, 23, 3), 1, 64, 44_549_160),
+    "resnet152": ("bottleneck", (3, 8, 36, 3), 1, 64, 60_192_808),
+    "resnext50_32x4d": ("bottleneck", (3, 4, 6, 3), 32, 4, 25_028_904),
+    "resnext101_32x8d": ("bottleneck", (3, 4, 23, 3), 32, 8, 88_791_336),
+    "resnext101_64x4d": ("bottleneck", (3, 4, 23, 3), 64, 4, 83_455_272),
+    "wide_resnet50_2": ("bottleneck", (3, 4, 6, 3), 1, 128, 68_883_240),
+    "wide_resnet101_2": ("bottleneck", (3, 4, 23, 3), 1, 128, 126_886_696),
+}
+
+
+def _register(name, block, layers, groups, width, num_params):
+    def build(**kwargs):
+        return ResNet(block=block, layers=layers, groups=groups, width_per_group=width, **kwargs)
+
+    build.__name__ = name
+    build.__doc__ = f"torchvision's ``{name}``."
+    register_model(name, family="resnet", torch_name=name, num_params=num_params,
+                   features=_features(4 if block == "bottleneck" else 1))(build)
+
+
+for _name, _args in _VARIANTS.items():
+    _register(_name, *_args)
