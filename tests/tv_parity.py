@@ -14,6 +14,16 @@ torch.set_num_threads(2)
 TOL = 1e-4
 
 
+def scaled_tol(ref, tol=TOL) -> float:
+    """Tolerance for deep intermediate maps: ``tol`` times their magnitude (when above 1).
+
+    Measured on resnet50 at 193x257: torch's own float32 layer4 output is 6.6e-4 away from its
+    float64 result (values up to 16), and jaxvision's is 6.7e-4; an absolute 1e-4 on such maps
+    tests float32 rounding, not the port.  Logits are compared at the absolute ``tol``.
+    """
+    return tol * max(1.0, float(np.max(np.abs(np.asarray(ref)))))
+
+
 def randomize_(model: torch.nn.Module, seed: int = 0, calib_size=(128, 128)) -> torch.nn.Module:
     """Random BatchNorm affine and running statistics (fresh models have 0/1, hiding bugs).
 
@@ -105,7 +115,8 @@ def check_features(name, tmodel, nodes, variables, model_kwargs, size, tol=TOL):
         want = create_feature_extractor(tmodel, return_nodes=dict(nodes))(nchw(x))
     got = fmodel.apply(variables, jnp.asarray(x), train=False)
     assert set(got) == set(nodes.values())
-    return max(assert_close(got[k], to_nhwc(want[k]), tol, f"{name} feature {k}") for k in got)
+    return max(assert_close(got[k], to_nhwc(want[k]), scaled_tol(to_nhwc(want[k]), tol),
+                            f"{name} feature {k}") for k in got)
 
 
 def check_train(name, tmodel, variables, model, size, tol=TOL):
@@ -128,10 +139,38 @@ def check_train(name, tmodel, variables, model, size, tol=TOL):
     return max(err, worst)
 
 
-def check_input_grad(name, tmodel, variables, model, size, tol=TOL):
-    x = images((2, *size, 3), seed=5)
-    xt = nchw(x).requires_grad_(True)
-    tmodel.eval()
+def _input_grad_torch(tmodel, x, dtype):
+    xt = nchw(x).to(dtype).requires_grad_(True)
     (tmodel(xt) ** 2).mean().backward()
+    return to_nhwc(xt.grad)
+
+
+def rel_l2(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+def check_input_grad(name, tmodel, variables, model, size, tol=TOL):
+    """Gradient of a scalar loss w.r.t. the input, within ``tol`` of torch's.
+
+    Deep ReLU networks can miss that bar for a reason that is not the port: a rounding-level
+    difference flips a ReLU gate or a max-pool winner and moves the gradient by far more than
+    rounding (measured on resnet50 at 193x257: torch float32 is 1.2% (relative L2) from torch
+    float64).  Then the bar is torch's own: the float64 gradient is computed, and ours must be
+    within 4x torch float32's relative L2 distance from it.
+    """
+    import copy
+
+    x = images((2, *size, 3), seed=5)
+    tmodel.eval()
+    want = _input_grad_torch(tmodel, x, torch.float32)
     g = jax.grad(lambda x: jnp.mean(model.apply(variables, x, train=False) ** 2))(jnp.asarray(x))
-    return assert_close(g, to_nhwc(xt.grad), tol, f"{name} input gradient")
+    err = max_err(g, want)
+    if err <= tol:
+        return err
+    truth = _input_grad_torch(copy.deepcopy(tmodel).double(), x, torch.float64)
+    ours, theirs = rel_l2(g, truth), rel_l2(want, truth)
+    assert ours <= 4 * theirs + 1e-7, (
+        f"{name} input gradient: max abs {err:.3g} from torch float32; relative L2 {ours:.3g} "
+        f"from float64, where torch float32 is {theirs:.3g}")
+    return err
