@@ -1,0 +1,80 @@
+"""The ``jaxvision`` command: list | info | convert here; train | eval | predict | extract live
+in ``jaxvision.train.cli`` (they take ml_collections configs)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+TRAIN_COMMANDS = ("train", "eval", "predict", "extract")
+
+
+def _list(args):
+    import jaxvision as jv
+
+    for name in jv.list_models(args.pattern):
+        print(name)
+
+
+def _info(args):
+    import jaxvision as jv
+
+    print(json.dumps(jv.model_info(args.name).describe(), indent=2))
+
+
+def _convert(args):
+    import jaxvision as jv
+    from jaxvision.convert import store
+
+    t0 = time.perf_counter()
+    kwargs = {} if args.num_classes is None else {"num_classes": args.num_classes}
+    model = jv.create_model(args.name, **kwargs)
+    variables, report = jv.load_pretrained(args.name, args.src, strict=not args.partial,
+                                           model=model, return_report=True)
+    out = store.save(args.out_dir, args.name, variables, {"num_classes": model.num_classes},
+                     extra={"source": str(args.src)})
+    print(report)
+    print(f"wrote {out} in {time.perf_counter() - t0:.1f}s")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="jaxvision", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("list", help="list model names")
+    s.add_argument("pattern", nargs="?", default="*", help="shell-style pattern, e.g. 'resnet*'")
+    s.set_defaults(fn=_list)
+    s = sub.add_parser("info", help="a model's spec as JSON")
+    s.add_argument("name")
+    s.set_defaults(fn=_info)
+    s = sub.add_parser("convert", help="torchvision .pth -> jaxvision weights directory")
+    s.add_argument("name")
+    s.add_argument("src", help="torchvision state_dict file (.pth)")
+    s.add_argument("out_dir", help="directory to create (must not exist or be empty)")
+    s.add_argument("--num-classes", type=int, default=None)
+    s.add_argument("--partial", action="store_true",
+                   help="load every tensor whose name and shape fit; report the rest")
+    s.set_defaults(fn=_convert)
+    for name in TRAIN_COMMANDS:
+        sub.add_parser(name, help=f"{name} (see 'jaxvision {name} --help')", add_help=False)
+    return p
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in TRAIN_COMMANDS:
+        from jaxvision.train import cli as train_cli
+
+        return train_cli.main(argv[0], argv[1:]) or 0
+    args = build_parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except (KeyError, ValueError, FileNotFoundError, FileExistsError, ImportError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"jaxvision {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
