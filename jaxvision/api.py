@@ -56,7 +56,8 @@ def load_pretrained(name: str, state_dict: Any, strict: bool = True, *, model=No
     report = merge.Report()
     source, names = tv.map_state_dict(sd, target, report)
     variables = merge.fill(target, source, names, report, strict,
-                           allow_unexpected=bool(getattr(model, "features_only", False)))
+                           allow_unexpected=bool(getattr(model, "features_only", False)),
+                           shown_shape=tv.torch_shape)
     return (variables, report) if return_report else variables
 
 
@@ -68,9 +69,8 @@ def _from_store(name: str, path, model, strict: bool):
     target = init_variables(model, name, abstract=strict)
     report = merge.Report()
     source = merge.flatten(saved)
-    variables = merge.fill(target, source, {}, report, strict,
-                           allow_unexpected=bool(getattr(model, "features_only", False)))
-    return variables
+    return merge.fill(target, source, {}, report, strict,
+                      allow_unexpected=bool(getattr(model, "features_only", False)))
 
 
 def create_model(name: str, num_classes: Optional[int] = None, pretrained=None,

@@ -14,14 +14,30 @@ torch.set_num_threads(2)
 TOL = 1e-4
 
 
-def scaled_tol(ref, tol=TOL) -> float:
-    """Tolerance for deep intermediate maps: ``tol`` times their magnitude (when above 1).
+def as_float64(tmodel: torch.nn.Module) -> torch.nn.Module:
+    import copy
 
-    Measured on resnet50 at 193x257: torch's own float32 layer4 output is 6.6e-4 away from its
-    float64 result (values up to 16), and jaxvision's is 6.7e-4; an absolute 1e-4 on such maps
-    tests float32 rounding, not the port.  Logits are compared at the absolute ``tol``.
+    return copy.deepcopy(tmodel).double()
+
+
+def assert_parity(what, got, want, truth_fn, tol=TOL) -> float:
+    """``got`` within ``tol`` (max abs) of torch's float32 ``want``; failing that, as exact as
+    torch itself: no further from the float64 result ``truth_fn()`` than twice torch float32's
+    distance from it.
+
+    Deep networks need the second form.  Measured: resnet152 logits at 224 (values up to 3) --
+    torch float32 is 3.5e-4 from torch float64 and jaxvision 3.5e-4; resnet50 layer4 at 193x257
+    (values up to 16) -- 6.6e-4 and 6.7e-4.  An absolute 1e-4 there tests float32 rounding.
     """
-    return tol * max(1.0, float(np.max(np.abs(np.asarray(ref)))))
+    err = max_err(got, want)
+    if err <= tol:
+        return err
+    truth = truth_fn()
+    ours, theirs = max_err(got, truth), max_err(want, truth)
+    assert ours <= max(tol, 2 * theirs), (
+        f"{what}: max abs error {err:.3g} vs torch float32; {ours:.3g} from float64, where "
+        f"torch float32 is {theirs:.3g} from float64")
+    return err
 
 
 def randomize_(model: torch.nn.Module, seed: int = 0, calib_size=(128, 128)) -> torch.nn.Module:
@@ -98,12 +114,14 @@ def torch_param_count(model) -> int:
 
 def check_eval(name, tmodel, variables, model, sizes, tol=TOL):
     errs = []
+    fwd = jax.jit(lambda v, x: model.apply(v, x, train=False))
     for size in sizes:
         x = images((2, *size, 3), seed=size[0])
         with torch.no_grad():
             want = tmodel(nchw(x))
-        got = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, jnp.asarray(x))
-        errs.append(assert_close(got, want, tol, f"{name} eval logits at {size}"))
+        truth = lambda: as_float64(tmodel)(nchw(x).double()).detach()
+        errs.append(assert_parity(f"{name} eval logits at {size}", fwd(variables, jnp.asarray(x)),
+                                  want, torch.no_grad()(truth), tol))
     return max(errs)
 
 
@@ -115,28 +133,59 @@ def check_features(name, tmodel, nodes, variables, model_kwargs, size, tol=TOL):
         want = create_feature_extractor(tmodel, return_nodes=dict(nodes))(nchw(x))
     got = fmodel.apply(variables, jnp.asarray(x), train=False)
     assert set(got) == set(nodes.values())
-    return max(assert_close(got[k], to_nhwc(want[k]), scaled_tol(to_nhwc(want[k]), tol),
-                            f"{name} feature {k}") for k in got)
+    truth = {}
+
+    def truth_of(k):
+        if not truth:
+            with torch.no_grad():
+                fe = create_feature_extractor(as_float64(tmodel), return_nodes=dict(nodes))
+                truth.update(fe(nchw(x).double()))
+        return to_nhwc(truth[k])
+
+    return max(assert_parity(f"{name} feature {k}", got[k], to_nhwc(want[k]),
+                             lambda k=k: truth_of(k), tol) for k in got)
 
 
 def check_train(name, tmodel, variables, model, size, tol=TOL):
-    """Train-mode outputs and updated running statistics (torch: unbiased running_var)."""
+    """Train-mode outputs and updated running statistics (torch: unbiased running_var).
+
+    A model returning auxiliary outputs in training is compared on its main output here."""
     x = images((4, *size, 3), seed=3)
     before = {k: v.clone() for k, v in tmodel.state_dict().items()}
     tmodel.train()
     with torch.no_grad():
-        want = tmodel(nchw(x))
+        want = _main(tmodel(nchw(x)))
     tmodel.eval()
     after = {k: v.clone() for k, v in tmodel.state_dict().items()}
     tmodel.load_state_dict(before)  # leave the torch model as it was for later checks
     got, updates = model.apply(variables, jnp.asarray(x), train=True, mutable=["batch_stats"])
-    err = assert_close(got, want if isinstance(want, torch.Tensor) else want[0], tol,
-                       f"{name} train output")
-    new = jv.load_pretrained(name, after, model=model)
-    stats = jax.tree.map(lambda a, b: max_err(a, b), updates["batch_stats"], new["batch_stats"])
-    worst = max(jax.tree.leaves(stats))
-    assert worst <= tol, f"{name} running statistics after a train step: max abs error {worst:.3g}"
-    return max(err, worst)
+    f64 = {}
+
+    def truth():
+        if not f64:
+            t64 = as_float64(tmodel).train()
+            with torch.no_grad():
+                f64["out"] = _main(t64(nchw(x).double()))
+            f64["stats"] = _flat(jv.load_pretrained(name, t64.state_dict(), model=model))
+        return f64
+
+    err = assert_parity(f"{name} train output", _main(got), want, lambda: truth()["out"], tol)
+    theirs = _flat(jv.load_pretrained(name, after, model=model))
+    for key, value in _flat(updates).items():
+        err = max(err, assert_parity(f"{name} running statistic {key}", value, theirs[key],
+                                     lambda key=key: truth()["stats"][key], tol))
+    return err
+
+
+def _main(out):
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def _flat(variables):
+    from flax import traverse_util
+
+    return {"/".join(k): v for k, v in
+            traverse_util.flatten_dict(dict(variables["batch_stats"])).items()}
 
 
 def _input_grad_torch(tmodel, x, dtype):

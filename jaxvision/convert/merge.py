@@ -67,9 +67,11 @@ def flatten(variables: Mapping) -> dict[Path, Any]:
 
 
 def fill(target: Mapping, source: Mapping[Path, np.ndarray], names: Mapping[Path, str],
-         report: Report, strict: bool, allow_unexpected: bool = False) -> dict:
+         report: Report, strict: bool, allow_unexpected: bool = False,
+         shown_shape=lambda path, shape: shape) -> dict:
     """Put ``source`` (flat, Flax paths) into ``target`` (a variables tree of arrays, or of
-    ShapeDtypeStructs in strict mode). ``names`` gives each source path its user-facing name.
+    ShapeDtypeStructs in strict mode). ``names`` gives each source path its user-facing name,
+    ``shown_shape`` the shape in the source's own layout (torch's OIHW for kernels).
 
     Every target leaf must be filled exactly once in strict mode; in partial mode leaves that are
     missing or whose shape differs keep the target's values.
@@ -84,7 +86,8 @@ def fill(target: Mapping, source: Mapping[Path, np.ndarray], names: Mapping[Path
             continue
         value = source[path]
         if tuple(value.shape) != tuple(ref.shape):
-            report.mismatched.append((name, tuple(value.shape), tuple(ref.shape)))
+            report.mismatched.append((name, shown_shape(path, tuple(value.shape)),
+                                      shown_shape(path, tuple(ref.shape))))
             out[path] = ref
             continue
         out[path] = np.asarray(value, dtype=ref.dtype)
@@ -92,6 +95,10 @@ def fill(target: Mapping, source: Mapping[Path, np.ndarray], names: Mapping[Path
     report.unexpected.extend(names.get(p, path_str(p)) for p in source if p not in flat_target)
     fatal = report.missing or report.mismatched or (report.unexpected and not allow_unexpected)
     if strict and fatal:
+        hint = ""
+        if len(report.loaded) < len(flat_target) / 2:
+            hint = (f"only {len(report.loaded)} of the model's {len(flat_target)} variables found "
+                    "a tensor of the right name and shape: are these weights for another model?\n")
         raise ConversionError("weights do not fit the model (strict=True; pass strict=False to "
-                              "load what fits):\n" + report.problems())
+                              "load what fits):\n" + hint + report.problems())
     return traverse_util.unflatten_dict(out)

@@ -53,6 +53,14 @@ def _to_kernel(w: np.ndarray) -> np.ndarray:
     return w
 
 
+def torch_shape(path: Path, shape: tuple) -> tuple:
+    """A Flax leaf's shape in torch's layout, for messages a torch user can read."""
+    if path[-1] != "kernel":
+        return shape
+    order = {4: (3, 2, 0, 1), 3: (2, 1, 0), 2: (1, 0)}.get(len(shape), range(len(shape)))
+    return tuple(shape[i] for i in order)
+
+
 def to_numpy(value: Any) -> np.ndarray:
     if hasattr(value, "detach"):  # a torch tensor, without importing torch
         value = value.detach().cpu()
