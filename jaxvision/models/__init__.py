@@ -1,2 +1,3 @@
 """Importing this package registers every model family."""
 from jaxvision.models import resnet  # noqa: F401
+from jaxvision.models import vit  # noqa: F401
