@@ -194,10 +194,11 @@ def test_frozen_leaves_unchanged_through_a_resnet_train_update(r18):
     _frozen.model = "resnet18"
     cfg = freeze.default_freeze_config()
     cfg.frozen_stages = 1
-    params = jax.tree.map(lambda s: jnp.ones(s.shape, s.dtype), r18)
+    params = jax.tree.map(lambda s: jnp.ones((2,)), r18)  # the tree matters, not the sizes
     trainable = freeze.trainable_mask(params, cfg, "resnet18")
     tx = optim.build_optimizer(_opt_cfg(weight_decay=0.1), 0.1, params, trainable)
-    updates, _ = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params)
+    grads = jax.tree.map(jnp.ones_like, params)
+    updates, _ = tx.update(grads, tx.init(params), params)
     for t, u in zip(jax.tree.leaves(trainable), jax.tree.leaves(updates)):
         assert bool(jnp.all(u == 0)) == (not t)
 
@@ -246,9 +247,14 @@ def test_stage_tables_agree_with_torchvision_modules(name, family, key):
     """The table for families being written now, checked on torchvision's own module names:
     MobileNetV2 stages are its runs of equal width (mmdetection), MobileNetV3 its runs of equal
     resolution, VGG's the conv blocks between max-pools."""
-    tv = getattr(torchvision.models, name)()
+    if key == 2:  # VGG needs module types only: build it without memory or init time
+        with torch.device("meta"):
+            tv = getattr(torchvision.models, name)()
+        shapes = dict.fromkeys(range(len(tv.features)))
+    else:
+        tv = getattr(torchvision.models, name)()
+        shapes = _out_shape(tv, 64)
     lay = freeze.FAMILIES[family]
-    shapes = _out_shape(tv, 64)
     blocks = sorted(shapes)
     expected, stage, prev = {}, 0, None
     body = blocks[1:-1] if key in (0, 1) else blocks
