@@ -125,3 +125,37 @@ def test_float32_schedule_is_within_float32_rounding():
 def test_bad_schedule_config_names_the_field(kw, match):
     with pytest.raises(ValueError, match=match):
         optim.build_schedule(_cfg(**kw), BASE, 3, 30)
+
+
+# ---- the ImageNet recipes -------------------------------------------------------------------
+
+IMAGENET_TRAIN = 1281167
+
+
+def _recipe(name):
+    from jaxvision.train.config import load_config_file
+    return load_config_file(f"configs/imagenet_{name}.py")
+
+
+@pytest.mark.parametrize("name,epoch_lrs", [
+    # torchvision: StepLR(30, 0.1) over 90 epochs from 0.1
+    ("resnet50", {0: 0.1, 29: 0.1, 30: 0.01, 59: 0.01, 60: 1e-3, 89: 1e-3}),
+    # StepLR(1, 0.98) from 0.045
+    ("mobilenet_v2", {0: 0.045, 1: 0.045 * 0.98, 299: 0.045 * 0.98 ** 299}),
+    # LinearLR(0.033, 30) then CosineAnnealingLR(T_max=270) from 0.003
+    ("vit_b_16", {0: 0.003 * 0.033, 15: 0.003 * (0.033 + 0.967 * 0.5), 30: 0.003,
+                  165: 0.0015, 299: 0.003 * (1 + np.cos(np.pi * 269 / 270)) / 2}),
+])
+def test_imagenet_recipes_load_and_follow_torchvision(name, epoch_lrs):
+    c = _recipe(name)
+    assert c.model.name == name and c.data.source == "tfds"
+    assert c.data.tfds.name == "imagenet2012"
+    spe = IMAGENET_TRAIN // c.data.batch_size
+    with jax.enable_x64(True):
+        sched = optim.build_schedule(c.schedule, c.optimizer.lr, spe, c.train.epochs * spe)
+        for epoch, lr in epoch_lrs.items():
+            for step in (epoch * spe, (epoch + 1) * spe - 1):  # constant within the epoch
+                np.testing.assert_allclose(float(sched(np.int64(step))), lr, rtol=1e-7)
+    params = {"w": np.zeros((2, 2), np.float32)}
+    tx = optim.build_optimizer(c.optimizer, sched, params)
+    tx.init(params)
