@@ -35,15 +35,14 @@ def _windows(x, init, op, k, s, p, ceil_mode, pad_value):
 
 def max_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False):
     stride = kernel_size if stride is None else stride
-    neg = jnp.array(-jnp.inf, x.dtype)
-    y, _, _ = _windows(x, neg, lax.max, kernel_size, stride, padding, ceil_mode, neg)
+    # python-scalar init values let lax recognise the max/add monoid, which has a gradient
+    y, _, _ = _windows(x, -jnp.inf, lax.max, kernel_size, stride, padding, ceil_mode, -jnp.inf)
     return y
 
 
 def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True):
     stride = kernel_size if stride is None else stride
-    zero = jnp.array(0, x.dtype)
-    total, (oh, ow), (rh, rw) = _windows(x, zero, lax.add, kernel_size, stride, padding,
+    total, (oh, ow), (rh, rw) = _windows(x, 0.0, lax.add, kernel_size, stride, padding,
                                          ceil_mode, 0)
     # torch's divisor: the window clipped to the padded input (include) or to the input
     (kh, kw), (sh, sw), (ph, pw) = _pair(kernel_size), _pair(stride), _pair(padding)

@@ -1,0 +1,6 @@
+"""Data: sources (shapes, image folders) -> transforms -> grain loaders."""
+from jaxvision.data.config import default_data_config
+from jaxvision.data.errors import DataError
+from jaxvision.data.loader import Data, build_data
+
+__all__ = ["Data", "DataError", "build_data", "default_data_config"]

@@ -1,0 +1,22 @@
+import ml_collections
+
+
+def default_data_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.source = "shapes"  # shapes | imagefolder
+    c.image_size = 224
+    c.resize_size = ml_collections.FieldReference(None, field_type=int)  # None: from the model
+    c.mean = ml_collections.FieldReference(None, field_type=tuple)  # None: the model's
+    c.std = ml_collections.FieldReference(None, field_type=tuple)
+    c.interpolation = "bilinear"
+    c.batch_size = 64  # global
+    c.eval_batch_size = 128
+    c.num_workers = 0
+    c.seed = 0
+    c.augment = ml_collections.ConfigDict(dict(
+        random_resized_crop=True, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), hflip=True))
+    c.shapes = ml_collections.ConfigDict(dict(
+        num_classes=4, num_train=4096, num_val=512, image_size=32, seed=0))
+    c.imagefolder = ml_collections.ConfigDict(dict(
+        root="", train_dir="train", val_dir="val", val_fraction=0.0, skip_corrupt=False))
+    return c

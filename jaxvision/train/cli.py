@@ -1,0 +1,90 @@
+"""``jaxvision train | eval | predict | extract``."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from jaxvision.data.errors import DataError
+from jaxvision.train.checkpoint import WorkdirError
+from jaxvision.train.config import ConfigError, apply_overrides, load_config_file
+
+ERRORS = (ConfigError, DataError, WorkdirError, FileNotFoundError, KeyError, ValueError)
+
+
+def _split(argv):
+    overrides = [a for a in argv if a.startswith("--config.")]
+    return [a for a in argv if not a.startswith("--config.")], overrides
+
+
+def _train(argv):
+    p = argparse.ArgumentParser(prog="jaxvision train")
+    p.add_argument("--config", required=True, help="a python file defining get_config()")
+    p.add_argument("--workdir", required=True)
+    rest, overrides = _split(argv)
+    args = p.parse_args(rest)
+    config = apply_overrides(load_config_file(args.config), overrides)
+    from jaxvision.train.loop import NonFiniteLoss, train
+
+    try:
+        result = train(config, args.workdir)
+    except NonFiniteLoss as e:
+        print(f"jaxvision train: {e}", file=sys.stderr)
+        return 3
+    print(json.dumps(result))
+    return 0
+
+
+def _restored(workdir):
+    from jaxvision.train import restore
+
+    return restore.load_run(workdir)
+
+
+def _eval(argv):
+    p = argparse.ArgumentParser(prog="jaxvision eval")
+    p.add_argument("--workdir", required=True)
+    args = p.parse_args(argv)
+    from jaxvision.train.restore import evaluate_run
+
+    print(json.dumps(evaluate_run(args.workdir)))
+    return 0
+
+
+def _predict(argv):
+    p = argparse.ArgumentParser(prog="jaxvision predict")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("images", nargs="+")
+    args = p.parse_args(argv)
+    from jaxvision.train.restore import predict
+
+    for path, top in zip(args.images, predict(args.workdir, args.images, args.topk)):
+        print(path + ": " + ", ".join(f"{name} {prob:.3f}" for name, prob in top))
+    return 0
+
+
+def _extract(argv):
+    p = argparse.ArgumentParser(prog="jaxvision extract")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--split", choices=("train", "val"), default="val")
+    p.add_argument("--out", required=True, help="an .npz file: embeddings, labels")
+    args = p.parse_args(argv)
+    from jaxvision.train.restore import extract
+
+    n = extract(args.workdir, args.split, args.out)
+    print(f"wrote {n} embeddings to {args.out}")
+    return 0
+
+
+COMMANDS = {"train": _train, "eval": _eval, "predict": _predict, "extract": _extract}
+
+
+def main(command: str, argv) -> int:
+    try:
+        return COMMANDS[command](list(argv))
+    except ERRORS as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"jaxvision {command}: error: {msg}", file=sys.stderr)
+        return 2

@@ -1,0 +1,25 @@
+"""The full config schema with defaults; configs/*.py start from ``default_config()``."""
+import ml_collections
+
+from jaxvision.data.config import default_data_config
+from jaxvision.train.freeze import default_freeze_config
+from jaxvision.train.optim import default_optimizer_config, default_schedule_config
+
+
+def default_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.model = ml_collections.ConfigDict(dict(
+        name="resnet18", num_classes=0,  # 0: the data's number of classes
+        pretrained="", pretrained_strict=True, dtype="float32", kwargs={}))
+    c.data = default_data_config()
+    c.optimizer = default_optimizer_config()
+    c.schedule = default_schedule_config()
+    c.freeze = default_freeze_config()
+    c.train = ml_collections.ConfigDict(dict(
+        epochs=1, steps=0, seed=0, label_smoothing=0.0, grad_accum_steps=1,
+        ema_decay=ml_collections.FieldReference(None, float), log_every=50, eval_every_epochs=1))
+    c.checkpoint = ml_collections.ConfigDict(dict(keep=3, best_metric="val_top1",
+                                                  save_every_steps=0))
+    c.logging = ml_collections.ConfigDict(dict(tensorboard=True, num_images=16,
+                                               progress_bar=True))
+    return c
