@@ -240,8 +240,8 @@ def _out_shape(model, size):
 
 
 @pytest.mark.parametrize("name,family,key", [
-    ("mobilenet_v2", "mobilenet_v2", 0), ("mobilenet_v3_large", "mobilenet_v3", 1),
-    ("mobilenet_v3_small", "mobilenet_v3", 1), ("vgg11", "vgg", 2), ("vgg16_bn", "vgg", 2),
+    ("mobilenet_v2", "mobilenet", 0), ("mobilenet_v3_large", "mobilenet", 1),
+    ("mobilenet_v3_small", "mobilenet", 1), ("vgg11", "vgg", 2), ("vgg16_bn", "vgg", 2),
     ("vgg19", "vgg", 2)])
 def test_stage_tables_agree_with_torchvision_modules(name, family, key):
     """The table for families being written now, checked on torchvision's own module names:
@@ -297,3 +297,31 @@ def test_norm_eval_override():
     assert freeze.model_overrides(cfg) == {}
     cfg.norm_eval = True
     assert freeze.model_overrides(cfg) == {"norm": "batch_eval"}
+
+
+@pytest.mark.parametrize("name,size,n_stages", [
+    ("mobilenet_v1", 32, 5), ("mobilenet_v2", 32, 7), ("mobilenet_v3_large", 32, 5),
+    ("mobilenet_v3_small", 32, 4), ("vgg11_bn", 32, 5), ("googlenet", 64, 3),
+    ("inception_v3", 299, 3)])
+def test_every_family_freezes_its_jax_params(name, size, n_stages):
+    """The tables on jaxvision's own parameter trees: the deepest stage, a linear probe."""
+    _frozen.model = name
+    p = _params(name, size)
+    paths = set(jax.tree.leaves(freeze.param_paths(p)))
+    lay = freeze.layout(name)
+    head = {q for q in paths if re.match(lay.head, q)}
+    assert head and _frozen(p, linear_probe=True) == paths - head
+    every = _frozen(p, frozen_stages=n_stages)
+    assert every and not every & head
+    with pytest.raises(ValueError, match=f"{name} has {n_stages} stages"):
+        _frozen(p, frozen_stages=n_stages + 1)
+
+
+def test_mobilenet_v1_stages_open_at_its_strided_blocks():
+    from jaxvision.models.mobilenet import V1_SETTING
+    stage, want = 0, {}
+    for i, (_, stride) in enumerate(V1_SETTING, 1):
+        stage += stride == 2 or i == 1
+        want[i] = stage
+    lay = freeze.layout("mobilenet_v1")
+    assert {i: lay.stage(f"features_{i}_0/kernel", "mobilenet_v1") for i in want} == want

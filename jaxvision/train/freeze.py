@@ -56,8 +56,17 @@ def _bounds(starts: tuple[int, ...]) -> Callable[[int], Optional[int]]:
 # torchvision's features indices: mmdetection's MobileNetV2 stages (blocks 1,2,3,4,3,3,1);
 # features_18 (the 1x1 conv to 1280) is outside the stages, as mmdetection's ``conv2``.
 _MBV2 = _bounds((1, 2, 4, 7, 11, 14, 17, 18))
-# MobileNetV3 stages by output stride (the block that downsamples opens a stage).
-_MBV3 = {"large": _bounds((1, 2, 4, 7, 13, 16)), "small": _bounds((1, 2, 4, 9, 12))}
+# MobileNetV1/V3 stages by output stride (the block that downsamples opens a stage).
+_MB_STAGES = {"mobilenet_v1": _bounds((1, 2, 4, 6, 12, 14)), "mobilenet_v2": _MBV2,
+              "mobilenet_v3_large": _bounds((1, 2, 4, 7, 13, 16)),
+              "mobilenet_v3_small": _bounds((1, 2, 4, 9, 12))}
+
+
+def _mobilenet_stage(i: int, model_name: str) -> Optional[int]:
+    if model_name not in _MB_STAGES:
+        raise ValueError(f"freeze: no MobileNet stage layout for {model_name!r} "
+                         f"(known: {', '.join(_MB_STAGES)})")
+    return _MB_STAGES[model_name](i)
 
 _VGG_CFGS = {"vgg11": (1, 1, 2, 2, 2), "vgg13": (2, 2, 2, 2, 2), "vgg16": (2, 2, 3, 3, 3),
              "vgg19": (2, 2, 4, 4, 4)}
@@ -87,11 +96,8 @@ FAMILIES: dict[str, Layout] = {
     "vit": Layout(r"(conv_proj/|class_token$|encoder/pos_embedding$)",
                   _indexed(r"encoder/layers/encoder_layer_(\d+)/", lambda i, _: i + 1),
                   r"heads/"),
-    "mobilenet_v2": Layout(r"features_0[_/]", _indexed(r"features_(\d+)[_/]",
-                                                       lambda i, _: _MBV2(i)), r"classifier_"),
-    "mobilenet_v3": Layout(r"features_0[_/]", _indexed(
-        r"features_(\d+)[_/]", lambda i, m: _MBV3["small" if "small" in m else "large"](i)),
-        r"classifier_"),
+    "mobilenet": Layout(r"features_0[_/]", _indexed(r"features_(\d+)[_/]", _mobilenet_stage),
+                        r"classifier_"),
     "vgg": Layout(r"(?!)", _indexed(r"features_(\d+)/", _vgg_stage), r"classifier_"),
     "googlenet": Layout(r"conv[123]/",
                         _indexed(r"inception(\d)[a-e]/", lambda i, _: i - 2),
