@@ -61,7 +61,7 @@ class ShapesSource:
         image = c0 * (1 - t[..., None]) + c1 * t[..., None]
         image += rng.normal(0, 12, image.shape)
         label = int(rng.integers(self.num_classes))
-        r = rng.uniform(0.18, 0.35) * s
+        r = rng.uniform(0.25, 0.42) * s
         cy, cx = rng.uniform(r, s - r, 2)
         inside = _shape_mask(KINDS[label], yy, xx, cy, cx, r)
         colour = rng.uniform(0, 255, 3)

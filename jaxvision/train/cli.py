@@ -36,12 +36,6 @@ def _train(argv):
     return 0
 
 
-def _restored(workdir):
-    from jaxvision.train import restore
-
-    return restore.load_run(workdir)
-
-
 def _eval(argv):
     p = argparse.ArgumentParser(prog="jaxvision eval")
     p.add_argument("--workdir", required=True)
