@@ -62,8 +62,8 @@ def build_schedule(cfg, base_lr: float, steps_per_epoch: int, total_steps: int) 
     _choice("schedule.warmup.unit", cfg.warmup.unit, UNITS)
     _choice("schedule.warmup.method", cfg.warmup.method, ("linear", "constant"))
     if steps_per_epoch < 1 or total_steps < 1:
-        raise ValueError(f"build_schedule: steps_per_epoch={steps_per_epoch} and "
-                         f"total_steps={total_steps} must be >= 1")
+        raise ValueError(f"build_schedule: steps_per_epoch={steps_per_epoch} (data.num_train // "
+                         f"data.batch_size) and total_steps={total_steps} must be >= 1")
     per = steps_per_epoch if cfg.unit == "epoch" else 1
     warm = _in_units(cfg.warmup.length, cfg.warmup.unit, cfg.unit, steps_per_epoch,
                      "schedule.warmup.length")
