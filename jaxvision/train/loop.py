@@ -36,12 +36,24 @@ def build_model(config, num_classes: int):
     return jv.create_model(m.name, num_classes=num_classes, dtype=DTYPES[m.dtype], **kwargs)
 
 
-def initial_variables(config, model, num_classes):
+def initial_variables(config, model, num_classes, log=print):
     m = config.model
     if m.pretrained:
-        _, variables = jv.create_model(
-            m.name, num_classes=num_classes, pretrained=m.pretrained, strict=m.pretrained_strict,
-            dtype=DTYPES[m.dtype], **{**m.kwargs.to_dict(), **freeze.model_overrides(config.freeze)})
+        if not os.path.exists(m.pretrained):
+            raise FileNotFoundError(f"model.pretrained: {m.pretrained}: no such file or directory")
+        if os.path.isdir(m.pretrained):
+            _, variables = jv.create_model(
+                m.name, num_classes=num_classes, pretrained=m.pretrained,
+                strict=m.pretrained_strict, dtype=DTYPES[m.dtype],
+                **{**m.kwargs.to_dict(), **freeze.model_overrides(config.freeze)})
+            return variables
+        from jaxvision.convert import torchvision as tv
+
+        # a new head does not fit the checkpoint's: the report says what was kept from init
+        variables, report = jv.load_pretrained(m.name, tv.load_state_dict(m.pretrained),
+                                               m.pretrained_strict, model=model,
+                                               return_report=True)
+        log(f"{m.pretrained}: {report}" + ("" if report.ok else "\n" + report.problems()))
         return variables
     size = config.data.image_size
     return jax.jit(lambda k: model.init(k, jnp.zeros((1, size, size, 3)), train=False))(
@@ -93,7 +105,7 @@ def train(config, workdir: str, log=print) -> dict:
     steps_per_epoch = data.num_train // config.data.batch_size
     total = t.steps if t.steps else t.epochs * steps_per_epoch
     schedule = optim.build_schedule(config.schedule, config.optimizer.lr, steps_per_epoch, total)
-    variables = initial_variables(config, model, num_classes)
+    variables = initial_variables(config, model, num_classes, log)
     trainable = freeze.trainable_mask(variables["params"], config.freeze, config.model.name)
     tx = optim.build_optimizer(config.optimizer, schedule, variables["params"], trainable)
     state = TrainState.create(variables, tx, t.seed, t.ema_decay is not None)
@@ -141,6 +153,8 @@ def train(config, workdir: str, log=print) -> dict:
                     "train/grad_norm": float(m["grad_norm"]) / float(m["steps"]),
                     "train/lr": float(schedule(done - 1)),
                     "train/images_per_s": float(m["count"]) / elapsed})
+                if not config.logging.progress_bar:  # e.g. a batch job: the bar's line as text
+                    log(f"step {done}: train_loss={loss:.4f} lr={float(schedule(done - 1)):.4g}")
                 acc, last_log, t0 = None, done, time.perf_counter()
             logger.advance(done)
             if want_eval:
