@@ -132,6 +132,17 @@ def test_bad_schedule_config_names_the_field(kw, match):
 IMAGENET_TRAIN = 1281167
 
 
+def _has_tfds_section():
+    from jaxvision.data.config import default_data_config
+    return "tfds" in default_data_config()
+
+
+# The recipes set data.tfds.*, a section of the data contract not in default_data_config() yet;
+# until it lands they can only fail on that missing key (strict: an unexpected pass is reported).
+pending_tfds = pytest.mark.xfail(not _has_tfds_section(), raises=AttributeError, strict=True,
+                                 reason="jaxvision.data.config has no data.tfds section yet")
+
+
 def _recipe(name):
     from jaxvision.train.config import load_config_file
     return load_config_file(f"configs/imagenet_{name}.py")
@@ -146,6 +157,7 @@ def _recipe(name):
     ("vit_b_16", {0: 0.003 * 0.033, 15: 0.003 * (0.033 + 0.967 * 0.5), 30: 0.003,
                   165: 0.0015, 299: 0.003 * (1 + np.cos(np.pi * 269 / 270)) / 2}),
 ])
+@pending_tfds
 def test_imagenet_recipes_load_and_follow_torchvision(name, epoch_lrs):
     c = _recipe(name)
     assert c.model.name == name and c.data.source == "tfds"
