@@ -1,6 +1,7 @@
 """Vision Transformers against torchvision: parameter counts, eval/train/feature/gradient
 parity, loading at another resolution, features_only, bfloat16 and bad input."""
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -264,6 +265,12 @@ def test_bfloat16_compute_keeps_float32_params():
     want = torch_logits(tmodel, x)
     # bfloat16 keeps 8 bits of mantissa: a 2-block net lands within a few percent
     assert max_err(got, want) <= 0.05 * np.abs(want).max()
+    # matmuls run in bfloat16; softmax (exp, max) and LayerNorm statistics (sum, rsqrt) in float32
+    jaxpr = str(jax.make_jaxpr(lambda v, x: model.apply(v, x))(variables, jnp.asarray(x)))
+    out_dtypes = lambda prim: set(re.findall(r":(\w+)\[[^\]]*\] = " + prim + r"\b", jaxpr))
+    assert out_dtypes("dot_general") == {"bf16"}
+    for prim in ("exp", "reduce_max", "reduce_sum", "rsqrt"):
+        assert out_dtypes(prim) == {"f32"}, prim
 
 
 def test_init_matches_torchvision_distributions():
