@@ -3,7 +3,7 @@ import ml_collections
 
 def default_data_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.source = "shapes"  # shapes | imagefolder
+    c.source = "shapes"  # shapes | imagefolder | tfds
     c.image_size = 224
     c.resize_size = ml_collections.FieldReference(None, field_type=int)  # None: from the model
     c.mean = ml_collections.FieldReference(None, field_type=tuple)  # None: the model's
@@ -19,4 +19,7 @@ def default_data_config() -> ml_collections.ConfigDict:
         num_classes=4, num_train=4096, num_val=512, image_size=32, seed=0))
     c.imagefolder = ml_collections.ConfigDict(dict(
         root="", train_dir="train", val_dir="val", val_fraction=0.0, skip_corrupt=False))
+    c.tfds = ml_collections.ConfigDict(dict(
+        name="", data_dir=ml_collections.FieldReference(None, field_type=str),
+        train_split="train", val_split="validation", image_key="image", label_key="label"))
     return c

@@ -8,34 +8,47 @@ from PIL import Image
 
 from jaxvision.data.errors import DataError
 
+from jaxvision.data.transforms import to_rgb
+
+# torchvision.datasets.folder.IMG_EXTENSIONS
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
 def _scan(directory: str, classes=None):
+    if not os.path.exists(directory):
+        raise DataError(f"{directory}: does not exist (expected root/<split>/<class>/<image>)")
     if not os.path.isdir(directory):
         raise DataError(f"{directory}: no such image-folder directory "
                         "(expected root/<split>/<class>/<image>)")
     found = sorted(d.name for d in os.scandir(directory) if d.is_dir())
     if not found:
-        raise DataError(f"{directory}: holds no class folders")
+        raise DataError(f"{directory}: is empty, expected one sub-folder per class")
     classes = classes or found
-    unknown = set(found) - set(classes)
-    if unknown:
-        raise DataError(f"{directory}: class folders {sorted(unknown)} are not in the train split")
+    if found != list(classes):
+        raise DataError(f"{directory}: class folders {found} do not match the train split's "
+                        f"{list(classes)} (missing {sorted(set(classes) - set(found))}, "
+                        f"extra {sorted(set(found) - set(classes))})")
     items = []
     for i, name in enumerate(classes):
         sub = os.path.join(directory, name)
-        if os.path.isdir(sub):
-            items += [(os.path.join(sub, f), i) for f in sorted(os.listdir(sub))
-                      if f.lower().endswith(EXTENSIONS)]
-    if not items:
-        raise DataError(f"{directory}: no images with extensions {EXTENSIONS}")
+        files = [(os.path.join(sub, f), i) for f in sorted(os.listdir(sub))
+                 if f.lower().endswith(EXTENSIONS)]
+        if not files:
+            raise DataError(f"{sub}: class folder {name!r} holds no images with extensions "
+                            f"{EXTENSIONS}")
+        items += files
     return items, classes
 
 
 class FolderSource:
     def __init__(self, items, skip_corrupt: bool):
         self.items, self.skip_corrupt = items, skip_corrupt
+        # paths found corrupt by THIS process (grain workers keep their own copy)
+        self.skipped: set[str] = set()
+
+    @property
+    def num_skipped(self) -> int:
+        return len(self.skipped)
 
     def __len__(self):
         return len(self.items)
@@ -44,11 +57,14 @@ class FolderSource:
         path, label = self.items[index]
         try:
             with Image.open(path) as img:
-                image = np.asarray(img.convert("RGB"))
-        except OSError as e:
+                image = np.asarray(to_rgb(img))
+        except (OSError, ValueError, SyntaxError) as e:  # what PIL raises on broken files
             if not self.skip_corrupt:
                 raise DataError(f"{path}: cannot be read as an image ({e}); set "
                                 "data.imagefolder.skip_corrupt=True to replace it") from e
+            self.skipped.add(path)
+            if len(self.skipped) >= len(self.items):
+                raise DataError(f"{path}: every image under this split is corrupt") from e
             # a grain source must return something for every index: the neighbour stands in
             return self[(index + 1) % len(self)]
         return {"image": image, "label": np.int32(label)}
@@ -57,7 +73,12 @@ class FolderSource:
 def imagefolder_sources(cfg):
     if not cfg.root:
         raise DataError("data.imagefolder.root is empty: give --config.data.imagefolder.root=DIR")
-    train_items, classes = _scan(os.path.join(cfg.root, cfg.train_dir))
+    if not 0.0 <= cfg.val_fraction < 1.0:
+        raise DataError(f"data.imagefolder.val_fraction must be in [0, 1), got {cfg.val_fraction}")
+    train_dir = os.path.join(cfg.root, cfg.train_dir)
+    if cfg.val_fraction and not os.path.isdir(train_dir):
+        train_dir = cfg.root  # a single root/<class>/<image> folder, split below
+    train_items, classes = _scan(train_dir)
     if cfg.val_fraction:
         rng = np.random.default_rng(0)
         order = rng.permutation(len(train_items))

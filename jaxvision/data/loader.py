@@ -59,18 +59,26 @@ class Data:
                                 worker_count=c.num_workers)
 
     def eval_loader(self, process_index: int = 0, process_count: int = 1):
-        """Every example exactly once; the last batch is padded and ``mask`` marks real ones."""
+        """Every example exactly once; the last batch is padded and ``mask`` marks real ones.
+
+        The index range is padded to a multiple of the GLOBAL eval batch, so every process
+        gets the same number of batches (a jitted multi-host eval step needs that) and
+        process ``p`` takes examples ``p, p + P, ...``.
+        """
         c = self.cfg
         batch = self._local_batch(c.eval_batch_size, process_count)
-        sampler = grain.samplers.IndexSampler(
-            self.num_val, grain.sharding.ShardOptions(process_index, process_count, False),
-            shuffle=False, num_epochs=1, seed=0)
-        ops = [T.EvalTransform(c.image_size, self.resize_size, self.mean, self.std,
-                               c.interpolation),
-               grain.transforms.Batch(batch, drop_remainder=False)]
-        loader = grain.DataLoader(data_source=self.val_source, sampler=sampler, operations=ops,
-                                  worker_count=0)
-        return _padded(loader, batch)
+        n = self.num_val
+        n_pad = -(-n // c.eval_batch_size) * c.eval_batch_size
+        transform = T.EvalTransform(c.image_size, self.resize_size, self.mean, self.std,
+                                    c.interpolation)
+        source = self.val_source
+
+        def load(i):
+            ex = transform.map(source[min(int(i), n - 1)])  # a padding slot repeats the last
+            return {**ex, "mask": np.bool_(i < n)}
+
+        indices = np.arange(process_index, n_pad, process_count)
+        return grain.MapDataset.source(indices).map(load).batch(batch, drop_remainder=False)
 
 
 def _absl_flags_ready():
@@ -79,16 +87,6 @@ def _absl_flags_ready():
 
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()
-
-
-def _padded(loader, batch):
-    for b in loader:
-        n = len(b["label"])
-        mask = np.arange(batch) < n
-        if n < batch:
-            b = {k: np.concatenate([v, np.zeros((batch - n, *v.shape[1:]), v.dtype)])
-                 for k, v in b.items()}
-        yield {**b, "mask": mask}
 
 
 def build_data(cfg, model_name: str | None = None) -> Data:
@@ -110,6 +108,11 @@ def build_data(cfg, model_name: str | None = None) -> Data:
         from jaxvision.data.imagefolder import imagefolder_sources
 
         train, val, names = imagefolder_sources(cfg.imagefolder)
+    elif cfg.source == "tfds":
+        from jaxvision.data.tfds_source import tfds_sources
+
+        train, val, names = tfds_sources(cfg.tfds)
     else:
-        raise DataError(f"data.source must be 'shapes' or 'imagefolder', got {cfg.source!r}")
+        raise DataError(f"data.source must be 'shapes', 'imagefolder' or 'tfds', "
+                        f"got {cfg.source!r}")
     return Data(train, val, names, cfg, mean, std, resize)

@@ -10,8 +10,30 @@ from PIL import Image
 _RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
 
 
-def _pil(image: np.ndarray) -> Image.Image:
-    return Image.fromarray(np.asarray(image, np.uint8))
+def to_rgb(img) -> Image.Image:
+    """Any PIL image or HWC/HW array (grey, palette, RGBA, CMYK, 16-bit) -> 8-bit RGB PIL."""
+    if isinstance(img, Image.Image):
+        if img.mode in ("I;16", "I;16B", "I;16L", "I") :
+            # PIL's convert("RGB") clips 16-bit values at 255; rescale the full range instead
+            img = np.asarray(img)
+        elif img.mode == "P" and "transparency" in img.info:
+            return img.convert("RGBA").convert("RGB")
+        else:
+            return img if img.mode == "RGB" else img.convert("RGB")
+    a = np.asarray(img)
+    if a.dtype == np.uint16 or (a.dtype.kind in "iu" and a.max(initial=0) > 255):
+        a = (a.astype(np.float32) / 257.0).round()
+    a = np.clip(a, 0, 255).astype(np.uint8)
+    if a.ndim == 3 and a.shape[-1] == 1:
+        a = a[..., 0]
+    if a.ndim == 3 and a.shape[-1] == 4:
+        a = a[..., :3]
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[-1] != 3):
+        raise ValueError(f"image array of shape {a.shape}: expected HW, HW1, HW3 or HW4")
+    return Image.fromarray(a).convert("RGB")
+
+
+_pil = to_rgb
 
 
 def resize_shorter(img: Image.Image, size: int, interpolation="bilinear") -> Image.Image:
@@ -43,8 +65,7 @@ def normalize(image: np.ndarray, mean, std) -> np.ndarray:
 
 def eval_image(img, image_size, resize_size, mean, std, interpolation="bilinear") -> np.ndarray:
     """Resize (shorter side) + centre crop + normalise: float32 [H, W, 3]."""
-    img = img if isinstance(img, Image.Image) else _pil(img)
-    img = center_crop(resize_shorter(img.convert("RGB"), resize_size, interpolation), image_size)
+    img = center_crop(resize_shorter(to_rgb(img), resize_size, interpolation), image_size)
     return normalize(np.asarray(img), mean, std)
 
 
@@ -77,7 +98,7 @@ class TrainTransform(grain.transforms.RandomMap):
         self.interpolation = interpolation
 
     def random_map(self, example, rng: np.random.Generator):
-        img = _pil(example["image"]).convert("RGB")
+        img = to_rgb(example["image"])
         if self.rrc:
             top, left, ch, cw = random_resized_crop_box(rng, *img.size, self.scale, self.ratio)
             img = img.resize((self.size, self.size), _RESAMPLE[self.interpolation],
