@@ -1,0 +1,106 @@
+"""Image folders in torchvision's ImageFolder layout: modes, splits and every error we raise."""
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from jaxvision.data import DataError, build_data, default_data_config
+
+
+def _save(path, img):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    img.save(path)
+
+
+def _rgb(seed, size=(9, 7)):
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (*size[::-1], 3), np.uint8))
+
+
+def _tree(root, split="train", classes=("cat", "dog"), n=3):
+    for c in classes:
+        for i in range(n):
+            _save(f"{root}/{split}/{c}/{i}.png", _rgb(hash((c, i)) % 1000))
+
+
+def _cfg(root, **kw):
+    c = default_data_config()
+    c.source, c.image_size, c.batch_size, c.eval_batch_size = "imagefolder", 8, 2, 4
+    c.imagefolder.root = str(root)
+    c.imagefolder.update(kw)
+    return c
+
+
+def test_train_val_folders_and_image_modes(tmp_path):
+    _tree(tmp_path, "train", n=2)
+    _tree(tmp_path, "val", n=1)
+    d = tmp_path / "train" / "dog"
+    rgb = np.asarray(_rgb(0))
+    _save(f"{d}/grey.jpg", Image.fromarray(rgb[..., 0]))
+    _save(f"{d}/pal.png", _rgb(1).convert("P"))
+    _save(f"{d}/rgba.png", _rgb(2).convert("RGBA"))
+    _save(f"{d}/cmyk.tiff", _rgb(3).convert("CMYK"))
+    _save(f"{d}/deep.png", Image.fromarray(rgb[..., 0].astype(np.uint16) * 257))
+    _save(f"{d}/tiny.png", _rgb(4, size=(3, 5)))  # 3 wide, 5 high
+    (d / "notes.txt").write_text("not an image extension: ignored")
+    data = build_data(_cfg(tmp_path, skip_corrupt=False))
+    assert data.class_names == ["cat", "dog"] and (data.num_train, data.num_val) == (10, 2)
+    for i in range(data.num_train):
+        img = data.train_source[i]["image"]
+        assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[-1] == 3
+    deep = [data.train_source[i] for i in range(10)
+            if data.train_source.items[i][0].endswith("deep.png")][0]
+    # 16-bit values are rescaled, not clipped at 255
+    np.testing.assert_array_equal(deep["image"][..., 0], rgb[..., 0])
+    it = iter(data.train_loader(seed=0))
+    for _ in range(5):  # an epoch: the 3x5 image goes through RandomResizedCrop too
+        assert next(it)["image"].shape == (2, 8, 8, 3)
+    assert sum(int(b["mask"].sum()) for b in data.eval_loader()) == 2
+
+
+def test_single_folder_split_by_val_fraction(tmp_path):
+    _tree(tmp_path, "all", n=10)
+    c = _cfg(tmp_path / "all", val_fraction=0.25)
+    a, b = build_data(c), build_data(c)
+    assert (a.num_train, a.num_val) == (15, 5)
+    assert a.val_source.items == b.val_source.items  # deterministic split
+    assert not set(a.val_source.items) & set(a.train_source.items)
+    with pytest.raises(DataError, match="val_fraction"):
+        build_data(_cfg(tmp_path / "all", val_fraction=1.5))
+
+
+def test_errors_name_the_path(tmp_path):
+    with pytest.raises(DataError, match="root is empty"):
+        build_data(_cfg(""))
+    with pytest.raises(DataError, match="missing.*does not exist"):
+        build_data(_cfg(tmp_path / "missing"))
+    (tmp_path / "empty" / "train").mkdir(parents=True)
+    with pytest.raises(DataError, match="train: is empty"):
+        build_data(_cfg(tmp_path / "empty"))
+    _tree(tmp_path / "r", "train")
+    (tmp_path / "r" / "train" / "bird").mkdir()
+    with pytest.raises(DataError, match="bird.*class folder 'bird' holds no images"):
+        build_data(_cfg(tmp_path / "r"))
+    _tree(tmp_path / "m", "train")
+    _tree(tmp_path / "m", "val", classes=("cat", "cow"))
+    with pytest.raises(DataError, match=r"missing \['dog'\], extra \['cow'\]"):
+        build_data(_cfg(tmp_path / "m"))
+
+
+def test_corrupt_file_named_or_skipped_and_counted(tmp_path):
+    _tree(tmp_path, "train")
+    _tree(tmp_path, "val")
+    bad = tmp_path / "train" / "cat" / "0.png"
+    bad.write_bytes(b"not a png at all")
+    data = build_data(_cfg(tmp_path))
+    idx = [p for p, _ in data.train_source.items].index(str(bad))
+    with pytest.raises(DataError, match=f"{bad}: cannot be read.*skip_corrupt"):
+        data.train_source[idx]
+    data = build_data(_cfg(tmp_path, skip_corrupt=True))
+    ex = data.train_source[idx]
+    assert ex["image"].shape == (7, 9, 3)
+    assert data.train_source.num_skipped == 1 and data.train_source.skipped == {str(bad)}
+    for p, _ in data.train_source.items:
+        open(p, "wb").write(b"junk")
+    with pytest.raises(DataError, match="every image under this split is corrupt"):
+        data.train_source[0]
