@@ -93,8 +93,9 @@ class EncoderLayers(nn.Module):
         kept = {}
         last = self.num_layers - 1 if self.keep is None else max(self.keep)
         for i in range(last + 1):
-            x = EncoderBlock(self.num_heads, self.hidden_dim, self.mlp_dim, self.dropout,
-                             self.attention_dropout, self.dtype, name=f"encoder_layer_{i}")(x, train)
+            block = EncoderBlock(self.num_heads, self.hidden_dim, self.mlp_dim, self.dropout,
+                                 self.attention_dropout, self.dtype, name=f"encoder_layer_{i}")
+            x = block(x, train)
             if self.keep is not None and i in self.keep:
                 kept[i] = x
         return x, kept
@@ -179,7 +180,8 @@ class VisionTransformer(nn.Module):
             keep = tuple(sorted({int(n[len("block"):]) for n in names}))
         n_h = n_w = self.image_size // p
         x = x.astype(self.dtype)
-        x = Conv2d(d, p, p, bias=True, dtype=self.dtype, kernel_init=_normal(math.sqrt(1 / (3 * p * p))),
+        x = Conv2d(d, p, p, bias=True, dtype=self.dtype,
+                   kernel_init=_normal(math.sqrt(1 / (3 * p * p))),
                    bias_init=nn.initializers.zeros, name="conv_proj")(x)
         x = x.reshape(x.shape[0], n_h * n_w, d)  # NHWC flattens row-major like torch's (n_h, n_w)
         cls = self.param("class_token", nn.initializers.zeros, (1, 1, d), jnp.float32)
