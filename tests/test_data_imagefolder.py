@@ -100,6 +100,7 @@ def test_corrupt_file_named_or_skipped_and_counted(tmp_path):
     ex = data.train_source[idx]
     assert ex["image"].shape == (7, 9, 3)
     assert data.train_source.num_skipped == 1 and data.train_source.skipped == {str(bad)}
+    assert data.num_skipped == 1
     for p, _ in data.train_source.items:
         open(p, "wb").write(b"junk")
     with pytest.raises(DataError, match="every image under this split is corrupt"):

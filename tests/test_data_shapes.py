@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from jaxvision.data import DataError
 from jaxvision.data.shapes import KINDS, ShapesSource
 
 
@@ -37,9 +38,9 @@ def test_label_mask_boxes_agree_and_classes_balanced():
 
 
 def test_bad_arguments_and_index():
-    with pytest.raises(ValueError, match="num_classes"):
+    with pytest.raises(DataError, match="data.shapes.num_classes"):
         ShapesSource(10, len(KINDS) + 1)
-    with pytest.raises(ValueError, match="image_size"):
+    with pytest.raises(DataError, match="data.shapes.image_size"):
         ShapesSource(10, 4, image_size=8)
     with pytest.raises(IndexError):
         ShapesSource(10, 4)[10]

@@ -34,6 +34,11 @@ class Data:
     def num_val(self) -> int:
         return len(self.val_source)
 
+    @property
+    def num_skipped(self) -> int:
+        """Corrupt image files skipped so far (image folders with skip_corrupt) in this process."""
+        return sum(getattr(s, "num_skipped", 0) for s in (self.train_source, self.val_source))
+
     def _local_batch(self, batch_size, process_count):
         if batch_size % process_count:
             raise DataError(f"data.batch_size {batch_size} is not divisible by the number of "

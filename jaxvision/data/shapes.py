@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from jaxvision.data.errors import DataError
+
 KINDS = ("circle", "square", "triangle", "cross", "ring", "diamond")
 
 
@@ -37,10 +39,10 @@ class ShapesSource:
     def __init__(self, num_examples: int, num_classes: int = 4, image_size: int = 32,
                  seed: int = 0):
         if not 2 <= num_classes <= len(KINDS):
-            raise ValueError(f"data.shapes.num_classes must be in [2, {len(KINDS)}], "
+            raise DataError(f"data.shapes.num_classes must be in [2, {len(KINDS)}], "
                              f"got {num_classes}")
         if image_size < 16:
-            raise ValueError(f"data.shapes.image_size must be >= 16, got {image_size}")
+            raise DataError(f"data.shapes.image_size must be >= 16, got {image_size}")
         self.num_examples, self.num_classes = int(num_examples), int(num_classes)
         self.image_size, self.seed = int(image_size), int(seed)
         self.class_names = list(KINDS[:num_classes])
