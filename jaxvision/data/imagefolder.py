@@ -7,7 +7,6 @@ import numpy as np
 from PIL import Image
 
 from jaxvision.data.errors import DataError
-
 from jaxvision.data.transforms import to_rgb
 
 # torchvision.datasets.folder.IMG_EXTENSIONS

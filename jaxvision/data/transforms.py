@@ -13,7 +13,7 @@ _RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Im
 def to_rgb(img) -> Image.Image:
     """Any PIL image or HWC/HW array (grey, palette, RGBA, CMYK, 16-bit) -> 8-bit RGB PIL."""
     if isinstance(img, Image.Image):
-        if img.mode in ("I;16", "I;16B", "I;16L", "I") :
+        if img.mode in ("I;16", "I;16B", "I;16L", "I"):
             # PIL's convert("RGB") clips 16-bit values at 255; rescale the full range instead
             img = np.asarray(img)
         elif img.mode == "P" and "transparency" in img.info:
