@@ -68,6 +68,9 @@ def test_parity_with_torchvision(name):
     model = Jitted(jv.create_model(name, dropout=0.0))
     variables = jv.load_pretrained(name, tmodel.state_dict(), model=model)
     check_eval(name, tmodel, variables, model, [(224, 224), (161, 225)])
+    # The last map (final 1x1 conv + hardswish) reaches |x| ~ 143 on mobilenet_v3_small at
+    # 161x225: measured ours 3.2e-4 from torch float32 and 3.4e-4 from float64, where torch
+    # float32 itself is 3.3e-4 from float64, so check_features falls back to the float64 bar.
     check_features(name, tmodel, NODES[name], variables, {}, (161, 225))
     check_train(name, tmodel, variables, model, (97, 129))
     check_input_grad(name, tmodel, variables, model, (97, 129))
