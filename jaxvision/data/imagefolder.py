@@ -40,6 +40,11 @@ def _scan(directory: str, classes=None):
 
 
 class FolderSource:
+    def __repr__(self):
+        # grain checks repr(source) when a loader's state is restored: it must not hold an id
+        first = self.items[0][0] if self.items else None
+        return f"FolderSource({len(self.items)} images, first={first!r})"
+
     def __init__(self, items, skip_corrupt: bool):
         self.items, self.skip_corrupt = items, skip_corrupt
         # paths found corrupt by THIS process (grain workers keep their own copy)

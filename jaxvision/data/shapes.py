@@ -47,6 +47,11 @@ class ShapesSource:
         self.image_size, self.seed = int(image_size), int(seed)
         self.class_names = list(KINDS[:num_classes])
 
+    def __repr__(self) -> str:
+        # grain checks repr(source) when a loader's state is restored: it must not hold an id
+        return (f"ShapesSource(num_examples={self.num_examples}, num_classes={self.num_classes}, "
+                f"image_size={self.image_size}, seed={self.seed})")
+
     def __len__(self) -> int:
         return self.num_examples
 
