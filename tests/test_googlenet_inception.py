@@ -155,9 +155,10 @@ def test_num_classes_zero_and_features_info(name, size):
     info = {f.name: f for f in jv.model_info(name).features}
     assert list(feats) == [jv.model_info(name).features[i].name for i in (0, -1)]
     for key, value in feats.items():
-        # ceil-mode (googlenet) and valid (inception) pooling: size within one of input/stride
+        # ceil-mode pooling (googlenet) rounds up; inception's unpadded 3x3 convs and pools
+        # lose pixels (299 -> 147 at "stride 2", 8 at "32"): reduction is nominal within 4
         assert value.shape[-1] == info[key].channels
-        assert abs(value.shape[1] - size / info[key].reduction) < 2
+        assert abs(value.shape[1] - size / info[key].reduction) < 4
 
 
 def test_googlenet_num_classes_zero_matches_torch_embedding():

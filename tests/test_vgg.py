@@ -37,7 +37,8 @@ def test_parity_with_torchvision(name):
     # 193x257 ends in a 6x8 map: adaptive pooling to 7x7 with overlapping, uneven bins
     check_eval(name, tmodel, variables, model, [(224, 224), (193, 257)])
     check_features(name, tmodel, nodes(name), variables, {}, (97, 129))
-    check_train(name, tmodel, variables, model, (64, 64))
+    if name.endswith("_bn"):  # without BN (and with dropout 0) train mode is eval mode
+        check_train(name, tmodel, variables, model, (64, 64))
     check_input_grad(name, tmodel, variables, model, (64, 64))
 
 
