@@ -131,7 +131,7 @@ def check_features(name, tmodel, nodes, variables, model_kwargs, size, tol=TOL):
     x = images((1, *size, 3), seed=7)
     with torch.no_grad():
         want = create_feature_extractor(tmodel, return_nodes=dict(nodes))(nchw(x))
-    got = fmodel.apply(variables, jnp.asarray(x), train=False)
+    got = jax.jit(lambda v, x: fmodel.apply(v, x, train=False))(variables, jnp.asarray(x))
     assert set(got) == set(nodes.values())
     truth = {}
 
@@ -158,7 +158,8 @@ def check_train(name, tmodel, variables, model, size, tol=TOL):
     tmodel.eval()
     after = {k: v.clone() for k, v in tmodel.state_dict().items()}
     tmodel.load_state_dict(before)  # leave the torch model as it was for later checks
-    got, updates = model.apply(variables, jnp.asarray(x), train=True, mutable=["batch_stats"])
+    got, updates = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))(
+        variables, jnp.asarray(x))
     f64 = {}
 
     def truth():
@@ -213,7 +214,8 @@ def check_input_grad(name, tmodel, variables, model, size, tol=TOL):
     x = images((2, *size, 3), seed=5)
     tmodel.eval()
     want = _input_grad_torch(tmodel, x, torch.float32)
-    g = jax.grad(lambda x: jnp.mean(model.apply(variables, x, train=False) ** 2))(jnp.asarray(x))
+    g = jax.jit(jax.grad(lambda x: jnp.mean(model.apply(variables, x, train=False) ** 2)))(
+        jnp.asarray(x))
     err = max_err(g, want)
     if err <= tol:
         return err

@@ -84,7 +84,7 @@ def make_train_step(model, tx, num_classes: int, label_smoothing: float = 0.0,
                               ema_batch_stats=jax.tree.map(ema, state.ema_batch_stats, stats))
         n = labels.shape[0]
         metrics = {"loss_sum": loss * n, "correct": correct.astype(jnp.float32),
-                   "count": jnp.float32(n), "grad_norm": optax.global_norm(grads),
+                   "count": jnp.float32(n), "grad_norm": optax.tree.norm(grads),
                    "steps": jnp.float32(1)}
         return new, metrics
 
