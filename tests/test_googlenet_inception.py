@@ -169,16 +169,18 @@ def test_googlenet_num_classes_zero_matches_torch_embedding():
     tmodel.fc = torch.nn.Identity()
     with torch.no_grad():
         want = tmodel(nchw(x))
-    assert_parity("googlenet embedding", model.apply(variables, jnp.asarray(x)), want,
+    got = jax.jit(lambda v, x: model.apply(v, x))(variables, jnp.asarray(x))
+    assert_parity("googlenet embedding", got, want,
                   lambda: as_float64(tmodel)(nchw(x).double()).detach())
 
 
 def test_googlenet_dropout_uses_dropout_rng():
     model = jv.create_model("googlenet", aux_logits=True)
     x = jnp.asarray(images((2, 64, 64, 3)))
-    variables = model.init(jax.random.key(0), x)
-    run = lambda k: model.apply(variables, x, train=True, mutable=["batch_stats"],
-                                rngs={"dropout": jax.random.key(k)})[0]
+    variables = jax.jit(model.init)(jax.random.key(0), x)
+    fwd = jax.jit(lambda v, r: model.apply(v, x, train=True, mutable=["batch_stats"],
+                                            rngs={"dropout": r})[0])
+    run = lambda k: fwd(variables, jax.random.key(k))
     a, b = run(1), run(2)
     assert len(a) == 3 and all(o.shape == (2, 1000) for o in a)
     assert not np.allclose(a.logits, b.logits) and not np.allclose(a.aux_logits1, b.aux_logits1)

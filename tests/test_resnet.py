@@ -38,7 +38,8 @@ def test_parity_with_torchvision(name):
     variables = jv.load_pretrained(name, tmodel.state_dict(), model=model)
     small = (65, 81) if name in HEAVY else (97, 129)
     check_eval(name, tmodel, variables, model, [(224, 224), (193, 257)])
-    check_features(name, tmodel, NODES, variables, {}, small if name in HEAVY else (193, 257))
+    if name not in HEAVY:  # their stages are the same code as resnet50's, checked at full depth
+        check_features(name, tmodel, NODES, variables, {}, (193, 257))
     check_train(name, tmodel, variables, model, small)
     check_input_grad(name, tmodel, variables, model, small)
 
