@@ -113,7 +113,19 @@ def param_paths(params):
         lambda p, _: "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in p), params)
 
 
-def layout(model_name: str) -> Layout:
+class _Declared(NamedTuple):
+    """A model's own :class:`~jaxvision.models._stages.StageLayout`, seen as a Layout."""
+    stem: str
+    stage: Callable[[str, str], Optional[int]]
+    head: str
+
+
+def layout(model_name: str, model=None):
+    """The model's declared ``stage_layout`` when it has one, else the family table."""
+    model = model if model is not None else jv.create_model(model_name)
+    declared = getattr(model, "stage_layout", None)
+    if declared is not None:
+        return _Declared(declared.stem, lambda path, _: declared.stage_of(path), declared.head)
     family = jv.model_info(model_name).family
     if family not in FAMILIES:
         raise ValueError(f"freeze.frozen_stages/linear_probe: no stage table for model family "
@@ -129,13 +141,13 @@ def stage_of(path: str, model_name: str, lay: Layout) -> Optional[int]:
     return lay.stage(path, model_name)
 
 
-def trainable_mask(params, cfg, model_name: str):
+def trainable_mask(params, cfg, model_name: str, model=None):
     """A pytree of bools shaped like ``params``: False for frozen leaves."""
     paths = param_paths(params)
     flat = jax.tree.leaves(paths)
     frozen = set()
     if cfg.frozen_stages >= 0 or cfg.linear_probe:
-        lay = layout(model_name)
+        lay = layout(model_name, model)
         stages = {p: stage_of(p, model_name, lay) for p in flat}
         if cfg.frozen_stages >= 0:
             n = max((s for s in stages.values() if s is not None), default=0)

@@ -106,7 +106,8 @@ def train(config, workdir: str, log=print) -> dict:
     total = t.steps if t.steps else t.epochs * steps_per_epoch
     schedule = optim.build_schedule(config.schedule, config.optimizer.lr, steps_per_epoch, total)
     variables = initial_variables(config, model, num_classes, log)
-    trainable = freeze.trainable_mask(variables["params"], config.freeze, config.model.name)
+    trainable = freeze.trainable_mask(variables["params"], config.freeze, config.model.name,
+                                      model)
     tx = optim.build_optimizer(config.optimizer, schedule, variables["params"], trainable)
     state = TrainState.create(variables, tx, t.seed, t.ema_decay is not None)
 
