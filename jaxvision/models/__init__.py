@@ -5,3 +5,8 @@ from jaxvision.models import mobilenet  # noqa: F401
 from jaxvision.models import googlenet  # noqa: F401
 from jaxvision.models import inception  # noqa: F401
 from jaxvision.models import vgg  # noqa: F401
+from jaxvision.models import densenet  # noqa: F401
+from jaxvision.models import shufflenetv2  # noqa: F401
+from jaxvision.models import mnasnet  # noqa: F401
+from jaxvision.models import squeezenet  # noqa: F401
+from jaxvision.models import alexnet  # noqa: F401
