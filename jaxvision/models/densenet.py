@@ -178,12 +178,12 @@ class DenseNet(nn.Module):
 
 
 # torchvision's pattern for the pre-0.3 names 'norm.1', 'relu.1', 'conv.1', 'norm.2', ...
-_LEGACY = re.compile(
-    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+_LEGACY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\."
+                     r"((?:[12])\.(?:weight|bias|running_mean|running_var))$")
 
 
 def adapt_state_dict(sd: dict, model) -> dict:
-    """``...denselayer1.norm.1.weight`` -> ``...denselayer1.norm1.weight``; other keys as they are."""
+    """``...denselayer1.norm.1.weight`` -> ``...denselayer1.norm1.weight``; others unchanged."""
     out = {}
     for key, value in sd.items():
         m = _LEGACY.match(key)
