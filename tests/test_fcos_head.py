@@ -10,8 +10,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxvision import ops
-from jaxvision.convert import merge, torchvision as tv
 from jaxvision.heads.fcos import FCOSHead, fcos_loss, fcos_postprocess
+
+from det_helpers import randomize_, run_both
 
 C, K = 64, 4
 IMAGE = (160, 224)
@@ -19,27 +20,13 @@ GRIDS = [(20, 28), (10, 14), (5, 7), (3, 4), (2, 2)]
 SIZES = ((8,), (16,), (32,), (64,), (128,))
 
 
-def _nchw(x):
-    return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
-
-
 @pytest.fixture(scope="module")
 def heads():
     torch.manual_seed(0)
-    thead = tv_fcos.FCOSHead(C, 1, K).eval()
-    with torch.no_grad():  # torchvision zero-initialises biases: randomise every tensor
-        for p in thead.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
+    thead = randomize_(tv_fcos.FCOSHead(C, 1, K).eval())
     rng = np.random.default_rng(1)
     feats = [rng.normal(size=(2, h, w, C)).astype(np.float32) for h, w in GRIDS]
-    head = FCOSHead(1, K)
-    target = jax.eval_shape(lambda: head.init(jax.random.key(0), feats))
-    report = merge.Report()
-    source, names = tv.map_state_dict(thead.state_dict(), target, report)
-    variables = merge.fill(dict(target), source, names, report, True, shown_shape=tv.torch_shape)
-    out = jax.jit(head.apply)(variables, feats)
-    with torch.no_grad():
-        want = thead([_nchw(f) for f in feats])
+    out, want = run_both(FCOSHead(1, K), thead, feats)
     return thead, out, want
 
 

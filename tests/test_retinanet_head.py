@@ -12,8 +12,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxvision import ops
-from jaxvision.convert import merge, torchvision as tv
 from jaxvision.heads.retinanet import RetinaNetHead, retinanet_loss, retinanet_postprocess
+
+from det_helpers import randomize_, run_both
 
 C, K, A = 64, 5, 9
 IMAGE = (160, 224)  # padded batch size
@@ -23,19 +24,11 @@ torch.manual_seed(0)
 
 def _torch_head(group_norm):
     norm = partial(torch.nn.GroupNorm, 32) if group_norm else None
-    head = tv_retina.RetinaNetHead(C, A, K, norm_layer=norm).eval()
-    with torch.no_grad():  # torchvision zero-initialises biases: randomise every tensor
-        for p in head.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return head
+    return randomize_(tv_retina.RetinaNetHead(C, A, K, norm_layer=norm).eval())
 
 
 def _features(rng):
     return [rng.normal(size=(2, h, w, C)).astype(np.float32) for h, w in GRIDS]
-
-
-def _nchw(x):
-    return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
 
 
 def _anchors():
@@ -51,13 +44,7 @@ def heads(request):
     thead = _torch_head(group_norm)
     head = RetinaNetHead(A, K, group_norm=group_norm)
     feats = _features(np.random.default_rng(1))
-    target = jax.eval_shape(lambda: head.init(jax.random.key(0), feats))
-    report = merge.Report()
-    source, names = tv.map_state_dict(thead.state_dict(), target, report)
-    variables = merge.fill(dict(target), source, names, report, True, shown_shape=tv.torch_shape)
-    out = jax.jit(head.apply)(variables, feats)
-    with torch.no_grad():
-        want = thead([_nchw(f) for f in feats])
+    out, want = run_both(head, thead, feats)
     return group_norm, thead, feats, out, want
 
 

@@ -3,6 +3,7 @@ the same weights, per-anchor predictors flattened in torchvision's (y, x, anchor
 post-processing of per-level candidates with static shapes."""
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Sequence
 
 import jax
@@ -14,6 +15,11 @@ from jaxvision import ops
 from jaxvision.layers import Conv2d
 
 NORMAL_001 = nn.initializers.normal(0.01)
+
+
+def prior_bias(probability: float):
+    """The classification bias that starts every anchor at ``probability`` (focal loss paper)."""
+    return nn.initializers.constant(-math.log((1 - probability) / probability))
 
 
 class DenseTower(nn.Module):

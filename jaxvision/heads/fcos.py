@@ -5,7 +5,6 @@ to the box sides are regressed (BoxLinearCoder); centre sampling picks the posit
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Sequence
 
 import jax
@@ -14,7 +13,7 @@ import optax
 import flax.linen as nn
 
 from jaxvision import ops
-from jaxvision.heads.dense import DenseTower, postprocess
+from jaxvision.heads.dense import DenseTower, postprocess, prior_bias
 
 
 class FCOSHead(nn.Module):
@@ -26,9 +25,7 @@ class FCOSHead(nn.Module):
 
     @nn.compact
     def __call__(self, features: Sequence[jax.Array]):
-        prior = nn.initializers.constant(
-            -math.log((1 - self.prior_probability) / self.prior_probability))
-        zeros = nn.initializers.zeros
+        prior, zeros = prior_bias(self.prior_probability), nn.initializers.zeros
         tower = dict(num_anchors=self.num_anchors, group_norm=True, conv_bias=True,
                      layout="flat", num_convs=self.num_convs, dtype=self.dtype)
         cls = DenseTower((("cls_logits", self.num_classes, prior),), **tower,

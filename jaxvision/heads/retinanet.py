@@ -6,7 +6,6 @@ padded ground truth and fixed-size candidate lists, so both run inside one jit.
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Sequence
 
 import jax
@@ -14,7 +13,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from jaxvision import ops
-from jaxvision.heads.dense import DenseTower, postprocess
+from jaxvision.heads.dense import DenseTower, postprocess, prior_bias
 
 
 class RetinaNetHead(nn.Module):
@@ -26,9 +25,7 @@ class RetinaNetHead(nn.Module):
 
     @nn.compact
     def __call__(self, features: Sequence[jax.Array]):
-        prior = nn.initializers.constant(
-            -math.log((1 - self.prior_probability) / self.prior_probability))
-        zeros = nn.initializers.zeros
+        prior, zeros = prior_bias(self.prior_probability), nn.initializers.zeros
         # Conv2dNormActivation drops the conv bias when a norm follows it
         tower = dict(num_anchors=self.num_anchors, group_norm=self.group_norm,
                      conv_bias=not self.group_norm, dtype=self.dtype)
