@@ -134,3 +134,23 @@ def test_ssd_matcher_with_padding():
         want = tv(torch.from_numpy(q)).numpy()
         padded = np.concatenate([q, np.full((6 - g, 100), 0.99, np.float32)])
         np.testing.assert_array_equal(ours(padded, np.arange(6) < g), want)
+
+
+def test_default_box_generator_bitwise():
+    from torchvision.models.detection.anchor_utils import DefaultBoxGenerator as TVDefault
+
+    args = dict(aspect_ratios=[[2], [2, 3], [2, 3], [2, 3], [2], [2]],
+                scales=[0.07, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05], steps=[8, 16, 32, 64, 100, 300])
+    grids = [(38, 38), (19, 19), (10, 10), (5, 5), (3, 3), (1, 1)]
+    want = TVDefault(**args)(ImageList(torch.zeros(1, 3, 300, 300), [(300, 300)]),
+                             [torch.zeros(1, 1, h, w) for h, w in grids])[0]
+    gen = ops.DefaultBoxGenerator(**args)
+    np.testing.assert_array_equal(np.concatenate(gen((300, 300), grids)), want.numpy())
+    assert gen.num_anchors_per_location() == [4, 6, 6, 6, 4, 4]
+    # no steps, no scales: the grid and the linear scale rule (SSDlite's configuration)
+    lite = dict(aspect_ratios=[[2, 3]] * 6, min_ratio=0.2, max_ratio=0.95)
+    grids = [(20, 20), (10, 10), (5, 5), (3, 3), (2, 2), (1, 1)]
+    want = TVDefault(**lite)(ImageList(torch.zeros(1, 3, 320, 320), [(320, 320)]),
+                             [torch.zeros(1, 1, h, w) for h, w in grids])[0]
+    np.testing.assert_array_equal(np.concatenate(ops.DefaultBoxGenerator(**lite)((320, 320), grids)),
+                                  want.numpy())
