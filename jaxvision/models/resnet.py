@@ -14,6 +14,7 @@ import flax.linen as nn
 
 from jaxvision.layers import (Conv2d, Linear, adaptive_avg_pool2d, kaiming_normal_fan_out,
                               max_pool2d, norm_factory)
+from jaxvision.layers.dilation import warn_if_gridding
 from jaxvision.models._features import FeatureCollector
 from jaxvision.registry import FeatureInfo, register_model
 
@@ -94,6 +95,8 @@ class ResNet(nn.Module):
     groups: int = 1
     width_per_group: int = 64
     replace_stride_with_dilation: Sequence[bool] = (False, False, False)
+    # DeepLabV3's Multi-Grid: layer4's block j uses dilation * multi_grid[j] (e.g. (1, 2, 4))
+    multi_grid: Optional[Sequence[int]] = None
     norm: str = "batch"
     dtype: Any = jnp.float32
     features_only: bool = False
@@ -129,6 +132,10 @@ class ResNet(nn.Module):
             return feats.maps
         x = max_pool2d(x, 3, 2, 1)
         inplanes, dilation = 64, 1
+        if self.multi_grid is not None and len(self.multi_grid) != self.layers[-1]:
+            raise ValueError(f"multi_grid needs one rate per layer4 block ({self.layers[-1]}), "
+                             f"got {self.multi_grid}")
+        rates = []  # (name, dilation) of each block's 3x3 conv, for the HDC gridding check
         for i, (planes, n) in enumerate(zip((64, 128, 256, 512), self.layers)):
             stride = 1 if i == 0 else 2
             previous_dilation = dilation
@@ -137,15 +144,22 @@ class ResNet(nn.Module):
                 stride = 1
             expansion = block_cls.expansion
             for j in range(n):
+                rate = previous_dilation if j == 0 else dilation
+                if i == 3 and self.multi_grid is not None:
+                    rate = dilation * self.multi_grid[j]
+                rates.append((f"layer{i + 1}.{j}.conv2", rate))
                 x = block_cls(
                     planes, stride if j == 0 else 1,
                     downsample=j == 0 and (stride != 1 or inplanes != planes * expansion),
                     groups=self.groups, base_width=self.width_per_group,
-                    dilation=previous_dilation if j == 0 else dilation, norm=self.norm,
+                    dilation=rate, norm=self.norm,
                     zero_init_residual=self.zero_init_residual, dtype=self.dtype,
                     name=f"layer{i + 1}_{j}")(x, train)
             inplanes = planes * expansion
-            if feats.add(f"layer{i + 1}", x):
+            done = feats.add(f"layer{i + 1}", x)
+            if self.is_initializing() and (done or i == 3):
+                warn_if_gridding(rates)  # when the model is built; once per stack
+            if done:
                 return feats.maps
         x = adaptive_avg_pool2d(x, 1).reshape(x.shape[0], -1)
         if self.num_classes <= 0:
