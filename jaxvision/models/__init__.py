@@ -10,3 +10,6 @@ from jaxvision.models import shufflenetv2  # noqa: F401
 from jaxvision.models import mnasnet  # noqa: F401
 from jaxvision.models import squeezenet  # noqa: F401
 from jaxvision.models import alexnet  # noqa: F401
+from jaxvision.models import segmentation  # noqa: F401
+from jaxvision.models import detection  # noqa: F401
+from jaxvision.models import darknet  # noqa: F401
