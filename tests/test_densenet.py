@@ -38,7 +38,7 @@ def test_param_count_equals_torchvision(name):
 
 
 def test_parity_reduced_depth():
-    tmodel = nonzero_tv_model(torchvision.models.DenseNet(**MINI))
+    tmodel = nonzero_tv_model(lambda: torchvision.models.DenseNet(**MINI))
     model = jv.create_model("densenet121", **MINI)
     variables = jv.load_pretrained("densenet121", tmodel.state_dict(), model=model)
     check_eval("densenet mini", tmodel, variables, model, [(224, 224), (193, 257)])

@@ -30,7 +30,7 @@ def test_parity_with_torchvision(name):
     # SqueezeNet: every bias is zero-initialised by torchvision, re-randomised here.
     # 193x257 hits ceil_mode pooling windows that hang over the edge (SqueezeNet) and uneven
     # adaptive 6x6 bins (AlexNet's 5x7 map)
-    tmodel = nonzero_tv_model(getattr(torchvision.models, name)(dropout=0.0))
+    tmodel = nonzero_tv_model(lambda: getattr(torchvision.models, name)(dropout=0.0))
     model = jv.create_model(name, dropout=0.0)
     variables = jv.load_pretrained(name, tmodel.state_dict(), model=model)
     check_eval(name, tmodel, variables, model, [(224, 224), (193, 257)])

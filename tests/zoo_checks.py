@@ -34,11 +34,14 @@ def assert_no_zero_tensor(state_dict):
 
 
 def nonzero_tv_model(torch_model, seed=0, calib_size=(128, 128)):
-    """A torch model (a name, or a module) with random weights and calibrated, perturbed
-    BatchNorm statistics, and no all-zero tensor."""
+    """A torch model (a name, a zero-argument constructor, or a module) with random weights and
+    calibrated, perturbed BatchNorm statistics, and no all-zero tensor.  Names and constructors
+    are built after seeding, so the weights do not depend on which tests ran before."""
     torch.manual_seed(seed)
     if isinstance(torch_model, str):
         torch_model = getattr(torchvision.models, torch_model)(weights=None)
+    elif not isinstance(torch_model, torch.nn.Module):
+        torch_model = torch_model()
     model = randomize_(fill_zero_params_(torch_model, seed), seed, calib_size).eval()
     assert_no_zero_tensor(model.state_dict())
     return model
