@@ -1,0 +1,165 @@
+"""Helpers shared by the ConvNeXt, Swin and MaxViT parity tests (on top of tv_parity)."""
+from __future__ import annotations
+
+import math
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+
+import jaxvision as jv
+from jaxvision.convert.torchvision import module_path
+from jaxvision.train import freeze, optim
+from tv_parity import assert_parity, as_float64, images, nchw
+
+
+def randomize_params_(tmodel: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Give every tensor torchvision initialises to a constant a random value of realistic size.
+
+    torchvision zeroes biases and heads, sets layer scales to 1e-6 (which switches a ConvNeXt
+    block off) and norms to 1/0: a parity test on that compares an identity network.  Layer
+    scales become U(0.1, 1), biases N(0, 0.1), norm weights 1 + N(0, 0.1), Swin V2's logit
+    scales log(U(5, 20)); weight matrices keep torchvision's init except all-zero ones.
+    """
+    g = torch.Generator().manual_seed(seed)
+    rand = lambda shape: torch.randn(shape, generator=g)
+    with torch.no_grad():
+        for name, p in tmodel.named_parameters():
+            leaf = name.rsplit(".", 1)[-1]
+            if leaf == "layer_scale":
+                p.copy_(torch.rand(p.shape, generator=g) * 0.9 + 0.1)
+            elif leaf == "logit_scale":
+                p.copy_(torch.log(torch.rand(p.shape, generator=g) * 15 + 5))
+            elif leaf == "bias":
+                p.copy_(0.1 * rand(p.shape))
+            elif p.ndim == 1:  # LayerNorm / BatchNorm weights
+                p.copy_(1 + 0.1 * rand(p.shape))
+            elif not p.abs().max() > 0:  # a zero-initialised matrix (none today; kept honest)
+                p.copy_(rand(p.shape) / math.sqrt(p.shape[-1]))
+    return tmodel.eval()
+
+
+def assert_no_constant_tensor(tmodel):
+    for name, p in tmodel.named_parameters():
+        if p.numel() > 1:
+            assert p.std() > 0, f"{name} is constant: the comparison would prove nothing"
+
+
+def check_train_no_bn(name, tmodel, variables, model, size, tol=1e-4):
+    """Train-mode outputs (stochastic depth and dropout at 0 on both sides) of a model without
+    BatchNorm: there are no running statistics to compare."""
+    x = images((2, *size, 3), seed=3)
+    tmodel.train()
+    try:
+        with torch.no_grad():
+            want = tmodel(nchw(x))
+            truth = lambda: as_float64(tmodel)(nchw(x).double())
+            got = jax.jit(lambda v, x: model.apply(v, x, train=True, rngs={
+                "dropout": jax.random.key(0)}))(variables, jnp.asarray(x))
+            return assert_parity(f"{name} train output", got, want, truth, tol)
+    finally:
+        tmodel.eval()
+
+
+def frozen_paths(params, model_name, model, **kw):
+    cfg = freeze.default_freeze_config()
+    cfg.update(kw)
+    mask = freeze.trainable_mask(params, cfg, model_name, model)
+    paths = jax.tree.leaves(freeze.param_paths(params))
+    return {p for p, t in zip(paths, jax.tree.leaves(mask)) if not t}
+
+
+def torch_path(key: str) -> str:
+    mods, leaf = module_path(key)
+    return "/".join(mods) + "/" + leaf
+
+
+def check_freezing(model_name, model, params, tmodel, stage_of_torch_key, head_of_torch_key):
+    """``frozen_stages=k`` freezes exactly the parameters whose torch key lies in the stem or
+    stages 1..k (``stage_of_torch_key``: key -> 0, k or None), ``linear_probe`` all but the
+    head; both checked against torchvision's own parameter names."""
+    ours = set(jax.tree.leaves(freeze.param_paths(params)))
+    keys = [k for k, _ in tmodel.named_parameters()]
+    # our leaf names differ (kernel/scale); compare on module paths
+    mod = lambda p: p.rsplit("/", 1)[0]
+    by_mod = {}
+    for p in ours:
+        by_mod.setdefault(mod(p), set()).add(p)
+    assert {mod(torch_path(k)) for k in keys} == set(by_mod), "module paths differ from torch's"
+    n = max(s for s in map(stage_of_torch_key, keys) if s is not None)
+    for k in range(-1, n + 1):
+        want = set()
+        for key in keys:
+            s = stage_of_torch_key(key)
+            if s is not None and s <= k:
+                want |= by_mod[mod(torch_path(key))]
+        assert frozen_paths(params, model_name, model, frozen_stages=k) == want, k
+    head = set()
+    for key in keys:
+        if head_of_torch_key(key):
+            head |= by_mod[mod(torch_path(key))]
+    assert head and frozen_paths(params, model_name, model, linear_probe=True) == ours - head
+    return n
+
+
+def check_frozen_leaves_bitwise(model_name, model, variables, x, frozen_stages=1):
+    """One AdamW step on a real loss: frozen leaves bitwise unchanged, the others moved."""
+    cfg = freeze.default_freeze_config()
+    cfg.frozen_stages = frozen_stages
+    params = variables["params"]
+    trainable = freeze.trainable_mask(params, cfg, model_name, model)
+    ocfg = optim.default_optimizer_config()
+    ocfg.update(dict(name="adamw", lr=0.01, weight_decay=0.05))
+    tx = optim.build_optimizer(ocfg, 0.01, params, trainable)
+    rest = {k: v for k, v in variables.items() if k != "params"}
+
+    def loss(p):
+        out = model.apply({"params": p, **rest}, x, train=True, rngs={
+            "dropout": jax.random.key(0)}, mutable=list(rest))
+        return jnp.mean(out[0] ** 2)
+
+    @jax.jit
+    def step(p):
+        g = jax.grad(loss)(p)
+        updates, _ = tx.update(g, tx.init(p), p)
+        import optax
+        return optax.apply_updates(p, updates)
+
+    new = step(params)
+    n_frozen = 0
+    for t, a, b in zip(jax.tree.leaves(trainable), jax.tree.leaves(params), jax.tree.leaves(new)):
+        if t:
+            assert not np.array_equal(np.asarray(a), np.asarray(b))
+        else:
+            n_frozen += 1
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert n_frozen > 0
+    return n_frozen
+
+
+def count_params_eval_shape(model, size):
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *size, 3))))
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(shapes["params"])))
+
+
+def meta_param_count(torch_name, **kwargs):
+    import torchvision
+
+    with torch.device("meta"):
+        return sum(p.numel() for p in getattr(torchvision.models, torch_name)(**kwargs).parameters())
+
+
+def sd_differs(model, x, variables):
+    """Stochastic depth: eval deterministic; in train two 'dropout' keys differ, one key repeats."""
+    run = jax.jit(lambda key: model.apply(variables, x, train=True, rngs={"dropout": key},
+                                          mutable=[c for c in variables if c != "params"]))
+    first = lambda out: out[0] if isinstance(out, tuple) else out
+    a, b, a2 = (np.asarray(first(run(jax.random.key(s)))) for s in (1, 2, 1))
+    ev = jax.jit(lambda v: model.apply(v, x, train=False))
+    e1, e2 = np.asarray(ev(variables)), np.asarray(ev(variables))
+    return a, b, a2, e1, e2
+
+
+STAGE_RX = re.compile(r"^features\.(\d+)\.")
