@@ -12,7 +12,9 @@ import torch
 import jaxvision as jv
 from jaxvision.convert.torchvision import module_path
 from jaxvision.train import freeze, optim
-from tv_parity import assert_parity, as_float64, images, nchw
+from torchvision.models.feature_extraction import create_feature_extractor
+
+from tv_parity import assert_parity, as_float64, images, max_err, nchw, rel_l2, to_nhwc
 
 
 def randomize_params_(tmodel: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -45,6 +47,89 @@ def assert_no_constant_tensor(tmodel):
     for name, p in tmodel.named_parameters():
         if p.numel() > 1:
             assert p.std() > 0, f"{name} is constant: the comparison would prove nothing"
+
+
+def _stage_maps(model, variables, x, blocks, train=False, rngs=None):
+    """Logits and the outputs of the top-level modules ``blocks`` (name -> feature name) from
+    one forward of the whole model: one compile where logits plus a features_only model would
+    cost two (``features_only`` runs the same modules and stops early; tests check that on
+    small twins)."""
+    out, state = model.apply(variables, x, train=train, rngs=rngs, mutable=["intermediates"],
+                             capture_intermediates=lambda mdl, method: method == "__call__"
+                             and len(mdl.scope.path) == 1 and mdl.name in blocks)
+    inter = state["intermediates"]
+    return out, {feat: inter[mod]["__call__"][0] for mod, feat in blocks.items()}
+
+
+def check_eval_and_maps(name, tmodel, variables, model, size, nodes, blocks, nhwc=False,
+                        tol=1e-4):
+    """Eval logits and every stage map at ``size`` against torchvision: ``nodes`` maps torch
+    graph nodes to feature names, ``blocks`` our top-level modules to the same names; torch's
+    maps are NCHW unless ``nhwc`` (Swin's are NHWC already)."""
+    x = images((2, *size, 3), seed=size[0] + size[1])
+    conv = (lambda t: t.detach().numpy()) if nhwc else to_nhwc
+    fe = create_feature_extractor(tmodel, return_nodes=dict(nodes))
+    with torch.no_grad():
+        want_logits, want = tmodel(nchw(x)).numpy(), fe(nchw(x))
+    truth = {}
+
+    def truth_of(k):
+        if not truth:
+            t64 = as_float64(tmodel)
+            with torch.no_grad():
+                truth["logits"] = t64(nchw(x).double()).numpy()
+                maps = create_feature_extractor(t64, return_nodes=dict(nodes))(nchw(x).double())
+                truth.update({f: conv(v) for f, v in maps.items()})
+        return truth[k]
+
+    got_logits, got = jax.jit(lambda v, x: _stage_maps(model, v, x, blocks))(
+        variables, jnp.asarray(x))
+    assert set(got) == set(want) == set(nodes.values())
+    errs = {"logits": assert_parity(f"{name} eval logits at {size}", got_logits, want_logits,
+                                    lambda: truth_of("logits"), tol)}
+    for k in got:
+        errs[k] = assert_parity(f"{name} {k} at {size}", got[k], conv(want[k]),
+                                lambda k=k: truth_of(k), tol)
+    return errs
+
+
+def _torch_out_and_grad(tmodel, x, dtype):
+    xt = nchw(x).to(dtype).requires_grad_(True)
+    out = tmodel(xt)
+    (out ** 2).mean().backward()
+    return out.detach().numpy(), to_nhwc(xt.grad)
+
+
+def check_train_and_grad_no_bn(name, tmodel, variables, model, size, tol=1e-4):
+    """Train-mode output (stochastic depth and dropout at 0 on both sides) and the input
+    gradient of mean(out**2), from one compile, for a model without BatchNorm (no running
+    statistics).  The gradient bar is tv_parity.check_input_grad's: 1e-4 max abs, or within
+    4x torch float32's relative L2 distance from torch float64."""
+    import copy
+
+    x = images((2, *size, 3), seed=5)
+    tmodel.train()
+    try:
+        want, want_g = _torch_out_and_grad(tmodel, x, torch.float32)
+        t64 = lambda: _torch_out_and_grad(copy.deepcopy(tmodel).double(), x, torch.float64)
+
+        def loss(x):
+            out = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(0)})
+            return jnp.mean(out ** 2), out
+
+        (_, got), g = jax.jit(jax.value_and_grad(loss, has_aux=True))(jnp.asarray(x))
+        cache = {}
+        truth = lambda: cache.setdefault("t", t64())
+        out_err = assert_parity(f"{name} train output", got, want, lambda: truth()[0], tol)
+        g_err = max_err(g, want_g)
+        if g_err > tol:
+            ours, theirs = rel_l2(g, truth()[1]), rel_l2(want_g, truth()[1])
+            assert ours <= 4 * theirs + 1e-7, (
+                f"{name} input gradient: max abs {g_err:.3g} from torch float32; relative L2 "
+                f"{ours:.3g} from float64, where torch float32 is {theirs:.3g}")
+        return out_err, g_err
+    finally:
+        tmodel.eval()
 
 
 def check_train_no_bn(name, tmodel, variables, model, size, tol=1e-4):

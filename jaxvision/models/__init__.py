@@ -6,3 +6,4 @@ from jaxvision.models import googlenet  # noqa: F401
 from jaxvision.models import inception  # noqa: F401
 from jaxvision.models import vgg  # noqa: F401
 from jaxvision.models import convnext  # noqa: F401
+from jaxvision.models import swin_transformer  # noqa: F401
