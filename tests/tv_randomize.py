@@ -248,3 +248,52 @@ def sd_differs(model, x, variables):
 
 
 STAGE_RX = re.compile(r"^features\.(\d+)\.")
+
+
+def check_train_and_grad_bn(name, tmodel, variables, model, size, tol=1e-4):
+    """Train mode with BatchNorm (stochastic depth and dropout at 0 on both sides): output,
+    updated running statistics and the input gradient of mean(out**2) (through the batch
+    statistics) from one compile.  Bars as tv_parity's check_train / check_input_grad."""
+    import copy
+
+    from tv_parity import _flat
+
+    x = images((4, *size, 3), seed=3)
+    before = {k: v.clone() for k, v in tmodel.state_dict().items()}
+
+    def torch_run(t, dtype):
+        t.train()
+        out, g = _torch_out_and_grad(t, x, dtype)
+        t.eval()
+        return out, g, {k: v.clone() for k, v in t.state_dict().items()}
+
+    want, want_g, after = torch_run(tmodel, torch.float32)
+    tmodel.load_state_dict(before)  # leave the torch model as it was
+    cache = {}
+
+    def truth():
+        if not cache:
+            t64 = copy.deepcopy(tmodel).double()
+            out, g, sd = torch_run(t64, torch.float64)
+            cache.update(out=out, g=g, stats=_flat(jv.load_pretrained(name, sd, model=model)))
+        return cache
+
+    def loss(x):
+        out, upd = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(0)},
+                               mutable=["batch_stats"])
+        return jnp.mean(out ** 2), (out, upd)
+
+    (_, (got, updates)), g = jax.jit(jax.value_and_grad(loss, has_aux=True))(jnp.asarray(x))
+    errs = {"train": assert_parity(f"{name} train output", got, want, lambda: truth()["out"],
+                                   tol)}
+    theirs = _flat(jv.load_pretrained(name, after, model=model))
+    errs["stats"] = max(assert_parity(f"{name} running statistic {k}", v, theirs[k],
+                                      lambda k=k: truth()["stats"][k], tol)
+                        for k, v in _flat(updates).items())
+    errs["grad"] = max_err(g, want_g)
+    if errs["grad"] > tol:
+        ours, theirs_ = rel_l2(g, truth()["g"]), rel_l2(want_g, truth()["g"])
+        assert ours <= 4 * theirs_ + 1e-7, (
+            f"{name} input gradient: max abs {errs['grad']:.3g} from torch float32; relative "
+            f"L2 {ours:.3g} from float64, where torch float32 is {theirs_:.3g}")
+    return errs

@@ -7,3 +7,4 @@ from jaxvision.models import inception  # noqa: F401
 from jaxvision.models import vgg  # noqa: F401
 from jaxvision.models import convnext  # noqa: F401
 from jaxvision.models import swin_transformer  # noqa: F401
+from jaxvision.models import maxvit  # noqa: F401
