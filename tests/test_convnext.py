@@ -9,10 +9,11 @@ import torchvision
 from torchvision.models.convnext import CNBlockConfig, ConvNeXt as TorchConvNeXt
 
 import jaxvision as jv
-from tv_parity import check_eval, check_features, check_input_grad, images, max_err, nchw
-from tv_randomize import (STAGE_RX, assert_no_constant_tensor, check_freezing,
-                          check_frozen_leaves_bitwise, check_train_no_bn,
-                          count_params_eval_shape, meta_param_count, randomize_params_, sd_differs)
+from tv_parity import check_eval, images, max_err, nchw
+from tv_randomize import (STAGE_RX, assert_no_constant_tensor, check_bfloat16,
+                          check_eval_and_maps, check_freezing, check_frozen_leaves_bitwise,
+                          check_train_and_grad_no_bn, count_params_eval_shape, meta_param_count,
+                          randomize_params_, sd_differs)
 
 NAMES = ["convnext_tiny", "convnext_small", "convnext_base", "convnext_large"]
 SIZES = [(224, 224), (193, 257)]  # 193 and 257 are not multiples of 32
@@ -44,18 +45,16 @@ def tiny():
     return tmodel, model, variables
 
 
-def test_convnext_tiny_eval_and_features_at_two_sizes(tiny):
+def test_convnext_tiny_eval_maps_train_gradient(tiny):
     tmodel, model, variables = tiny
-    check_eval("convnext_tiny", tmodel, variables, model, SIZES)
-    for size in SIZES:
-        check_features("convnext_tiny", tmodel, NODES, variables,
-                       dict(stochastic_depth_prob=0.0), size)
-
-
-def test_convnext_tiny_train_mode_and_input_gradient(tiny):
-    tmodel, model, variables = tiny
-    check_train_no_bn("convnext_tiny", tmodel, variables, model, (193, 257))
-    check_input_grad("convnext_tiny", tmodel, variables, model, (193, 257))
+    blocks = {"features_1_2": "stage1", "features_3_2": "stage2", "features_5_8": "stage3",
+              "features_7_2": "stage4"}
+    errs = [check_eval_and_maps("convnext_tiny", tmodel, variables, model, size, NODES, blocks)
+            for size in SIZES]
+    train, grad = check_train_and_grad_no_bn("convnext_tiny", tmodel, variables, model,
+                                             (100, 72))
+    print(f"PARITY convnext_tiny eval {max(max(e.values()) for e in errs):.2g} "
+          f"train {train:.2g} grad_rel {grad:.2g}")
 
 
 def _twin(sd=0.5, num_classes=10):
@@ -130,17 +129,10 @@ def test_frozen_stages_and_linear_probe_follow_declared_stages():
 
 def test_bfloat16_compute_keeps_float32_params():
     tmodel, _, _ = _twin(sd=0.0)
-    setting = ((16, 32, 2), (32, None, 2))
-    model = jv.create_model("convnext_tiny", block_setting=setting, num_classes=10,
-                            dtype=jnp.bfloat16)
+    model = jv.create_model("convnext_tiny", block_setting=((16, 32, 2), (32, None, 2)),
+                            num_classes=10, dtype=jnp.bfloat16)
     variables = jv.load_pretrained("convnext_tiny", tmodel.state_dict(), model=model)
-    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables))
-    x = images((2, 64, 64, 3), seed=2)
-    got = jax.jit(model.apply)(variables, jnp.asarray(x))
-    assert got.dtype == jnp.bfloat16
-    with torch.no_grad():
-        want = tmodel(nchw(x)).numpy()
-    assert max_err(got, want) <= 0.05 * np.abs(want).max()
+    check_bfloat16(tmodel, model, variables, images((2, 64, 64, 3), seed=2))
 
 
 def test_bad_input_is_named():
