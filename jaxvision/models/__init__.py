@@ -8,3 +8,6 @@ from jaxvision.models import vgg  # noqa: F401
 from jaxvision.models import convnext  # noqa: F401
 from jaxvision.models import swin_transformer  # noqa: F401
 from jaxvision.models import maxvit  # noqa: F401
+from jaxvision.models import segmentation  # noqa: F401
+from jaxvision.models import detection  # noqa: F401
+from jaxvision.models import darknet  # noqa: F401
