@@ -54,7 +54,7 @@ def test_full_size_parity_eval_maps_train_gradient():
           f"stats {tr['stats']:.2g} grad_rel {tr['grad']:.2g}")
 
 
-TWIN = dict(stem_channels=8, partition_size=2, block_channels=[16, 32], block_layers=[1, 2],
+TWIN = dict(stem_channels=8, partition_size=2, block_channels=[16, 32], block_layers=[1, 1],
             head_dim=8)
 
 
