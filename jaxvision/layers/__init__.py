@@ -1,12 +1,12 @@
 """Small shared blocks used by every model family."""
 from jaxvision.layers.conv import (Conv2d, Linear, kaiming_normal_fan_out, torch_default_kernel,
                                    uniform_bias)
-from jaxvision.layers.misc import make_divisible
+from jaxvision.layers.misc import check_nhwc, make_divisible
 from jaxvision.layers.norm import NORMS, BatchNorm, FrozenBatchNorm, norm_factory
 from jaxvision.layers.pool import adaptive_avg_pool2d, avg_pool2d, max_pool2d
 
 __all__ = [
     "Conv2d", "Linear", "kaiming_normal_fan_out", "torch_default_kernel", "uniform_bias",
-    "make_divisible", "NORMS", "BatchNorm", "FrozenBatchNorm", "norm_factory",
+    "check_nhwc", "make_divisible", "NORMS", "BatchNorm", "FrozenBatchNorm", "norm_factory",
     "adaptive_avg_pool2d", "avg_pool2d", "max_pool2d",
 ]
