@@ -28,6 +28,7 @@ def _convert(args):
     from jaxvision.convert import store
 
     t0 = time.perf_counter()
+    store.check_destination(args.out_dir)  # before minutes of loading, not after
     kwargs = {} if args.num_classes is None else {"num_classes": args.num_classes}
     model = jv.create_model(args.name, **kwargs)
     variables, report = jv.load_pretrained(args.name, args.src, strict=not args.partial,

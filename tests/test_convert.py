@@ -190,3 +190,31 @@ def test_list_and_info(capsys):
     assert (info.torch_name, info.num_params, info.crop_size) == ("resnet50", 25_557_032, 224)
     assert cli_main(["info", "resnet50"]) == 0
     assert '"num_params": 25557032' in capsys.readouterr().out
+
+
+def test_convert_refuses_early_cleans_stale_temps_and_names_the_fixes(resnet18_pth, tmp_path,
+                                                                     capsys, monkeypatch):
+    tmodel, pth = resnet18_pth
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "keep.txt").write_text("user data")
+    with monkeypatch.context() as m:  # nothing may be loaded for a destination that is refused
+        m.setattr(jv, "load_pretrained", lambda *a, **k: pytest.fail("loaded before refusing"))
+        assert cli_main(["convert", "resnet18", str(pth), str(busy)]) == 2
+    assert "refusing to overwrite" in capsys.readouterr().err
+    # a temp dir of a killed conversion (its pid is gone) is removed by the next run
+    stale = tmp_path / ".out.tmp-999999999-abcd"
+    (stale / "variables").mkdir(parents=True)
+    assert cli_main(["convert", "resnet18", str(pth), str(tmp_path / "out")]) == 0
+    assert not stale.exists() and not leftovers(tmp_path)
+    # a whole pickled model: say what to save instead, never torch's weights_only=False advice
+    whole = tmp_path / "whole.pth"
+    torch.save(tmodel, whole)
+    assert cli_main(["convert", "resnet18", str(whole), str(tmp_path / "o2")]) == 2
+    err = capsys.readouterr().err
+    assert "save model.state_dict() instead" in err and "weights_only" not in err
+    # strict errors name the ways out in each interface
+    assert cli_main(["convert", "resnet18", str(pth), str(tmp_path / "o3"), "--num-classes",
+                     "10"]) == 2
+    err = capsys.readouterr().err
+    assert "--partial" in err and "--num-classes" in err and "model.pretrained_strict" in err
