@@ -218,3 +218,30 @@ def test_convert_refuses_early_cleans_stale_temps_and_names_the_fixes(resnet18_p
                      "10"]) == 2
     err = capsys.readouterr().err
     assert "--partial" in err and "--num-classes" in err and "model.pretrained_strict" in err
+
+
+def test_converted_weights_record_preprocessing_and_imagenet_names(resnet18_pth, tmp_path,
+                                                                   capsys):
+    from PIL import Image
+
+    from jaxvision.convert import preprocess, store
+    from jaxvision.registry import get_spec
+
+    # torchvision's file names identify the release: resnet50 IMAGENET1K_V2 is resized to 232
+    v2 = preprocess.describe(get_spec("resnet50"), "resnet50-11ad3fa6.pth")
+    assert v2["preprocessing"]["resize_size"] == 232 and len(v2["categories"]) == 1000
+    assert "IMAGENET1K_V2" in v2["preprocessing"]["from"]
+    assert preprocess.describe(get_spec("resnet50"), "mine.pth")["preprocessing"][
+        "resize_size"] == 256  # not one of torchvision's files: the registry's spec
+    _, pth = resnet18_pth
+    out = tmp_path / "r18"
+    assert cli_main(["convert", "resnet18", str(pth), str(out), "--categories", "imagenet"]) == 0
+    meta = store.read_meta(out)
+    assert meta["categories"][:2] == ["tench", "goldfish"] and len(meta["categories"]) == 1000
+    assert meta["preprocessing"]["crop_size"] == 224
+    Image.new("RGB", (40, 30), "red").save(tmp_path / "red.png")
+    capsys.readouterr()
+    assert cli_main(["predict", "--weights", str(out), "--topk", "3", str(tmp_path / "red.png")]) == 0
+    line = capsys.readouterr().out.strip()
+    names = [part.rsplit(" ", 1)[0] for part in line.split(": ", 1)[1].split(", ")]
+    assert len(names) == 3 and set(names) <= set(meta["categories"]), line

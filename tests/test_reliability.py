@@ -33,6 +33,7 @@ def base_config(steps=12):
     c.optimizer.lr = 0.2
     return c
 
+CONFIG_FILE = os.path.join(os.path.dirname(__file__), "reliability_config.py")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -254,3 +255,36 @@ def test_sighup_saves_like_sigterm(base_run, tmp_path):
     assert "stopped by signal at step" in out + err
     steps = [int(p) for p in os.listdir(workdir / "checkpoints") if p.isdigit()]
     assert 12 < max(steps) < 400
+
+
+def test_config_json_and_config_file_argument_are_accepted(base_run, tmp_path):
+    from jaxvision.train.config import diff_configs, load_config_file
+
+    saved = json.loads((base_run / "config.json").read_text())
+    again = load_config_file(str(base_run / "config.json"))
+    assert diff_configs(saved, again) == []
+    assert isinstance(again.data.augment.scale, tuple)
+    (tmp_path / "c.py").write_text(
+        "from jaxvision.train.defaults import default_config\n"
+        "def get_config(arch='resnet18'):\n"
+        "    c = default_config()\n    c.model.name = arch\n    return c\n")
+    assert load_config_file(f"{tmp_path / 'c.py'}:resnet50").model.name == "resnet50"
+    assert load_config_file(str(tmp_path / "c.py")).model.name == "resnet18"
+
+
+def test_export_writes_the_best_weights_as_a_loadable_directory(base_run, tmp_path, capsys):
+    import jaxvision as jv
+    from jaxvision.cli import main as cli_main
+    from jaxvision.convert import store
+    from jaxvision.train.restore import load_run
+
+    out = tmp_path / "exported"
+    assert cli_main(["export", "--workdir", str(base_run), str(out)]) == 0
+    _, meta, model, variables, step = load_run(str(base_run))
+    assert f"(step {step})" in capsys.readouterr().out
+    saved = store.read_meta(out)
+    assert saved["categories"] == meta["class_names"]
+    assert saved["preprocessing"]["crop_size"] == 32 and saved["preprocessing"]["resize_size"] == 32
+    loaded, loaded_vars = jv.create_model("resnet18", pretrained=str(out))
+    assert loaded.num_classes == meta["num_classes"]
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(variables), loaded_vars)

@@ -61,13 +61,20 @@ def _eval(argv):
 
 def _predict(argv):
     p = argparse.ArgumentParser(prog="jaxvision predict")
-    p.add_argument("--workdir", required=True)
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--workdir", help="a train workdir (its best checkpoint)")
+    source.add_argument("--weights", help="a directory from 'jaxvision convert' or 'export': "
+                                          "its recorded preprocessing and class names")
     p.add_argument("--topk", type=_positive, default=5)
     p.add_argument("images", nargs="+")
     args = p.parse_args(argv)
-    from jaxvision.train.restore import predict
+    if args.weights:
+        from jaxvision.convert.preprocess import predict
+    else:
+        from jaxvision.train.restore import predict
 
-    for path, top in zip(args.images, predict(args.workdir, args.images, args.topk)):
+    for path, top in zip(args.images, predict(args.workdir or args.weights, args.images,
+                                              args.topk)):
         print(path + ": " + ", ".join(f"{name} {prob:.3f}" for name, prob in top))
     return 0
 
