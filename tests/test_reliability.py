@@ -49,7 +49,7 @@ def base_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("base")
     proc = cli("train", "--config", CONFIG_FILE, "--workdir", str(workdir),
                "--config.logging.progress_bar=true")
-    out, err = proc.communicate(timeout=600)
+    out, err = proc.communicate(timeout=1500)  # minutes on a loaded 2-core machine
     assert proc.returncode == 0, err[-3000:]
     (workdir / "stdout.txt").write_text(out)
     return workdir
