@@ -10,6 +10,9 @@ from jaxvision.models import shufflenetv2  # noqa: F401
 from jaxvision.models import mnasnet  # noqa: F401
 from jaxvision.models import squeezenet  # noqa: F401
 from jaxvision.models import alexnet  # noqa: F401
+from jaxvision.models import convnext  # noqa: F401
+from jaxvision.models import swin_transformer  # noqa: F401
+from jaxvision.models import maxvit  # noqa: F401
 from jaxvision.models import segmentation  # noqa: F401
 from jaxvision.models import detection  # noqa: F401
 from jaxvision.models import darknet  # noqa: F401
