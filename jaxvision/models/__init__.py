@@ -5,5 +5,7 @@ from jaxvision.models import mobilenet  # noqa: F401
 from jaxvision.models import googlenet  # noqa: F401
 from jaxvision.models import inception  # noqa: F401
 from jaxvision.models import vgg  # noqa: F401
+from jaxvision.models import detection  # noqa: F401
+from jaxvision.models import darknet  # noqa: F401
 from jaxvision.models import efficientnet  # noqa: F401
 from jaxvision.models import regnet  # noqa: F401
