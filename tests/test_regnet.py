@@ -172,7 +172,7 @@ def test_bad_input_is_named():
         jax.eval_shape(jv.create_model("regnet_x_400mf", w_0=20).init, jax.random.key(0),
                        jnp.zeros((1, 64, 64, 3)))
     with pytest.raises(ValueError, match="norm must be one of"):
-        jax.eval_shape(jv.create_model("regnet_x_400mf", norm="group").init, jax.random.key(0),
+        jax.eval_shape(jv.create_model("regnet_x_400mf", norm="layer").init, jax.random.key(0),
                        jnp.zeros((1, 64, 64, 3)))
 
 
