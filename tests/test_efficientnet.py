@@ -100,7 +100,9 @@ def test_v2_s_matches_torchvision_fully():
 @pytest.mark.sweep
 @pytest.mark.parametrize("name", [n for n in NAMES if n not in NODES])
 def test_every_variant_matches_torchvision(name):
-    tmodel = tv_model(name, nonzero=True, calib_size=(64, 64), **NO_DROP)
+    # calibrated at 64x64, B1/B2 reach logits of 3000 at 65x97 (torch float32 is then 3 from
+    # float64); calibrated at tv_model's 128x128 they stay O(1)
+    tmodel = tv_model(name, nonzero=True, **NO_DROP)
     model = jv.create_model(name, **NO_DROP)
     variables = jv.load_pretrained(name, tmodel.state_dict(), model=model)
     errs = {"eval": check_eval(name, tmodel, variables, model, [(65, 97)]),
