@@ -12,8 +12,8 @@ from typing import Any, Optional, Sequence
 import jax.numpy as jnp
 import flax.linen as nn
 
-from jaxvision.layers import (Conv2d, Linear, adaptive_avg_pool2d, kaiming_normal_fan_out,
-                              max_pool2d, norm_factory)
+from jaxvision.layers import (Conv2d, Linear, adaptive_avg_pool2d, check_nhwc,
+                              kaiming_normal_fan_out, max_pool2d, norm_factory)
 from jaxvision.layers.dilation import warn_if_gridding
 from jaxvision.models._features import FeatureCollector
 from jaxvision.registry import FeatureInfo, register_model
@@ -129,6 +129,7 @@ class ResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
+        check_nhwc(x, type(self).__name__)
         if len(self.replace_stride_with_dilation) != 3:
             raise ValueError("replace_stride_with_dilation should be None or a 3-element tuple, "
                              f"got {self.replace_stride_with_dilation}")
