@@ -16,3 +16,5 @@ from jaxvision.models import maxvit  # noqa: F401
 from jaxvision.models import segmentation  # noqa: F401
 from jaxvision.models import detection  # noqa: F401
 from jaxvision.models import darknet  # noqa: F401
+from jaxvision.models import efficientnet  # noqa: F401
+from jaxvision.models import regnet  # noqa: F401
