@@ -58,3 +58,53 @@ def test_bad_input_is_a_clear_error():
         jv.create_model("deeplabv3plus_resnet18", aux_loss=True)
     with pytest.raises(ValueError, match="features_only"):
         jv.create_model("fcn_resnet50", features_only=True)
+
+
+@pytest.mark.parametrize("stride", [32, 16, 8])
+def test_fcn_vgg16_shapes_and_count(stride):
+    name = f"fcn{stride}s_vgg16"
+    model = jv.create_model(name, num_classes=4)
+    out, variables = jax.eval_shape(lambda: model.init_with_output(
+        jax.random.key(0), jnp.zeros((2, 67, 93, 3))))
+    assert out["out"].shape == (2, 67, 93, 4)
+    skips = {k for k in variables["params"] if k.startswith("score_pool")}
+    assert skips == {32: set(), 16: {"score_pool4"}, 8: {"score_pool4", "score_pool3"}}[stride]
+    default = jax.eval_shape(lambda: jv.create_model(name).init(
+        jax.random.key(0), jnp.zeros((1, 64, 64, 3))))
+    assert param_count(default) == jv.model_info(name).num_params
+
+
+def test_fcn8s_partial_load_of_torchvision_vgg16_fills_backbone_and_fc6_fc7():
+    import torch
+    import torchvision
+
+    g = torch.Generator().manual_seed(0)
+    with torch.device("meta"):  # random tensors of vgg16's shapes, without vgg16's slow init
+        shapes = {k: v.shape for k, v in torchvision.models.vgg16().state_dict().items()}
+    sd = {k: torch.randn(shape, generator=g) * 0.01 for k, shape in shapes.items()}
+    model = jv.create_model("fcn8s_vgg16", num_classes=3)
+    variables, report = jv.load_pretrained("fcn8s_vgg16", sd, strict=False, model=model,
+                                           return_report=True)
+    params = variables["params"]
+    np.testing.assert_array_equal(params["backbone"]["features_28"]["kernel"],
+                                  sd["features.28.weight"].numpy().transpose(2, 3, 1, 0))
+    np.testing.assert_array_equal(params["fc6"]["kernel"], sd["classifier.0.weight"].numpy()
+                                  .reshape(4096, 512, 7, 7).transpose(2, 3, 1, 0))
+    np.testing.assert_array_equal(params["fc7"]["bias"], sd["classifier.3.bias"].numpy())
+    # every backbone/fc6/fc7 variable loaded; only the new score layers kept their init
+    assert sorted(report.missing) == sorted(f"params/{s}/{w}" for s in
+                                            ("score_fr", "score_pool4", "score_pool3")
+                                            for w in ("kernel", "bias"))
+    assert report.unexpected == [] and report.mismatched == []
+    # fc6 as a conv on pool5 equals vgg16's classifier.0 Linear on the flattened pool5
+    x = np.random.default_rng(0).standard_normal((1, 64, 64, 3)).astype(np.float32)
+    vgg = torchvision.models.vgg16().eval()
+    vgg.load_state_dict(sd)  # (avgpool is adaptive: pool5 becomes 7x7 at any input size)
+    with torch.no_grad():
+        pool5 = vgg.avgpool(vgg.features(torch.from_numpy(x.transpose(0, 3, 1, 2))))
+        want = vgg.classifier[0](torch.flatten(pool5, 1)).numpy()
+    from jaxvision.layers import Conv2d
+
+    fc6 = Conv2d(4096, 7, bias=True)
+    got = fc6.apply({"params": params["fc6"]}, jnp.asarray(pool5.numpy().transpose(0, 2, 3, 1)))
+    np.testing.assert_allclose(np.asarray(got).reshape(1, 4096), want, atol=1e-4)
