@@ -98,7 +98,9 @@ def test_fcn8s_partial_load_of_torchvision_vgg16_fills_backbone_and_fc6_fc7():
     assert report.unexpected == [] and report.mismatched == []
     # fc6 as a conv on pool5 equals vgg16's classifier.0 Linear on the flattened pool5
     x = np.random.default_rng(0).standard_normal((1, 64, 64, 3)).astype(np.float32)
-    vgg = torchvision.models.vgg16().eval()
+    with torch.device("meta"):
+        vgg = torchvision.models.vgg16()
+    vgg = vgg.to_empty(device="cpu").eval()
     vgg.load_state_dict(sd)  # (avgpool is adaptive: pool5 becomes 7x7 at any input size)
     with torch.no_grad():
         pool5 = vgg.avgpool(vgg.features(torch.from_numpy(x.transpose(0, 3, 1, 2))))
