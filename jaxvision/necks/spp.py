@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from jaxvision.layers.pool import max_pool2d
+from jaxvision.necks import single_map
 
 
 class SPP(nn.Module):
@@ -17,13 +18,10 @@ class SPP(nn.Module):
 
     pool_sizes: Sequence[int] = (5, 9, 13)
 
-    @nn.compact
     def __call__(self, x, train: bool = False):
-        if isinstance(x, dict):
-            key = list(x)[-1]
-            return {**x, key: self(x[key], train)}
-        if x.ndim != 4:
-            raise ValueError(f"SPP expected NHWC input, got shape {tuple(x.shape)}")
+        return single_map("SPP", x, self._spp)
+
+    def _spp(self, x):
         if any(k % 2 == 0 for k in self.pool_sizes):
             raise ValueError(f"SPP pool sizes must be odd ('same' padding), got {self.pool_sizes}")
         # max_pool2d pads with -inf, so the border max is over real pixels only (darknet's rule)
