@@ -110,3 +110,27 @@ def test_fcn8s_partial_load_of_torchvision_vgg16_fills_backbone_and_fc6_fc7():
     fc6 = Conv2d(4096, 7, bias=True)
     got = fc6.apply({"params": params["fc6"]}, jnp.asarray(pool5.numpy().transpose(0, 2, 3, 1)))
     np.testing.assert_allclose(np.asarray(got).reshape(1, 4096), want, atol=1e-4)
+
+
+@pytest.mark.parametrize("name,n_stages", [("deeplabv3_resnet50", 4), ("fcn8s_vgg16", 5),
+                                           ("lraspp_mobilenet_v3_large", 5),
+                                           ("deeplabv3plus_mobilenet_v2", 5)])
+def test_stage_layout_covers_backbone_and_heads(name, n_stages):
+    """Every backbone parameter is in the stem or a stage (MobileNet's last 1x1 conv in none,
+    as in freeze's table), every other parameter is head; freeze reads this layout."""
+    import re
+
+    from jaxvision.train.freeze import param_paths
+
+    model = jv.create_model(name)
+    layout = model.stage_layout
+    assert layout.num_stages == n_stages
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3))))
+    for path in jax.tree.leaves(param_paths(shapes["params"])):
+        stage = layout.stage_of(path)
+        is_head = re.match(layout.head, path) is not None
+        if path.startswith("backbone/"):
+            last_conv = "mobilenet" in name and stage is None and not is_head
+            assert (stage is not None or last_conv) and not is_head, path
+        else:
+            assert is_head and stage is None, path
