@@ -12,11 +12,18 @@ from typing import Any, Optional, Sequence
 import jax.numpy as jnp
 import flax.linen as nn
 
-from jaxvision.layers import (Conv2d, Linear, adaptive_avg_pool2d, kaiming_normal_fan_out,
-                              max_pool2d, norm_factory)
+from jaxvision.layers import (Conv2d, Linear, adaptive_avg_pool2d, check_nhwc,
+                              kaiming_normal_fan_out, max_pool2d, norm_factory)
 from jaxvision.layers.dilation import warn_if_gridding
 from jaxvision.models._features import FeatureCollector
 from jaxvision.registry import FeatureInfo, register_model
+
+
+def _norm(m, **kwargs):
+    """``m``'s norm; ``norm_eps`` overrides its epsilon (torchvision's detection weights were
+    trained with FrozenBatchNorm eps 0, see ``overwrite_eps``)."""
+    eps = {} if m.norm_eps is None else {"epsilon": m.norm_eps}
+    return norm_factory(m.norm, m.dtype, **eps, **kwargs)
 
 
 def _conv(features, k, stride=1, groups=1, dilation=1, name=None, dtype=None):
@@ -33,6 +40,7 @@ class BasicBlock(nn.Module):
     base_width: int = 64
     dilation: int = 1
     norm: str = "batch"
+    norm_eps: Optional[float] = None
     zero_init_residual: bool = False
     dtype: Any = jnp.float32
     expansion = 1
@@ -43,8 +51,8 @@ class BasicBlock(nn.Module):
             raise ValueError("BasicBlock only supports groups=1 and base_width=64")
         if self.dilation > 1:
             raise NotImplementedError("Dilation > 1 not supported in BasicBlock")
-        norm = norm_factory(self.norm, self.dtype)
-        last_norm = norm_factory(self.norm, self.dtype, zero_init=self.zero_init_residual)
+        norm = _norm(self)
+        last_norm = _norm(self, zero_init=self.zero_init_residual)
         out = _conv(self.planes, 3, self.stride, name="conv1", dtype=self.dtype)(x)
         out = nn.relu(norm(name="bn1")(out, train))
         out = _conv(self.planes, 3, name="conv2", dtype=self.dtype)(out)
@@ -61,14 +69,15 @@ class Bottleneck(nn.Module):
     base_width: int = 64
     dilation: int = 1
     norm: str = "batch"
+    norm_eps: Optional[float] = None
     zero_init_residual: bool = False
     dtype: Any = jnp.float32
     expansion = 4
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        norm = norm_factory(self.norm, self.dtype)
-        last_norm = norm_factory(self.norm, self.dtype, zero_init=self.zero_init_residual)
+        norm = _norm(self)
+        last_norm = _norm(self, zero_init=self.zero_init_residual)
         width = int(self.planes * (self.base_width / 64.0)) * self.groups
         out = _conv(width, 1, name="conv1", dtype=self.dtype)(x)
         out = nn.relu(norm(name="bn1")(out, train))
@@ -84,7 +93,7 @@ def _downsample(block, x, out_features, train):
     if not block.downsample:
         return x
     y = _conv(out_features, 1, block.stride, name="downsample_0", dtype=block.dtype)(x)
-    return norm_factory(block.norm, block.dtype)(name="downsample_1")(y, train)
+    return _norm(block)(name="downsample_1")(y, train)
 
 
 class ResNet(nn.Module):
@@ -98,6 +107,7 @@ class ResNet(nn.Module):
     # DeepLabV3's Multi-Grid: layer4's block j uses dilation * multi_grid[j] (e.g. (1, 2, 4))
     multi_grid: Optional[Sequence[int]] = None
     norm: str = "batch"
+    norm_eps: Optional[float] = None
     dtype: Any = jnp.float32
     features_only: bool = False
     out_indices: Optional[Sequence[int]] = None
@@ -119,6 +129,7 @@ class ResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
+        check_nhwc(x, type(self).__name__)
         if len(self.replace_stride_with_dilation) != 3:
             raise ValueError("replace_stride_with_dilation should be None or a 3-element tuple, "
                              f"got {self.replace_stride_with_dilation}")
@@ -127,7 +138,7 @@ class ResNet(nn.Module):
 
         x = x.astype(self.dtype)
         x = _conv(64, 7, 2, name="conv1", dtype=self.dtype)(x)
-        x = nn.relu(norm_factory(self.norm, self.dtype)(name="bn1")(x, train))
+        x = nn.relu(_norm(self)(name="bn1")(x, train))
         if feats.add("stem", x):
             return feats.maps
         x = max_pool2d(x, 3, 2, 1)
@@ -152,7 +163,7 @@ class ResNet(nn.Module):
                     planes, stride if j == 0 else 1,
                     downsample=j == 0 and (stride != 1 or inplanes != planes * expansion),
                     groups=self.groups, base_width=self.width_per_group,
-                    dilation=rate, norm=self.norm,
+                    dilation=rate, norm=self.norm, norm_eps=self.norm_eps,
                     zero_init_residual=self.zero_init_residual, dtype=self.dtype,
                     name=f"layer{i + 1}_{j}")(x, train)
             inplanes = planes * expansion
