@@ -80,3 +80,30 @@ def test_aspp_matches_torchvision_eval_and_train():
         v, x, train=True, mutable=["batch_stats"]))(variables, jnp.asarray(x))
     assert_close(got, to_nhwc(want), 1e-4, "ASPP train")
     assert np.isfinite(err)
+
+
+def test_spp_pools_and_concatenates_like_yolov4():
+    from jaxvision.necks.spp import SPP
+
+    x = images((2, 11, 7, 4))
+    out = SPP().apply({}, {"c4": jnp.zeros((2, 22, 14, 2)), "c5": jnp.asarray(x)})
+    y = out["c5"]
+    assert y.shape == (2, 11, 7, 16) and out["c4"].shape == (2, 22, 14, 2)
+    for j, k in enumerate((13, 9, 5)):  # largest pool first, then the input itself
+        want = torch.nn.functional.max_pool2d(nchw(x), k, 1, k // 2)
+        assert_close(y[..., 4 * j:4 * j + 4], to_nhwc(want), 0.0, f"SPP pool {k}")
+    assert_close(y[..., 12:], x, 0.0, "SPP identity")
+
+
+def test_pan_shapes_at_odd_sizes():
+    from jaxvision.necks.pan import PAN
+
+    feats = {"c3": jnp.zeros((1, 13, 17, 32)), "c4": jnp.zeros((1, 7, 9, 64)),
+             "c5": jnp.zeros((1, 4, 5, 128))}
+    pan = PAN((16, 32, 64))
+    out, variables = jax.eval_shape(lambda: pan.init_with_output(jax.random.key(0), feats))
+    assert {k: v.shape for k, v in out.items()} == {
+        "c3": (1, 13, 17, 16), "c4": (1, 7, 9, 32), "c5": (1, 4, 5, 64)}
+    assert {"top0_0_0", "bottom2_4_0", "down1_0", "lateral0_0"} <= set(variables["params"])
+    with pytest.raises(ValueError, match="one width per map"):
+        PAN((16, 32)).init(jax.random.key(0), feats)

@@ -14,6 +14,7 @@ from jaxvision.models import convnext  # noqa: F401
 from jaxvision.models import swin_transformer  # noqa: F401
 from jaxvision.models import maxvit  # noqa: F401
 from jaxvision.models import segmentation  # noqa: F401
+from jaxvision.models import segmentation_vgg  # noqa: F401
 from jaxvision.models import detection  # noqa: F401
 from jaxvision.models import darknet  # noqa: F401
 from jaxvision.models import efficientnet  # noqa: F401

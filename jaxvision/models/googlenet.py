@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from jaxvision.layers import BatchNorm, Conv2d, Linear, adaptive_avg_pool2d, max_pool2d
+from jaxvision.layers import Conv2d, Linear, adaptive_avg_pool2d, max_pool2d, norm_factory
 from jaxvision.models._features import FeatureCollector
 from jaxvision.registry import FeatureInfo, register_model
 
@@ -43,12 +43,14 @@ class BasicConv2d(nn.Module):
     padding: Any = 0
     kernel_init: Any = _googlenet_init
     dtype: Any = jnp.float32
+    norm: str = "batch"
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         x = Conv2d(self.features, self.kernel_size, self.stride, self.padding, dtype=self.dtype,
                    kernel_init=self.kernel_init, name="conv")(x)
-        return nn.relu(BatchNorm(epsilon=0.001, dtype=self.dtype, name="bn")(x, train))
+        bn = norm_factory(self.norm, self.dtype, epsilon=0.001)
+        return nn.relu(bn(name="bn")(x, train))
 
 
 def transform_input(x):
@@ -66,10 +68,12 @@ class Inception(nn.Module):
     ch5x5: int
     pool_proj: int
     dtype: Any = jnp.float32
+    norm: str = "batch"
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        conv = lambda c, k, name, p=0: BasicConv2d(c, k, padding=p, dtype=self.dtype, name=name)
+        conv = lambda c, k, name, p=0: BasicConv2d(c, k, padding=p, dtype=self.dtype,
+                                                   norm=self.norm, name=name)
         b1 = conv(self.ch1x1, 1, "branch1")(x, train)
         b2 = conv(self.ch3x3red, 1, "branch2_0")(x, train)
         b2 = conv(self.ch3x3, 3, "branch2_1", 1)(b2, train)
@@ -90,11 +94,12 @@ class InceptionAux(nn.Module):
     num_classes: int
     dropout: float = 0.7
     dtype: Any = jnp.float32
+    norm: str = "batch"
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         x = adaptive_avg_pool2d(x, 4)
-        x = BasicConv2d(128, 1, dtype=self.dtype, name="conv")(x, train)
+        x = BasicConv2d(128, 1, dtype=self.dtype, norm=self.norm, name="conv")(x, train)
         x = flatten_nchw(x)
         dense = lambda n, fan_in, name: Linear(n, fan_in, dtype=self.dtype,
                                                kernel_init=_googlenet_init, name=name)
@@ -118,6 +123,7 @@ class GoogLeNet(nn.Module):
     transform_input: bool = True
     dropout: float = 0.2
     dropout_aux: float = 0.7
+    norm: str = "batch"  # "batch_eval" / "frozen" for freezing (BasicConv2d's BN, eps 0.001)
     dtype: Any = jnp.float32
     features_only: bool = False
     out_indices: Optional[Sequence[int]] = None
@@ -135,8 +141,10 @@ class GoogLeNet(nn.Module):
         x = x.astype(self.dtype)
         if self.transform_input:
             x = transform_input(x)
-        conv = lambda c, k, name, s=1, p=0: BasicConv2d(c, k, s, p, dtype=self.dtype, name=name)
-        block = lambda name: Inception(*_BLOCKS[name], dtype=self.dtype, name=name)
+        conv = lambda c, k, name, s=1, p=0: BasicConv2d(c, k, s, p, dtype=self.dtype,
+                                                        norm=self.norm, name=name)
+        block = lambda name: Inception(*_BLOCKS[name], dtype=self.dtype, norm=self.norm,
+                                       name=name)
         x = conv(64, 7, "conv1", 2, 3)(x, train)
         if feats.add("conv1", x):
             return feats.maps
@@ -152,7 +160,8 @@ class GoogLeNet(nn.Module):
             return feats.maps
         x = max_pool2d(x, 3, 2, ceil_mode=True)
         x = block("inception4a")(x, train)
-        aux = lambda name: InceptionAux(self.num_classes, self.dropout_aux, self.dtype, name=name)
+        aux = lambda name: InceptionAux(self.num_classes, self.dropout_aux, self.dtype,
+                                        self.norm, name=name)
         aux1 = aux("aux1")(x, train) if with_aux else None
         for name in ("inception4b", "inception4c", "inception4d"):
             x = block(name)(x, train)

@@ -33,10 +33,11 @@ class InceptionOutputs(NamedTuple):
 
 class _Block(nn.Module):
     dtype: Any = jnp.float32
+    norm: str = "batch"
 
     def conv(self, features, kernel, name, stride=1, padding=0):
         return BasicConv2d(features, kernel, stride, padding, kernel_init=_init(0.1),
-                           dtype=self.dtype, name=name)
+                           dtype=self.dtype, norm=self.norm, name=name)
 
 
 class InceptionA(_Block):
@@ -113,6 +114,7 @@ class InceptionE(_Block):
 class InceptionAux(nn.Module):
     num_classes: int
     dtype: Any = jnp.float32
+    norm: str = "batch"
 
     @nn.compact
     def __call__(self, x, train=False):
@@ -123,8 +125,10 @@ class InceptionAux(nn.Module):
                 f"299x299), got {tuple(x.shape[1:3])}; it runs at init and in training: use a "
                 f"larger input or aux_logits=False")
         x = avg_pool2d(x, 5, 3)
-        x = BasicConv2d(128, 1, kernel_init=_init(0.1), dtype=self.dtype, name="conv0")(x, train)
-        x = BasicConv2d(768, 5, kernel_init=_init(0.01), dtype=self.dtype, name="conv1")(x, train)
+        conv = lambda c, k, std, name: BasicConv2d(c, k, kernel_init=_init(std), dtype=self.dtype,
+                                                   norm=self.norm, name=name)
+        x = conv(128, 1, 0.1, "conv0")(x, train)
+        x = conv(768, 5, 0.01, "conv1")(x, train)
         x = adaptive_avg_pool2d(x, 1).reshape(x.shape[0], -1)
         return Linear(self.num_classes, 768, dtype=self.dtype, kernel_init=_init(0.001),
                       name="fc")(x)
@@ -135,6 +139,7 @@ class Inception3(nn.Module):
     aux_logits: bool = True
     transform_input: bool = True
     dropout: float = 0.5
+    norm: str = "batch"  # "batch_eval" / "frozen" for freezing (BasicConv2d's BN, eps 0.001)
     dtype: Any = jnp.float32
     features_only: bool = False
     out_indices: Optional[Sequence[int]] = None
@@ -156,7 +161,8 @@ class Inception3(nn.Module):
         if self.transform_input:
             x = transform_input(x)
         conv = lambda c, k, name, s=1, p=0: BasicConv2d(c, k, s, p, kernel_init=_init(0.1),
-                                                        dtype=self.dtype, name=name)
+                                                        dtype=self.dtype, norm=self.norm,
+                                                        name=name)
         x = conv(32, 3, "Conv2d_1a_3x3", 2)(x, train)
         x = conv(32, 3, "Conv2d_2a_3x3")(x, train)
         x = conv(64, 3, "Conv2d_2b_3x3", p=1)(x, train)
@@ -168,21 +174,22 @@ class Inception3(nn.Module):
         if feats.add("Conv2d_4a_3x3", x):
             return feats.maps
         x = max_pool2d(x, 3, 2)
-        d = self.dtype
+        d, nm = self.dtype, self.norm
         for name, pool in (("Mixed_5b", 32), ("Mixed_5c", 64), ("Mixed_5d", 64)):
-            x = InceptionA(d, pool_features=pool, name=name)(x, train)
+            x = InceptionA(d, nm, pool_features=pool, name=name)(x, train)
         if feats.add("Mixed_5d", x):
             return feats.maps
-        x = InceptionB(d, name="Mixed_6a")(x, train)
+        x = InceptionB(d, nm, name="Mixed_6a")(x, train)
         for name, c7 in (("Mixed_6b", 128), ("Mixed_6c", 160), ("Mixed_6d", 160),
                          ("Mixed_6e", 192)):
-            x = InceptionC(d, channels_7x7=c7, name=name)(x, train)
+            x = InceptionC(d, nm, channels_7x7=c7, name=name)(x, train)
         if feats.add("Mixed_6e", x):
             return feats.maps
-        aux = InceptionAux(self.num_classes, d, name="AuxLogits")(x, train) if with_aux else None
-        x = InceptionD(d, name="Mixed_7a")(x, train)
-        x = InceptionE(d, name="Mixed_7b")(x, train)
-        x = InceptionE(d, name="Mixed_7c")(x, train)
+        aux = InceptionAux(self.num_classes, d, nm, name="AuxLogits")(x, train) if with_aux \
+            else None
+        x = InceptionD(d, nm, name="Mixed_7a")(x, train)
+        x = InceptionE(d, nm, name="Mixed_7b")(x, train)
+        x = InceptionE(d, nm, name="Mixed_7c")(x, train)
         if feats.add("Mixed_7c", x):
             return feats.maps
         x = adaptive_avg_pool2d(x, 1).reshape(x.shape[0], -1)

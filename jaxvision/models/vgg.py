@@ -16,8 +16,8 @@ from typing import Any, Optional, Sequence
 import jax.numpy as jnp
 import flax.linen as nn
 
-from jaxvision.layers import (BatchNorm, Conv2d, Linear, adaptive_avg_pool2d,
-                              kaiming_normal_fan_out, max_pool2d)
+from jaxvision.layers import (Conv2d, Linear, adaptive_avg_pool2d, kaiming_normal_fan_out,
+                              max_pool2d, norm_factory)
 from jaxvision.models._features import FeatureCollector
 from jaxvision.models.googlenet import flatten_nchw
 from jaxvision.registry import FeatureInfo, register_model
@@ -52,6 +52,7 @@ class VGG(nn.Module):
     batch_norm: bool = False
     num_classes: int = 1000
     dropout: float = 0.5
+    norm: str = "batch"  # the _bn variants' norm: "batch_eval" / "frozen" for freezing
     dtype: Any = jnp.float32
     features_only: bool = False
     out_indices: Optional[Sequence[int]] = None
@@ -75,7 +76,7 @@ class VGG(nn.Module):
                        kernel_init=kaiming_normal_fan_out, bias_init=_zeros,
                        name=f"features_{idx}")(x)
             if self.batch_norm:
-                x = BatchNorm(dtype=self.dtype, name=f"features_{idx + 1}")(x, train)
+                x = norm_factory(self.norm, self.dtype)(name=f"features_{idx + 1}")(x, train)
             x = nn.relu(x)
             idx += 3 if self.batch_norm else 2
         x = flatten_nchw(adaptive_avg_pool2d(x, 7))

@@ -14,6 +14,7 @@ import flax.linen as nn
 
 from jaxvision.layers.blocks import conv_norm_act
 from jaxvision.layers.interpolate import interpolate
+from jaxvision.necks import single_map
 
 
 class ASPP(nn.Module):
@@ -28,11 +29,9 @@ class ASPP(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        if isinstance(x, dict):
-            key = list(x)[-1]
-            return {**x, key: self(x[key], train)}
-        if x.ndim != 4:
-            raise ValueError(f"ASPP expected NHWC input, got shape {tuple(x.shape)}")
+        return single_map("ASPP", x, lambda x: self._aspp(x, train))
+
+    def _aspp(self, x, train):
         # ASPP's branches are parallel, not stacked, so HDC's gridding rule does not apply here.
         c, kw = self.out_channels, dict(norm=self.norm, dtype=self.dtype)
         branches = [conv_norm_act(x, train, c, 1, "convs_0", **kw)]
