@@ -17,10 +17,15 @@ class WorkdirError(ValueError):
     pass
 
 
-def manager(workdir: str, keep: int = 3, best_metric: str | None = "val_top1"):
+def manager(workdir: str, keep: int = 3, best_metric: str | None = "val_top1",
+            best_mode: str = "max"):
+    if best_mode not in ("max", "min"):
+        raise ValueError(f"checkpoint.best_mode must be 'max' or 'min', got {best_mode!r}")
     policies = [cm.LatestN(keep)]
     if best_metric:
+        # BestN keeps the last of the sorted list: descending order keeps the smallest
         policies.append(cm.BestN(get_metric_fn=lambda m: m[best_metric], n=1,
+                                 reverse=best_mode == "min",
                                  keep_checkpoints_without_metrics=False))
     options = ocp.CheckpointManagerOptions(
         preservation_policy=cm.AnyPreservationPolicy(policies), create=True,
@@ -41,13 +46,13 @@ def read_meta(mgr, step: int) -> dict:
     return mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
 
-def check_workdir(mgr, meta: dict):
-    """Refuse a workdir whose checkpoints belong to another model or head."""
+def check_workdir(mgr, meta: dict, keys=("model", "num_classes")):
+    """Refuse a workdir whose checkpoints belong to another model, head or task (``keys``)."""
     step = mgr.latest_step()
     if step is None:
         return None
     saved = read_meta(mgr, step)
-    for key in ("model", "num_classes"):
+    for key in keys:
         if saved.get(key) != meta.get(key):
             raise WorkdirError(
                 f"{mgr.directory}: holds checkpoints of {key}={saved.get(key)!r}, this run has "

@@ -50,12 +50,14 @@ def _predict(argv):
     p = argparse.ArgumentParser(prog="jaxvision predict")
     p.add_argument("--workdir", required=True)
     p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--out", default=None,
+                   help="segmentation: folder for the overlay PNGs (default WORKDIR/predictions)")
     p.add_argument("images", nargs="+")
     args = p.parse_args(argv)
     from jaxvision.train.restore import predict
 
-    for path, top in zip(args.images, predict(args.workdir, args.images, args.topk)):
-        print(path + ": " + ", ".join(f"{name} {prob:.3f}" for name, prob in top))
+    for line in predict(args.workdir, args.images, args.topk, args.out):
+        print(line)
     return 0
 
 
