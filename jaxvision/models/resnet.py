@@ -99,9 +99,20 @@ class ResNet(nn.Module):
     features_only: bool = False
     out_indices: Optional[Sequence[int]] = None
 
-    feature_info = (FeatureInfo("stem", 64, 2), FeatureInfo("layer1", 64, 4),
-                    FeatureInfo("layer2", 128, 8), FeatureInfo("layer3", 256, 16),
-                    FeatureInfo("layer4", 512, 32))
+    @property
+    def feature_info(self) -> tuple[FeatureInfo, ...]:
+        """Channels of this variant and the real reduction: a stage whose stride is replaced by
+        dilation keeps the previous stage's reduction."""
+        if len(self.replace_stride_with_dilation) != 3:
+            raise ValueError("replace_stride_with_dilation should be None or a 3-element tuple, "
+                             f"got {self.replace_stride_with_dilation}")
+        expansion = 4 if self.block == "bottleneck" else 1
+        info, reduction = [FeatureInfo("stem", 64, 2)], 4
+        for i, planes in enumerate((64, 128, 256, 512)):
+            if i > 0 and not tuple(self.replace_stride_with_dilation)[i - 1]:
+                reduction *= 2
+            info.append(FeatureInfo(f"layer{i + 1}", planes * expansion, reduction))
+        return tuple(info)
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -142,11 +153,6 @@ class ResNet(nn.Module):
         return Linear(self.num_classes, x.shape[-1], dtype=self.dtype, name="fc")(x)
 
 
-def _features(expansion):
-    return tuple(FeatureInfo(f.name, f.channels * (expansion if f.name != "stem" else 1),
-                             f.reduction) for f in ResNet.feature_info)
-
-
 _VARIANTS = {
     # name: (block, layers, groups, width_per_group, torchvision param count)
     "resnet18": ("basic", (2, 2, 2, 2), 1, 64, 11_689_512),
@@ -169,7 +175,7 @@ def _register(name, block, layers, groups, width, num_params):
     build.__name__ = name
     build.__doc__ = f"torchvision's ``{name}``."
     register_model(name, family="resnet", torch_name=name, num_params=num_params,
-                   features=_features(4 if block == "bottleneck" else 1))(build)
+                   features=ResNet(block=block, layers=layers).feature_info)(build)
 
 
 for _name, _args in _VARIANTS.items():
