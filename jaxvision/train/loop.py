@@ -13,8 +13,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 import jaxvision as jv
 from jaxvision.data import build_data
-from jaxvision.train import checkpoint, freeze, optim
 from jaxvision.tasks import build_task, task_name
+from jaxvision.train import checkpoint, freeze, optim
 from jaxvision.train.config import save_config
 from jaxvision.train.metrics_log import Logger
 from jaxvision.train.state import TrainState
