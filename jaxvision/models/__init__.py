@@ -6,3 +6,5 @@ from jaxvision.models import googlenet  # noqa: F401
 from jaxvision.models import inception  # noqa: F401
 from jaxvision.models import vgg  # noqa: F401
 from jaxvision.models import segmentation  # noqa: F401
+from jaxvision.models import detection  # noqa: F401
+from jaxvision.models import darknet  # noqa: F401
