@@ -88,6 +88,7 @@ def read_image(path):
 
     try:
         with Image.open(path) as img:
+            img.load()  # read now: the file closes when the block ends
             return to_rgb(img)
     except (OSError, ValueError) as e:
         raise ValueError(f"{path}: not a readable image ({e})") from e
