@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -14,12 +15,23 @@ from jaxvision.data import build_data
 from jaxvision.train import checkpoint
 
 
-def load_run(workdir: str):
+def load_run(workdir: str, log=None):
+    """(config, meta, model, eval variables, step) of the best checkpoint, else the latest."""
+    config, meta, _, model, variables, step = load_task_run(workdir, log)
+    return config, meta, model, variables, step
+
+
+def load_task_run(workdir: str, log=None):
     """(config, meta, task, model, eval variables, step) of the best checkpoint, else the
-    latest."""
+    latest.
+
+    ``log`` (stderr by default) hears which step was taken and why; a step that cannot be read
+    is named and the next one back is taken.
+    """
     from jaxvision.tasks import TASKS, build_task, task_name
     from jaxvision.train.loop import best_metric, build_model
 
+    log = log or (lambda msg: print(msg, file=sys.stderr))
     path = os.path.join(workdir, "config.json")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such file; is {workdir} a jaxvision train workdir?")
@@ -27,12 +39,25 @@ def load_run(workdir: str):
         config = ml_collections.ConfigDict(json.load(f))
     # the best metric is a class attribute of the task: no class count needed yet
     mgr = checkpoint.manager(workdir, config.checkpoint.keep,
-                             *best_metric(config, TASKS[task_name(config)]))
-    step = checkpoint.best_or_latest(mgr)
+                             *best_metric(config, TASKS[task_name(config)]), read_only=True)
+    step, why = checkpoint.best_or_latest(mgr)
     if step is None:
         raise FileNotFoundError(f"{mgr.directory}: holds no checkpoint yet")
-    out = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
-                                                    meta=ocp.args.JsonRestore()))
+    candidates = [step] + sorted((s for s in mgr.all_steps() if s != step), reverse=True)
+    for i, s in enumerate(candidates):
+        try:
+            out = mgr.restore(s, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
+                                                         meta=ocp.args.JsonRestore()))
+        except Exception as e:  # a truncated or missing file: say which, take the next one back
+            bad = checkpoint.corrupt(mgr, s, e)
+            if i == len(candidates) - 1:
+                raise bad from None
+            log(f"{bad}; taking step {candidates[i + 1]} instead")
+            why = "the newest intact checkpoint"
+            continue
+        log(f"{workdir}: using checkpoint step {s}, {why}")
+        step = s
+        break
     mgr.close()
     state, meta = out["state"], out["meta"]
     task = build_task(config, meta["num_classes"])
@@ -54,7 +79,7 @@ def evaluate_run(workdir: str) -> dict:
     from jaxvision.train.loop import evaluate
     from jaxvision.train.step import make_eval_step, make_mesh
 
-    config, meta, task, model, variables, step = load_run(workdir)
+    config, meta, task, model, variables, step = load_task_run(workdir)
     eval_step = jax.jit(make_eval_step(model, task))
     result, sums = evaluate(eval_step, variables, _data(config), make_mesh(), task,
                             return_sums=True)
@@ -65,14 +90,14 @@ def predict(workdir: str, paths, topk: int = 5, out_dir: str | None = None) -> l
     """A printable line per image, as the task predicts (classification: the top-k classes;
     segmentation: writes an overlay PNG per image under ``out_dir``, default
     WORKDIR/predictions)."""
-    config, meta, task, model, variables, _ = load_run(workdir)
+    config, meta, task, model, variables, _ = load_task_run(workdir)
     return task.predict(model, variables, paths, _data(config), topk=topk,
                         out_dir=out_dir or os.path.join(workdir, "predictions"))
 
 
 def extract(workdir: str, split: str, out: str) -> int:
     """Pooled backbone embeddings (the model with ``num_classes=0``) and labels to ``out``."""
-    config, meta, task, model, variables, _ = load_run(workdir)
+    config, meta, task, model, variables, _ = load_task_run(workdir)
     if task.name != "classification":
         raise ValueError(f"jaxvision extract: pooled embeddings are defined for classification "
                          f"runs; {workdir} is a {task.name} run")
