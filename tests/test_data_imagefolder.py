@@ -55,7 +55,7 @@ def test_train_val_folders_and_image_modes(tmp_path):
     it = iter(data.train_loader(seed=0))
     for _ in range(5):  # an epoch: the 3x5 image goes through RandomResizedCrop too
         assert next(it)["image"].shape == (2, 8, 8, 3)
-    assert sum(int(b["mask"].sum()) for b in data.eval_loader()) == 2
+    assert sum(int(b["valid"].sum()) for b in data.eval_loader()) == 2
 
 
 def test_single_folder_split_by_val_fraction(tmp_path):

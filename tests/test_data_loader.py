@@ -59,16 +59,16 @@ def test_eval_every_example_once_with_padded_mask(process_count):
     for p in range(process_count):
         batches = list(data.eval_loader(p, process_count))
         for b in batches:
-            assert b["image"].shape == (local, 24, 24, 3) and b["mask"].shape == (local,)
-        assert all(b["mask"].all() for b in batches[:-1])
-        seen += [lab for b in batches for lab in b["label"][b["mask"]]]
+            assert b["image"].shape == (local, 24, 24, 3) and b["valid"].shape == (local,)
+        assert all(b["valid"].all() for b in batches[:-1])
+        seen += [lab for b in batches for lab in b["label"][b["valid"]]]
     assert len(seen) == 37
     want = [int(data.val_source[i]["label"]) for i in range(37)]
     assert sorted(seen) == sorted(want)
     # deterministic: a second pass is identical
     first = list(data.eval_loader())
     np.testing.assert_array_equal(first[-1]["image"], list(data.eval_loader())[-1]["image"])
-    assert first[-1]["mask"].sum() == 37 - 2 * 16
+    assert first[-1]["valid"].sum() == 37 - 2 * 16
 
 
 def test_bad_config_errors():
@@ -93,7 +93,7 @@ def test_tfds_source_with_mock_data():
         b = next(iter(data.train_loader(seed=0)))  # grey 28x28x1 -> RGB 24x24
         assert b["image"].shape == (4, 24, 24, 3) and b["label"].dtype == np.int32
         batches = list(data.eval_loader())
-        assert sum(int(x["mask"].sum()) for x in batches) == 10
+        assert sum(int(x["valid"].sum()) for x in batches) == 10
         c.tfds.label_key = "digit"
         with pytest.raises(DataError, match="label_key 'digit'"):
             build_data(c)

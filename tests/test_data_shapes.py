@@ -29,7 +29,8 @@ def test_label_mask_boxes_agree_and_classes_balanced():
         ys, xs = np.nonzero(ex["mask"])
         np.testing.assert_array_equal(ex["boxes"], [[xs.min(), ys.min(), xs.max() + 1,
                                                      ys.max() + 1]])
-        np.testing.assert_array_equal(ex["box_labels"], [lab])
+        np.testing.assert_array_equal(ex["classes"], [lab])
+        assert ex["num_boxes"] == 1
         # the shape is painted in one colour: every mask pixel has the same RGB
         assert len(np.unique(ex["image"][ex["mask"] > 0], axis=0)) == 1
     counts = np.bincount(labels, minlength=5)

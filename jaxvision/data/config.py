@@ -3,7 +3,7 @@ import ml_collections
 
 def default_data_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.source = "shapes"  # shapes | imagefolder | tfds
+    c.source = "shapes"  # shapes | imagefolder | voc | tfds
     c.image_size = 224
     c.resize_size = ml_collections.FieldReference(None, field_type=int)  # None: from the model
     c.mean = ml_collections.FieldReference(None, field_type=tuple)  # None: the model's
@@ -15,11 +15,22 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.seed = 0
     c.augment = ml_collections.ConfigDict(dict(
         random_resized_crop=True, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), hflip=True))
+    # segmentation (task="segmentation"): image_size is the train crop, resize_size the base
+    # size; train resizes the shorter side to a random size in scale_range * base, eval to base
+    c.segmentation = ml_collections.ConfigDict(dict(
+        scale_range=(0.5, 2.0), hflip=True,  # masks: 255 = ignore, always
+        # eval batches are padded (mask 255) to this square; None: max(image_size, resize_size).
+        # An image whose longer side would exceed it is resized to fit.
+        eval_size=ml_collections.FieldReference(None, field_type=int)))
+    c.voc = ml_collections.ConfigDict(dict(
+        root="", train_split="train", val_split="val", num_classes=21))
     c.shapes = ml_collections.ConfigDict(dict(
         num_classes=4, num_train=4096, num_val=512, image_size=32, seed=0))
     c.imagefolder = ml_collections.ConfigDict(dict(
         root="", train_dir="train", val_dir="val", val_fraction=0.0, skip_corrupt=False))
     c.tfds = ml_collections.ConfigDict(dict(
         name="", data_dir=ml_collections.FieldReference(None, field_type=str),
-        train_split="train", val_split="validation", image_key="image", label_key="label"))
+        train_split="train", val_split="validation", image_key="image", label_key="label",
+        # segmentation: the mask feature, and the class names (their number: the class count)
+        mask_key="segmentation_mask", class_names=()))
     return c

@@ -22,6 +22,7 @@ class Data:
     mean: tuple
     std: tuple
     resize_size: int
+    task: str = "classification"  # which fields a batch carries: label | mask
 
     @property
     def num_classes(self) -> int:
@@ -54,9 +55,7 @@ class Data:
         sampler = grain.samplers.IndexSampler(
             self.num_train, grain.sharding.ShardOptions(process_index, process_count, True),
             shuffle=True, num_epochs=None, seed=seed)
-        a = c.augment
-        ops = [T.TrainTransform(c.image_size, self.mean, self.std, a.random_resized_crop,
-                                tuple(a.scale), tuple(a.ratio), a.hflip, c.interpolation),
+        ops = [self._train_transform(),
                grain.transforms.Batch(self._local_batch(c.batch_size, process_count),
                                       drop_remainder=True)]
         if c.num_workers:
@@ -65,8 +64,27 @@ class Data:
         return grain.DataLoader(data_source=self.train_source, sampler=sampler, operations=ops,
                                 worker_count=c.num_workers)
 
+    def _train_transform(self):
+        c = self.cfg
+        if self.task == "segmentation":
+            s = c.segmentation
+            return T.SegTrainTransform(c.image_size, self.resize_size, self.mean, self.std,
+                                       tuple(s.scale_range), s.hflip, c.interpolation)
+        a = c.augment
+        return T.TrainTransform(c.image_size, self.mean, self.std, a.random_resized_crop,
+                                tuple(a.scale), tuple(a.ratio), a.hflip, c.interpolation)
+
+    def eval_transform(self):
+        c = self.cfg
+        if self.task == "segmentation":
+            canvas = c.segmentation.eval_size or max(c.image_size, self.resize_size)
+            return T.SegEvalTransform(self.resize_size, canvas, self.mean, self.std,
+                                      c.interpolation)
+        return T.EvalTransform(c.image_size, self.resize_size, self.mean, self.std,
+                               c.interpolation)
+
     def eval_loader(self, process_index: int = 0, process_count: int = 1):
-        """Every example exactly once; the last batch is padded and ``mask`` marks real ones.
+        """Every example exactly once; the last batch is padded and ``valid`` marks real ones.
 
         The index range is padded to a multiple of the GLOBAL eval batch, so every process
         gets the same number of batches (a jitted multi-host eval step needs that) and
@@ -76,13 +94,12 @@ class Data:
         batch = self._local_batch(c.eval_batch_size, process_count)
         n = self.num_val
         n_pad = -(-n // c.eval_batch_size) * c.eval_batch_size
-        transform = T.EvalTransform(c.image_size, self.resize_size, self.mean, self.std,
-                                    c.interpolation)
+        transform = self.eval_transform()
         source = self.val_source
 
         def load(i):
             ex = transform.map(source[min(int(i), n - 1)])  # a padding slot repeats the last
-            return {**ex, "mask": np.bool_(i < n)}
+            return {**ex, "valid": np.bool_(i < n)}
 
         indices = np.arange(process_index, n_pad, process_count)
         return grain.MapDataset.source(indices).map(load).batch(batch, drop_remainder=False)
@@ -96,30 +113,49 @@ def _absl_flags_ready():
         flags.FLAGS.mark_as_parsed()
 
 
-def build_data(cfg, model_name: str | None = None) -> Data:
+def build_data(cfg, model_name: str | None = None, task: str = "classification") -> Data:
+    """The train and val sources of ``cfg.source`` with the transforms ``task`` needs."""
     from jaxvision.registry import IMAGENET_MEAN, IMAGENET_STD, get_spec
 
+    if task not in TASKS:
+        raise DataError(f"task must be one of {'|'.join(TASKS)}, got {task!r}")
     spec = get_spec(model_name) if model_name else None
     mean = tuple(cfg.mean) if cfg.mean is not None else (spec.mean if spec else IMAGENET_MEAN)
     std = tuple(cfg.std) if cfg.std is not None else (spec.std if spec else IMAGENET_STD)
     resize = cfg.resize_size
-    if resize is None:
+    if resize is None and task == "segmentation":
+        resize = cfg.image_size  # the eval size; torchvision's VOC recipe: 520 (crop 480)
+    elif resize is None:
         ratio = spec.resize_size / spec.crop_size if spec else 256 / 224
         resize = int(round(cfg.image_size * ratio))
+    seg = task == "segmentation"
     if cfg.source == "shapes":
         s = cfg.shapes
         train = ShapesSource(s.num_train, s.num_classes, s.image_size, s.seed)
         val = ShapesSource(s.num_val, s.num_classes, s.image_size, s.seed + 1_000_003)
-        names = train.class_names
+        # the masks hold 0 for background and kind + 1 on the shape
+        names = (["background"] if seg else []) + train.class_names
     elif cfg.source == "imagefolder":
+        if seg:
+            raise DataError("data.source='imagefolder' has no masks: for segmentation use "
+                            "'voc', 'tfds' or 'shapes'")
         from jaxvision.data.imagefolder import imagefolder_sources
 
         train, val, names = imagefolder_sources(cfg.imagefolder)
+    elif cfg.source == "voc":
+        from jaxvision.data.voc import voc_sources
+
+        train, val, names = voc_sources(cfg.voc)
     elif cfg.source == "tfds":
         from jaxvision.data.tfds_source import tfds_sources
 
-        train, val, names = tfds_sources(cfg.tfds)
+        train, val, names = tfds_sources(cfg.tfds, task)
     else:
-        raise DataError(f"data.source must be 'shapes', 'imagefolder' or 'tfds', "
+        raise DataError(f"data.source must be 'shapes', 'imagefolder', 'voc' or 'tfds', "
                         f"got {cfg.source!r}")
-    return Data(train, val, names, cfg, mean, std, resize)
+    if cfg.source == "voc" and not seg:
+        raise DataError("data.source='voc' holds segmentation masks: set task='segmentation'")
+    return Data(train, val, names, cfg, mean, std, resize, task)
+
+
+TASKS = ("classification", "segmentation")

@@ -2,8 +2,8 @@
 
 Example ``i`` is a pure function of ``(seed, i)``: nothing is downloaded or held in memory.
 Each example carries a class label (the shape's kind), a per-pixel mask (0 background, class + 1
-on the shape) and the shape's box, so classification, segmentation and detection can all train
-on it.
+on the shape) and the shape's box (``boxes``, ``classes``, ``num_boxes``: the detection
+contract), so classification, segmentation and detection can all train on it.
 """
 from __future__ import annotations
 
@@ -79,4 +79,5 @@ class ShapesSource:
         ys, xs = np.nonzero(inside)
         boxes = np.array([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], np.float32)
         return {"image": np.clip(image, 0, 255).astype(np.uint8), "label": np.int32(label),
-                "mask": mask, "boxes": boxes, "box_labels": np.array([label], np.int32)}
+                "mask": mask, "boxes": boxes, "classes": np.array([label], np.int32),
+                "num_boxes": np.int32(1)}

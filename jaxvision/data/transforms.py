@@ -120,3 +120,103 @@ class EvalTransform(grain.transforms.Map):
     def map(self, example):
         return {"image": eval_image(_pil(example["image"]), *self.args),
                 "label": example["label"]}
+
+
+# -- joint image + mask transforms (torchvision's references/segmentation/transforms.py) --------
+
+IGNORE = 255  # mask value of pixels that count nowhere (VOC's object borders, crop padding)
+
+
+def mask_pil(mask) -> Image.Image:
+    """An HxW array of class ids (<= 255) as an 8-bit PIL image, so it resizes with NEAREST."""
+    return Image.fromarray(np.asarray(mask).astype(np.uint8), mode="L")
+
+
+def resize_pair(img: Image.Image, mask: Image.Image, size: int, interpolation="bilinear",
+                max_size: int | None = None):
+    """Shorter side to ``size`` (longer side capped at ``max_size``); the mask always NEAREST."""
+    w, h = img.size
+    if max_size is not None and size * max(w, h) / min(w, h) > max_size:
+        # torchvision's rule: the longer side becomes max_size, the shorter follows (floored)
+        size = int(max_size * min(w, h) / max(w, h))
+        if w <= h:
+            nw, nh = size, max_size
+        else:
+            nw, nh = max_size, size
+        return img.resize((nw, nh), _RESAMPLE[interpolation]), mask.resize((nw, nh), Image.NEAREST)
+    return resize_shorter(img, size, interpolation), resize_shorter(mask, size, "nearest")
+
+
+def pad_pair(img: Image.Image, mask: Image.Image, height: int, width: int):
+    """Pad right and bottom to at least (height, width): image with 0, mask with ``IGNORE``
+    (torchvision's ``pad_if_smaller``)."""
+    w, h = img.size
+    if w >= width and h >= height:
+        return img, mask
+    canvas = Image.new("RGB", (max(w, width), max(h, height)), (0, 0, 0))
+    canvas.paste(img, (0, 0))
+    mcanvas = Image.new("L", canvas.size, IGNORE)
+    mcanvas.paste(mask, (0, 0))
+    return canvas, mcanvas
+
+
+class SegTrainTransform(grain.transforms.RandomMap):
+    """torchvision's segmentation training transform: RandomResize(min, max) of the shorter side,
+    RandomHorizontalFlip(0.5), RandomCrop(crop) with padding, normalise."""
+
+    def __init__(self, crop_size, base_size, mean, std, scale_range=(0.5, 2.0), hflip=True,
+                 interpolation="bilinear"):
+        self.crop, self.mean, self.std, self.hflip = crop_size, mean, std, hflip
+        self.min_size = int(scale_range[0] * base_size)
+        self.max_size = int(scale_range[1] * base_size)
+        self.interpolation = interpolation
+
+    def random_map(self, example, rng: np.random.Generator):
+        img, mask = to_rgb(example["image"]), mask_pil(example["mask"])
+        size = int(rng.integers(self.min_size, self.max_size + 1))  # random.randint: inclusive
+        img, mask = resize_pair(img, mask, size, self.interpolation)
+        if self.hflip and rng.random() < 0.5:
+            img = img.transpose(Image.FLIP_LEFT_RIGHT)
+            mask = mask.transpose(Image.FLIP_LEFT_RIGHT)
+        img, mask = pad_pair(img, mask, self.crop, self.crop)
+        w, h = img.size
+        top, left = int(rng.integers(0, h - self.crop + 1)), int(rng.integers(0, w - self.crop + 1))
+        box = (left, top, left + self.crop, top + self.crop)
+        return {"image": normalize(np.asarray(img.crop(box)), self.mean, self.std),
+                "mask": np.asarray(mask.crop(box), np.int32)}
+
+
+class SegEvalTransform(grain.transforms.Map):
+    """torchvision's segmentation eval: the shorter side to ``resize_size`` (the longer one
+    capped at ``canvas``), then padded right/bottom to a fixed ``canvas`` square so batches have
+    one shape; padding is ignored (mask 255), so every pixel of the resized mask counts once."""
+
+    def __init__(self, resize_size, canvas, mean, std, interpolation="bilinear"):
+        self.resize, self.canvas, self.mean, self.std = resize_size, canvas, mean, std
+        self.interpolation = interpolation
+
+    def map(self, example):
+        img, mask = to_rgb(example["image"]), mask_pil(example["mask"])
+        img, mask = resize_pair(img, mask, self.resize, self.interpolation, self.canvas)
+        img, mask = pad_pair(img, mask, self.canvas, self.canvas)
+        return {"image": normalize(np.asarray(img), self.mean, self.std),
+                "mask": np.asarray(mask, np.int32)}
+
+
+def check_mask(image: np.ndarray, mask: np.ndarray, num_classes: int, where: str) -> np.ndarray:
+    """The mask as int32 after checking it fits its image and holds class ids in
+    ``[0, num_classes)`` or ``IGNORE``; ``where`` names the file in the error."""
+    from jaxvision.data.errors import DataError
+
+    mask = np.asarray(mask)
+    if mask.ndim == 3 and mask.shape[-1] == 1:
+        mask = mask[..., 0]
+    if mask.shape != image.shape[:2]:
+        raise DataError(f"{where}: mask is {mask.shape[1]}x{mask.shape[0]} (WxH), its image "
+                        f"{image.shape[1]}x{image.shape[0]}; they must be the same size")
+    ids = np.unique(mask)
+    bad = ids[((ids < 0) | (ids >= num_classes)) & (ids != IGNORE)]
+    if bad.size:
+        raise DataError(f"{where}: mask holds class ids {bad.tolist()[:10]} outside "
+                        f"[0, {num_classes}) (255 = ignore is allowed)")
+    return mask.astype(np.int32)

@@ -156,8 +156,8 @@ def read_meta(mgr, step: int) -> dict:
     return mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
 
-def check_workdir(mgr, meta: dict):
-    """Refuse a workdir whose checkpoints belong to another model or head."""
+def check_workdir(mgr, meta: dict, keys=("model", "num_classes")):
+    """Refuse a workdir whose checkpoints belong to another model, head or task (``keys``)."""
     step = mgr.latest_step()
     if step is None:
         return None
@@ -165,7 +165,7 @@ def check_workdir(mgr, meta: dict):
         saved = read_meta(mgr, step)
     except Exception as e:
         raise corrupt(mgr, step, e) from None
-    for key in ("model", "num_classes"):
+    for key in keys:
         if saved.get(key) != meta.get(key):
             raise WorkdirError(
                 f"{mgr.directory}: holds checkpoints of {key}={saved.get(key)!r}, this run has "

@@ -66,6 +66,8 @@ def _predict(argv):
     source.add_argument("--weights", help="a directory from 'jaxvision convert' or 'export': "
                                           "its recorded preprocessing and class names")
     p.add_argument("--topk", type=_positive, default=5)
+    p.add_argument("--out", default=None,
+                   help="segmentation: folder for the overlay PNGs (default WORKDIR/predictions)")
     p.add_argument("images", nargs="+")
     args = p.parse_args(argv)
     if args.weights:
@@ -73,9 +75,12 @@ def _predict(argv):
     else:
         from jaxvision.train.restore import predict
 
-    for path, top in zip(args.images, predict(args.workdir or args.weights, args.images,
-                                              args.topk)):
-        print(path + ": " + ", ".join(f"{name} {prob:.3f}" for name, prob in top))
+    if args.weights:
+        for path, top in zip(args.images, predict(args.weights, args.images, args.topk)):
+            print(path + ": " + ", ".join(f"{name} {prob:.3f}" for name, prob in top))
+        return 0
+    for line in predict(args.workdir, args.images, args.topk, args.out):
+        print(line)
     return 0
 
 

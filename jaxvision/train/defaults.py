@@ -8,6 +8,7 @@ from jaxvision.train.optim import default_optimizer_config, default_schedule_con
 
 def default_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
+    c.task = "classification"  # classification | segmentation (jaxvision.tasks)
     c.model = ml_collections.ConfigDict(dict(
         name="resnet18", num_classes=0,  # 0: the data's number of classes
         pretrained="", pretrained_strict=True, dtype="float32", kwargs={}))
@@ -18,9 +19,13 @@ def default_config() -> ml_collections.ConfigDict:
     c.train = ml_collections.ConfigDict(dict(
         epochs=1, steps=0, seed=0, label_smoothing=0.0, grad_accum_steps=1,
         ema_decay=ml_collections.FieldReference(None, float), log_every=50, eval_every_epochs=1))
-    # best_mode: "min" | "max" | "" (inferred: a metric ending in "loss" is minimised)
-    c.checkpoint = ml_collections.ConfigDict(dict(keep=3, best_metric="val_top1", best_mode="",
+    # best_metric "": the task's (val_top1 / val_miou); best_mode "": the task's for its own
+    # metric, else inferred (a metric ending in "loss" is minimised)
+    c.checkpoint = ml_collections.ConfigDict(dict(keep=3, best_metric="", best_mode="",
                                                   save_every_steps=0))
+    c.segmentation = ml_collections.ConfigDict(dict(
+        aux_loss=False,  # build the model's aux FCN head (torchvision's aux_loss)
+        aux_weight=0.5, aux_lr_mult=10.0))  # torchvision's reference recipe
     c.logging = ml_collections.ConfigDict(dict(tensorboard=True, num_images=16,
                                                progress_bar=True))
     return c

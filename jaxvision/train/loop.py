@@ -12,6 +12,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 import jaxvision as jv
 from jaxvision.data import build_data
+from jaxvision.tasks import build_task, task_name
 from jaxvision.train import checkpoint, freeze, guards, optim
 from jaxvision.train.config import check_config, save_config
 from jaxvision.train.guards import NonFiniteLoss  # noqa: F401  (re-exported: cli, tests)
@@ -25,24 +26,31 @@ from jaxvision.train.step import (add_metrics, jit_steps, make_eval_step, make_m
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-def build_model(config, num_classes: int):
+def build_model(config, num_classes: int, task=None):
     m = config.model
     if m.dtype not in DTYPES:
         raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {m.dtype!r}")
-    kwargs = {**m.kwargs.to_dict(), **freeze.model_overrides(config.freeze)}
-    return jv.create_model(m.name, num_classes=num_classes, dtype=DTYPES[m.dtype], **kwargs)
+    task = task or build_task(config, num_classes)
+    return task.build_model(config, DTYPES[m.dtype])
 
 
-def initial_variables(config, model, num_classes, log=print):
+def best_metric(config, task) -> tuple[str, str]:
+    """(metric, mode) that picks the best checkpoint: the config's, else the task's."""
+    c = config.checkpoint
+    return c.get("best_metric") or task.best_metric, c.get("best_mode") or task.best_mode
+
+
+def initial_variables(config, model, num_classes, log=print, task=None):
     m = config.model
     if m.pretrained:
         if not os.path.exists(m.pretrained):
             raise FileNotFoundError(f"model.pretrained: {m.pretrained}: no such file or directory")
         if os.path.isdir(m.pretrained):
+            extra = task.model_kwargs() if task is not None else {}
             _, variables = jv.create_model(
                 m.name, num_classes=num_classes, pretrained=m.pretrained,
                 strict=m.pretrained_strict, dtype=DTYPES[m.dtype],
-                **{**m.kwargs.to_dict(), **freeze.model_overrides(config.freeze)})
+                **{**m.kwargs.to_dict(), **freeze.model_overrides(config.freeze), **extra})
             return variables
         from jaxvision.convert import torchvision as tv
 
@@ -57,43 +65,57 @@ def initial_variables(config, model, num_classes, log=print):
         jax.random.key(config.train.seed))
 
 
-def evaluate(eval_step, variables, data, mesh):
-    total = None
+def evaluate(eval_step, variables, data, mesh, task, return_sums: bool = False):
+    """The task's summary of its eval sums over every example of the split once.
+
+    Sums are added on the host in 64 bits (a confusion matrix over a large split outgrows
+    float32's exact integers); fetching batch i-1's sums after dispatching batch i keeps the
+    device busy meanwhile."""
+    total, pending = None, None
     for batch in data.eval_loader(jax.process_index(), jax.process_count()):
-        total = add_metrics(total, eval_step(variables, shard_batch(mesh, batch)))
-    t = jax.device_get(total)
-    n = max(float(t["count"]), 1.0)
-    return {"val_loss": float(t["loss_sum"]) / n, "val_top1": float(t["top1"]) / n,
-            "val_top5": float(t["top5"]) / n, "val_count": int(t["count"])}
+        nxt = eval_step(variables, shard_batch(mesh, batch))
+        if pending is not None:
+            total = _add_host(total, pending)
+        pending = nxt
+    if pending is not None:
+        total = _add_host(total, pending)
+    return (task.summary(total), total) if return_sums else task.summary(total)
+
+
+def _add_host(total, sums):
+    sums = {k: np.asarray(v, np.int64 if np.issubdtype(np.asarray(v).dtype, np.integer)
+                          else np.float64) for k, v in jax.device_get(sums).items()}
+    return sums if total is None else {k: total[k] + v for k, v in sums.items()}
 
 
 def train(config, workdir: str, log=print) -> dict:
     check_config(config)
     checkpoint.make_workdir(workdir)
-    data = build_data(config.data, config.model.name)
+    data = build_data(config.data, config.model.name, task_name(config))
     num_classes = config.model.num_classes or data.num_classes
-    model = build_model(config, num_classes)
-    meta = {"model": config.model.name, "num_classes": num_classes,
+    task = build_task(config, num_classes)
+    model = build_model(config, num_classes, task)
+    meta = {"model": config.model.name, "num_classes": num_classes, "task": task.name,
             "class_names": list(data.class_names)}
-    mgr = checkpoint.manager(workdir, config.checkpoint.keep, config.checkpoint.best_metric,
-                             config.checkpoint.best_mode or None)
-    start = checkpoint.check_workdir(mgr, meta) or 0  # before anything is written
+    mgr = checkpoint.manager(workdir, config.checkpoint.keep, *best_metric(config, task))
+    start = checkpoint.check_workdir(mgr, meta, task.meta_keys) or 0  # before anything is written
 
     t = config.train
     steps_per_epoch = data.num_train // config.data.batch_size
     total = t.steps if t.steps else t.epochs * steps_per_epoch
     schedule = optim.build_schedule(config.schedule, config.optimizer.lr, steps_per_epoch, total)
-    variables = initial_variables(config, model, num_classes, log)
+    variables = initial_variables(config, model, num_classes, log, task)
     trainable = freeze.trainable_mask(variables["params"], config.freeze, config.model.name,
                                       model)
-    tx = optim.build_optimizer(config.optimizer, schedule, variables["params"], trainable)
+    tx = optim.build_optimizer(config.optimizer, schedule, variables["params"], trainable,
+                               task.lr_multipliers(variables["params"]))
     state = TrainState.create(variables, tx, t.seed, t.ema_decay is not None)
 
     mesh = make_mesh()
     train_step, eval_step = jit_steps(
-        mesh, make_train_step(model, tx, num_classes, t.label_smoothing, t.ema_decay,
-                              t.grad_accum_steps),
-        make_eval_step(model, num_classes))
+        mesh, make_train_step(model, tx, task, ema_decay=t.ema_decay,
+                              accum_steps=t.grad_accum_steps),
+        make_eval_step(model, task))
     it = iter(data.train_loader(config.data.seed, jax.process_index(), jax.process_count()))
     if start:
         abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state)
@@ -134,7 +156,8 @@ def train(config, workdir: str, log=print) -> dict:
                         f"{mgr.directory} stays (step {mgr.latest_step()})")
                 elapsed = time.perf_counter() - t0
                 logger.scalars(done, {
-                    "train/loss": loss, "train/accuracy": float(m["correct"]) / float(m["count"]),
+                    "train/loss": loss,
+                    **{f"train/{k}": v for k, v in task.train_summary(m).items()},
                     "train/grad_norm": float(m["grad_norm"]) / float(m["steps"]),
                     "train/lr": float(schedule(done - 1)),
                     "train/images_per_s": float(m["count"]) / elapsed})
@@ -143,9 +166,9 @@ def train(config, workdir: str, log=print) -> dict:
                 acc, last_log, t0 = None, done, time.perf_counter()
             logger.advance(done)
             if want_eval:
-                results = evaluate(eval_step, state.eval_variables(), data, mesh)
+                results = evaluate(eval_step, state.eval_variables(), data, mesh, task)
                 logger.scalars(done, {f"val/{k[4:]}": v for k, v in results.items()})
-                logger.samples(done, model, state.eval_variables(), data)
+                logger.samples(done, model, state.eval_variables(), data, task)
                 log(f"step {done} epoch {epoch}: " + ", ".join(
                     f"{k}={v:.4f}" for k, v in results.items() if k != "val_count"))
             if want_save:

@@ -13,9 +13,10 @@ import time
 
 import jax
 import numpy as np
-from PIL import Image, ImageDraw
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
+
+from jaxvision.tasks.base import denormalize, grid
 
 
 class Logger:
@@ -76,28 +77,15 @@ class Logger:
                 f"images/s={v.get('train/images_per_s', 0.0):.1f} "
                 f"ETA {int(eta) // 3600:d}:{int(eta) % 3600 // 60:02d}:{int(eta) % 60:02d}")
 
-    def samples(self, step, model, variables, data):
-        """A grid of validation images with predicted (and true) class names."""
+    def samples(self, step, model, variables, data, task):
+        """A grid of validation examples as the task draws them (class names; image / truth /
+        prediction triplets for segmentation)."""
         if not self.writer or not self.num_images:
             return
         batch = next(iter(data.eval_loader()))
-        n = min(self.num_images, int(batch["mask"].sum()))
-        logits = model.apply(variables, batch["image"][:n], train=False)
-        logits = logits[0] if isinstance(logits, (tuple, list)) else logits
-        pred = np.asarray(jax.device_get(logits)).argmax(-1)
-        tiles = []
-        for img, p, y in zip(batch["image"][:n], pred, batch["label"][:n]):
-            rgb = np.clip((img * self.std + self.mean) * 255, 0, 255).astype(np.uint8)
-            tile = Image.fromarray(rgb).resize((96, 96), Image.NEAREST)
-            canvas = Image.new("RGB", (96, 112), "white")
-            canvas.paste(tile, (0, 0))
-            ImageDraw.Draw(canvas).text((2, 98), f"{self.class_names[p]}"
-                                        + ("" if p == y else f" ({self.class_names[y]})"),
-                                        fill="green" if p == y else "red")
-            tiles.append(np.asarray(canvas))
-        cols = min(8, n)
-        rows = -(-n // cols)
-        tiles += [np.full_like(tiles[0], 255)] * (rows * cols - n)
-        grid = np.concatenate([np.concatenate(tiles[r * cols:(r + 1) * cols], 1)
-                               for r in range(rows)], 0)
-        self.writer.add_image("val/predictions", grid, step, dataformats="HWC")
+        n = min(self.num_images, int(batch["valid"].sum()))
+        batch = {k: v[:n] for k, v in batch.items()}
+        outputs = jax.device_get(model.apply(variables, batch["image"], train=False))
+        images = denormalize(batch["image"], self.mean, self.std)
+        tiles = task.draw(images, batch, outputs, self.class_names)
+        self.writer.add_image("val/predictions", grid(tiles), step, dataformats="HWC")

@@ -149,12 +149,16 @@ def _core(cfg, schedule, mask):
                       momentum=float(cfg.momentum), nesterov=bool(cfg.nesterov))
 
 
-def build_optimizer(cfg, schedule, params, trainable=None) -> optax.GradientTransformation:
+def build_optimizer(cfg, schedule, params, trainable=None,
+                    lr_mult=None) -> optax.GradientTransformation:
     """The optimizer of ``cfg`` over ``params``.
 
     Leaves with ``trainable`` False go through ``optax.set_to_zero``: no update, no weight decay
     and no optimizer state. Gradient clipping sees the trainable gradients only (torch's
-    ``clip_grad_norm_`` over the parameters that have a grad)."""
+    ``clip_grad_norm_`` over the parameters that have a grad). ``lr_mult``, a pytree of floats
+    shaped like ``params``, scales each leaf's update: a torch param group with ``lr * mult``
+    (exact for sgd, rmsprop and adamw, whose updates are linear in the lr, weight decay included;
+    lars' trust ratio is not)."""
     _choice("optimizer.name", cfg.name, OPTIMIZERS)
     mask = decay_mask if cfg.wd_exclude_norm_bias else None
     tx = _core(cfg, schedule, mask)
@@ -163,13 +167,21 @@ def build_optimizer(cfg, schedule, params, trainable=None) -> optax.GradientTran
             raise ValueError(f"optimizer.clip_grad_norm must be > 0 or None, "
                              f"got {cfg.clip_grad_norm}")
         tx = optax.chain(optax.clip_by_global_norm(float(cfg.clip_grad_norm)), tx)
-    if trainable is None:
+    if trainable is not None:
+        if jax.tree.structure(trainable) != jax.tree.structure(params):
+            raise ValueError("build_optimizer: `trainable` must be a pytree of bools shaped like "
+                             "`params` (from freeze.trainable_mask)")
+        labels = jax.tree.map(lambda t: "train" if t else "frozen", trainable)
+        tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+    if lr_mult is None:
         return tx
-    if jax.tree.structure(trainable) != jax.tree.structure(params):
-        raise ValueError("build_optimizer: `trainable` must be a pytree of bools shaped like "
-                         "`params` (from freeze.trainable_mask)")
-    labels = jax.tree.map(lambda t: "train" if t else "frozen", trainable)
-    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+    if jax.tree.structure(lr_mult) != jax.tree.structure(params):
+        raise ValueError("build_optimizer: `lr_mult` must be a pytree of floats shaped like "
+                         "`params`")
+    # outermost, after the frozen leaves' zeros: one optax.masked(scale) per distinct factor
+    factors = sorted({float(m) for m in jax.tree.leaves(lr_mult)} - {1.0})
+    return optax.chain(tx, *[optax.masked(optax.scale(f), jax.tree.map(lambda m: m == f, lr_mult))
+                             for f in factors])
 
 
 __all__ = ["build_schedule", "build_optimizer", "default_optimizer_config",

@@ -10,28 +10,36 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
-from PIL import Image
 
 from jaxvision.data import build_data
-from jaxvision.data.transforms import eval_image
 from jaxvision.train import checkpoint
 
 
 def load_run(workdir: str, log=None):
-    """(config, meta, model, eval variables, step) of the best checkpoint, else the latest.
+    """(config, meta, model, eval variables, step) of the best checkpoint, else the latest."""
+    config, meta, _, model, variables, step = load_task_run(workdir, log)
+    return config, meta, model, variables, step
+
+
+def load_task_run(workdir: str, log=None):
+    """(config, meta, task, model, eval variables, step) of the best checkpoint, else the
+    latest.
 
     ``log`` (stderr by default) hears which step was taken and why; a step that cannot be read
     is named and the next one back is taken.
     """
+    from jaxvision.tasks import TASKS, build_task, task_name
+    from jaxvision.train.loop import best_metric, build_model
+
     log = log or (lambda msg: print(msg, file=sys.stderr))
     path = os.path.join(workdir, "config.json")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such file; is {workdir} a jaxvision train workdir?")
     with open(path) as f:
         config = ml_collections.ConfigDict(json.load(f))
-    ck = config.checkpoint
-    mgr = checkpoint.manager(workdir, ck.keep, ck.best_metric, ck.get("best_mode") or None,
-                             read_only=True)
+    # the best metric is a class attribute of the task: no class count needed yet
+    mgr = checkpoint.manager(workdir, config.checkpoint.keep,
+                             *best_metric(config, TASKS[task_name(config)]), read_only=True)
     step, why = checkpoint.best_or_latest(mgr)
     if step is None:
         raise FileNotFoundError(f"{mgr.directory}: holds no checkpoint yet")
@@ -52,48 +60,48 @@ def load_run(workdir: str, log=None):
         break
     mgr.close()
     state, meta = out["state"], out["meta"]
-    from jaxvision.train.loop import build_model
-
-    model = build_model(config, meta["num_classes"])
+    task = build_task(config, meta["num_classes"])
+    model = build_model(config, meta["num_classes"], task)
     ema = state.get("ema_params") is not None
     variables = {"params": state["ema_params" if ema else "params"],
                  "batch_stats": state["ema_batch_stats" if ema else "batch_stats"]}
-    return config, meta, model, variables, step
+    return config, meta, task, model, variables, step
+
+
+def _data(config):
+    from jaxvision.tasks import task_name
+
+    return build_data(config.data, config.model.name, task_name(config))
 
 
 def evaluate_run(workdir: str) -> dict:
+    """The task's metrics over the whole val split, plus its details (per-class IoU...)."""
     from jaxvision.train.loop import evaluate
     from jaxvision.train.step import make_eval_step, make_mesh
 
-    config, meta, model, variables, step = load_run(workdir)
-    data = build_data(config.data, config.model.name)
-    mesh = make_mesh()
-    eval_step = jax.jit(make_eval_step(model, meta["num_classes"]))
-    return {**evaluate(eval_step, variables, data, mesh), "step": step}
+    config, meta, task, model, variables, step = load_task_run(workdir)
+    eval_step = jax.jit(make_eval_step(model, task))
+    result, sums = evaluate(eval_step, variables, _data(config), make_mesh(), task,
+                            return_sums=True)
+    return {**result, **task.details(sums, meta["class_names"]), "step": step}
 
 
-def predict(workdir: str, paths, topk: int = 5):
-    config, meta, model, variables, _ = load_run(workdir)
-    data = build_data(config.data, config.model.name)
-    images = []
-    for p in paths:
-        try:
-            with Image.open(p) as img:
-                images.append(eval_image(img, config.data.image_size, data.resize_size,
-                                         data.mean, data.std, config.data.interpolation))
-        except (OSError, ValueError, Image.DecompressionBombError) as e:
-            raise ValueError(f"{p}: not a readable image ({e})") from e
-    logits = model.apply(variables, jnp.asarray(np.stack(images)), train=False)
-    probs = np.asarray(jax.nn.softmax(logits, -1))
-    names = meta["class_names"]
-    k = min(topk, probs.shape[-1])
-    return [[(names[i], float(row[i])) for i in np.argsort(-row)[:k]] for row in probs]
+def predict(workdir: str, paths, topk: int = 5, out_dir: str | None = None) -> list[str]:
+    """A printable line per image, as the task predicts (classification: the top-k classes;
+    segmentation: writes an overlay PNG per image under ``out_dir``, default
+    WORKDIR/predictions)."""
+    config, meta, task, model, variables, _ = load_task_run(workdir)
+    return task.predict(model, variables, paths, _data(config), topk=topk,
+                        out_dir=out_dir or os.path.join(workdir, "predictions"))
 
 
 def extract(workdir: str, split: str, out: str) -> int:
     """Pooled backbone embeddings (the model with ``num_classes=0``) and labels to ``out``."""
-    config, meta, model, variables, _ = load_run(workdir)
-    data = build_data(config.data, config.model.name)
+    config, meta, task, model, variables, _ = load_task_run(workdir)
+    if task.name != "classification":
+        raise ValueError(f"jaxvision extract: pooled embeddings are defined for classification "
+                         f"runs; {workdir} is a {task.name} run")
+    data = _data(config)
     backbone = model.clone(num_classes=0)
     if split == "train":  # every training example once, without augmentation
         data = data.__class__(data.val_source, data.train_source, data.class_names, data.cfg,
@@ -101,7 +109,7 @@ def extract(workdir: str, split: str, out: str) -> int:
     fwd = jax.jit(lambda v, x: backbone.apply(v, x, train=False))
     feats, labels = [], []
     for batch in data.eval_loader():
-        keep = batch["mask"]
+        keep = batch["valid"]
         feats.append(np.asarray(fwd(variables, batch["image"]))[keep])
         labels.append(batch["label"][keep])
     emb, lab = np.concatenate(feats), np.concatenate(labels)

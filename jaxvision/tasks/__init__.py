@@ -1,0 +1,24 @@
+"""Tasks: what the engine trains (``config.task``). The engine calls a task; it never names a
+task's metric."""
+from __future__ import annotations
+
+from jaxvision.tasks.base import Task
+from jaxvision.tasks.classification import Classification
+from jaxvision.tasks.segmentation import Segmentation
+
+TASKS = {"classification": Classification, "segmentation": Segmentation}
+
+
+def task_name(config) -> str:
+    """``config.task``; configs written before tasks existed are classification."""
+    name = config.get("task", "classification")
+    if name not in TASKS:
+        raise ValueError(f"task must be one of {'|'.join(TASKS)}, got {name!r}")
+    return name
+
+
+def build_task(config, num_classes: int) -> Task:
+    return TASKS[task_name(config)].from_config(config, num_classes)
+
+
+__all__ = ["TASKS", "Task", "Classification", "Segmentation", "build_task", "task_name"]

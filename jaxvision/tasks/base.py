@@ -1,0 +1,94 @@
+"""What a task is: the engine (train/) calls these and never names a task's metric.
+
+A task bundles what differs between classification, segmentation and detection: the model it
+builds, its loss and on-device metric sums (pure, jittable), the host-side summary of those sums,
+the best-checkpoint metric and its mode, the checkpoint metadata that must match on resume, and
+how a prediction is drawn.
+"""
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+
+class Task:
+    name: str = ""
+    best_metric: str = ""  # a key of ``summary()``'s result
+    best_mode: str = "max"  # "max" | "min"
+    # checkpoint metadata a resumed run must share with the checkpoints in its workdir
+    meta_keys: tuple[str, ...] = ("model", "num_classes")
+
+    def build_model(self, config, dtype):
+        """The linen Module this task trains (``config.model`` names it)."""
+        import jaxvision as jv
+        from jaxvision.train import freeze
+
+        m = config.model
+        kwargs = {**m.kwargs.to_dict(), **freeze.model_overrides(config.freeze),
+                  **self.model_kwargs()}
+        return jv.create_model(m.name, num_classes=self.num_classes, dtype=dtype, **kwargs)
+
+    def model_kwargs(self) -> dict:
+        return {}
+
+    # -- jitted ---------------------------------------------------------------------------
+    def loss(self, outputs, batch):
+        """(scalar loss, dict of metric sums) of a train-mode forward pass on ``batch``."""
+        raise NotImplementedError
+
+    def eval_sums(self, outputs, batch) -> dict:
+        """Metric sums of an eval-mode forward pass; padded examples (``valid`` False) count 0."""
+        raise NotImplementedError
+
+    # -- host -----------------------------------------------------------------------------
+    def train_summary(self, sums) -> dict:
+        """Scalars (without prefix) from the train sums of a logging interval."""
+        return {}
+
+    def summary(self, sums) -> dict:
+        """``val_*`` scalars from the eval sums over a whole split; ``val_count`` examples."""
+        raise NotImplementedError
+
+    def details(self, sums, class_names) -> dict:
+        """What ``jaxvision eval`` adds to the summary (e.g. per-class IoU)."""
+        return {}
+
+    def predict(self, model, variables, paths, data, **options) -> list[str]:
+        """``jaxvision predict``: a printable line per image (and files it writes)."""
+        raise NotImplementedError
+
+    def lr_multipliers(self, params):
+        """A pytree of floats shaped like ``params`` (per-leaf lr factor), or None."""
+        return None
+
+    def draw(self, images, batch, outputs, class_names) -> list[np.ndarray]:
+        """One RGB uint8 tile per example for TensorBoard (``images`` are uint8 RGB)."""
+        raise NotImplementedError
+
+
+def denormalize(images, mean, std) -> np.ndarray:
+    """Normalised float images back to uint8 RGB, for pictures."""
+    x = np.asarray(images) * np.asarray(std) + np.asarray(mean)
+    return np.clip(x * 255, 0, 255).astype(np.uint8)
+
+
+def grid(tiles, cols: int = 8) -> np.ndarray:
+    """Equal-sized HWC tiles -> one image, white where a row is short."""
+    n = len(tiles)
+    cols = min(cols, n)
+    rows = -(-n // cols)
+    tiles = list(tiles) + [np.full_like(tiles[0], 255)] * (rows * cols - n)
+    return np.concatenate([np.concatenate(tiles[r * cols:(r + 1) * cols], 1)
+                           for r in range(rows)], 0)
+
+
+def read_image(path):
+    """An RGB PIL image, or a ValueError naming the file."""
+    from jaxvision.data.transforms import to_rgb
+
+    try:
+        with Image.open(path) as img:
+            img.load()  # read now: the file closes when the block ends
+            return to_rgb(img)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable image ({e})") from e

@@ -1,0 +1,100 @@
+"""Image classification: softmax cross-entropy (label smoothing, aux heads), top-1 / top-5."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from PIL import Image, ImageDraw
+
+from jaxvision.tasks.base import Task, read_image
+
+# Aux-head loss weights of the models that have them, keyed by the outputs tuple they return in
+# train mode: GoogLeNet's paper (and torchvision's port) weighs its two aux heads 0.3 each,
+# Inception v3 its one aux head 0.4.
+AUX_WEIGHTS = {"GoogLeNetOutputs": (0.3, 0.3), "InceptionOutputs": (0.4,)}
+
+
+def split_outputs(out):
+    """(main logits, [(weight, aux logits), ...]) of a model's train- or eval-mode output."""
+    if not isinstance(out, (tuple, list)):
+        return out, []
+    weights = AUX_WEIGHTS.get(type(out).__name__)
+    aux = [a for a in out[1:] if a is not None]
+    if aux and weights is None:
+        raise ValueError(f"classification: the model returned {type(out).__name__} with "
+                         f"{len(aux)} auxiliary outputs and no known loss weights "
+                         f"(known: {', '.join(AUX_WEIGHTS)})")
+    return out[0], list(zip(weights or (), aux))
+
+
+class Classification(Task):
+    name = "classification"
+    best_metric = "val_top1"
+    best_mode = "max"
+    meta_keys = ("model", "num_classes")
+
+    def __init__(self, num_classes: int, label_smoothing: float = 0.0):
+        self.num_classes, self.label_smoothing = int(num_classes), float(label_smoothing)
+
+    @classmethod
+    def from_config(cls, config, num_classes):
+        return cls(num_classes, config.train.label_smoothing)
+
+    def loss(self, outputs, batch):
+        logits, aux = split_outputs(outputs)
+        labels = batch["label"]
+        targets = optax.smooth_labels(jax.nn.one_hot(labels, self.num_classes),
+                                      self.label_smoothing)
+        ce = lambda z: optax.softmax_cross_entropy(z.astype(jnp.float32), targets).mean()
+        loss = ce(logits)
+        for w, a in aux:
+            loss = loss + w * ce(a)
+        correct = jnp.sum(jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+        return loss, {"correct": correct}
+
+    def eval_sums(self, outputs, batch):
+        logits = split_outputs(outputs)[0].astype(jnp.float32)
+        valid = batch["valid"].astype(jnp.float32)
+        labels = batch["label"]
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+        top5 = jax.lax.top_k(logits, min(5, self.num_classes))[1]
+        hit5 = jnp.any(top5 == labels[:, None], axis=-1)
+        return {"loss_sum": jnp.sum(ce * valid),
+                "top1": jnp.sum((jnp.argmax(logits, -1) == labels) * valid),
+                "top5": jnp.sum(hit5 * valid), "count": jnp.sum(valid)}
+
+    def train_summary(self, sums):
+        return {"accuracy": float(sums["correct"]) / float(sums["count"])}
+
+    def summary(self, sums):
+        n = max(float(sums["count"]), 1.0)
+        return {"val_loss": float(sums["loss_sum"]) / n, "val_top1": float(sums["top1"]) / n,
+                "val_top5": float(sums["top5"]) / n, "val_count": int(sums["count"])}
+
+    def draw(self, images, batch, outputs, class_names):
+        """Each image with its predicted class name; the true one in brackets when wrong."""
+        pred = np.asarray(split_outputs(outputs)[0]).argmax(-1)
+        tiles = []
+        for img, p, y in zip(images, pred, batch["label"]):
+            canvas = Image.new("RGB", (96, 112), "white")
+            canvas.paste(Image.fromarray(img).resize((96, 96), Image.NEAREST), (0, 0))
+            ImageDraw.Draw(canvas).text((2, 98), f"{class_names[p]}"
+                                        + ("" if p == y else f" ({class_names[y]})"),
+                                        fill="green" if p == y else "red")
+            tiles.append(np.asarray(canvas))
+        return tiles
+
+    def predict(self, model, variables, paths, data, topk: int = 5, **_):
+        """``path: name prob, ...`` for the top-k classes of each image."""
+        from jaxvision.data.transforms import eval_image
+
+        c = data.cfg
+        images = [eval_image(read_image(p), c.image_size, data.resize_size, data.mean, data.std,
+                             c.interpolation) for p in paths]
+        outputs = model.apply(variables, jnp.asarray(np.stack(images)), train=False)
+        probs = np.asarray(jax.nn.softmax(split_outputs(outputs)[0], -1))
+        k = min(topk, probs.shape[-1])
+        names = data.class_names
+        return [path + ": " + ", ".join(f"{names[i]} {row[i]:.3f}" for i in np.argsort(-row)[:k])
+                for path, row in zip(paths, probs)]
