@@ -58,6 +58,8 @@ def parse_args(argv=None):
     p.add_argument("--compile-cache", default="",
                    help="a directory for jax's persistent compilation cache (default off, so "
                         "the compile time is a cold one)")
+    p.add_argument("--compile-only", action="store_true",
+                   help="jax side only: build and compile the train step, report its time, stop")
     p.add_argument("--json", default="", help="also write the results to this JSON file")
     a = p.parse_args(argv)
     for field in ("batch", "image_size", "steps", "num_classes"):
@@ -72,15 +74,20 @@ def parse_args(argv=None):
     return a
 
 
-def _timed(fn, warmup, steps, sync):
+def _timed(fn, warmup, steps, sync, cores=None, key=""):
+    """Wall seconds of ``steps`` calls; ``cores[key]``: the process's CPU seconds per wall
+    second meanwhile (how many cores the step keeps busy, host threads of all pools)."""
     for _ in range(warmup):
         fn()
     sync()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(steps):
         fn()
     sync()
-    return time.perf_counter() - t0
+    wall = time.perf_counter() - t0
+    if cores is not None:
+        cores[key] = (time.process_time() - c0) / wall
+    return wall
 
 
 def _model_kwargs(a, family):
@@ -135,13 +142,17 @@ def bench_jax(a):
     lower_s = time.perf_counter() - t
     compiled = lowered.compile()
     compile_s = time.perf_counter() - t - lower_s
+    if a.compile_only:
+        return {"trace_lower_s": lower_s, "compile_s": compile_s, "device": device.device_kind,
+                "platform": device.platform}
     holder = [state]
 
     def train_once():
         holder[0], _ = compiled(holder[0], batch)
 
     sync = lambda: jax.block_until_ready(holder[0])  # noqa: E731
-    train_s = _timed(train_once, max(a.warmup, 1), a.steps, sync)
+    cores = {}
+    train_s = _timed(train_once, max(a.warmup, 1), a.steps, sync, cores, "train_cores_busy")
 
     infer = jax.jit(lambda v, x: model.apply(v, x, train=False))
     v = {"params": holder[0].params, "batch_stats": holder[0].batch_stats}
@@ -156,12 +167,12 @@ def bench_jax(a):
         out[0] = infer_c(v, batch["image"])
 
     infer_s = _timed(infer_once, max(a.warmup, 1), a.steps,
-                     lambda: jax.block_until_ready(out[0]))
+                     lambda: jax.block_until_ready(out[0]), cores, "infer_cores_busy")
     res = {"train": a.batch * a.steps / train_s, "infer": a.batch * a.steps / infer_s,
            "train_step_ms": 1e3 * train_s / a.steps, "infer_step_ms": 1e3 * infer_s / a.steps,
            "trace_lower_s": lower_s, "compile_s": compile_s,
            "infer_compile_s": infer_compile_s, "device": device.device_kind,
-           "platform": device.platform}
+           "platform": device.platform, **cores}
     peak = peak_tflops(device.device_kind, a.dtype) if device.platform == "gpu" else None
     for what, c, seconds in (("train", compiled, train_s), ("infer", infer_c, infer_s)):
         flops = _flops(c)
@@ -219,17 +230,20 @@ def bench_torch(a, variant):
     train_once()
     sync()
     first_s = time.perf_counter() - t
-    train_s = _timed(train_once, a.warmup, a.steps, sync)
+    cores = {}
+    train_s = _timed(train_once, a.warmup, a.steps, sync, cores, "train_cores_busy")
     model.eval()
 
     def infer_once():
         with torch.inference_mode(), torch.autocast(**amp):
             run(x)
 
-    infer_s = _timed(infer_once, max(a.warmup, 1 if variant == "compile" else 0), a.steps, sync)
+    infer_s = _timed(infer_once, max(a.warmup, 1 if variant == "compile" else 0), a.steps, sync,
+                     cores, "infer_cores_busy")
     return {"train": a.batch * a.steps / train_s, "infer": a.batch * a.steps / infer_s,
             "train_step_ms": 1e3 * train_s / a.steps, "infer_step_ms": 1e3 * infer_s / a.steps,
-            "first_step_s": first_s, "device": str(dev), "threads": torch.get_num_threads()}
+            "first_step_s": first_s, "device": str(dev), "threads": torch.get_num_threads(),
+            **cores}
 
 
 def run(a) -> dict:
@@ -243,7 +257,7 @@ def run(a) -> dict:
            "load_average": list(os.getloadavg()), "torch": {}, "ratio": {}}
     if a.only != "torch":
         res["jax"] = bench_jax(a)
-    if a.only != "jax":
+    if a.only != "jax" and not a.compile_only:
         for variant in a.torch_variants:
             r = bench_torch(a, variant)
             if r is not None:
@@ -262,6 +276,8 @@ def report(res) -> str:
     cols = (["jaxvision"] if "jax" in res else []) + [f"torch {v}" for v in res["torch"]]
     lines.append(f"{'images/s':<12}" + "".join(f"{h:>22}" for h in cols))
     for what, label in (("train", "train step"), ("infer", "inference")):
+        if "jax" in res and what not in res["jax"]:  # --compile-only
+            continue
         cells = [f"{res['jax'][what]:.2f}"] if "jax" in res else []
         for variant, t in res["torch"].items():
             ratio = res["ratio"].get(variant, {}).get(what)
@@ -270,8 +286,12 @@ def report(res) -> str:
     lines.append("(x): jaxvision / that torch variant")
     if "jax" in res:
         j = res["jax"]
-        lines.append(f"jax: trace+lower {j['trace_lower_s']:.1f}s, compile {j['compile_s']:.1f}s "
-                     f"(inference {j['infer_compile_s']:.1f}s) on {j['device']}")
+        infer = f" (inference {j['infer_compile_s']:.1f}s)" if "infer_compile_s" in j else ""
+        if "train_cores_busy" in j:
+            lines.append(f"jax: CPU cores busy: train {j['train_cores_busy']:.2f}, "
+                         f"inference {j['infer_cores_busy']:.2f}")
+        lines.append(f"jax: train step trace+lower {j['trace_lower_s']:.1f}s, compile "
+                     f"{j['compile_s']:.1f}s{infer} on {j['device']}")
         for what in ("train", "infer"):
             if f"{what}_tflops" in j:
                 mfu = f", MFU {100 * j[what + '_mfu']:.1f}%" if f"{what}_mfu" in j else ""
@@ -279,7 +299,8 @@ def report(res) -> str:
                              f"{j[what + '_tflops']:.3f} TFLOP/s{mfu}")
     for variant, t in res["torch"].items():
         lines.append(f"torch {variant}: first train step {t['first_step_s']:.1f}s, "
-                     f"{t['threads']} threads")
+                     f"{t['threads']} threads, CPU cores busy: train "
+                     f"{t['train_cores_busy']:.2f}, inference {t['infer_cores_busy']:.2f}")
     return "\n".join(lines)
 
 

@@ -33,7 +33,6 @@ CASES = [
     ("im2col", 2, 1, 8, 6, 3, 1, 1, 1, 1),      # 3x3 on a 1x1 map: XLA's naive-loop case
     ("im2col", 2, 2, 8, 6, 3, 1, 1, 1, 1),
     ("im2col", 2, 4, 8, 6, 3, 2, 1, 1, 1),
-    ("im2col", 2, 5, 8, 6, 3, 2, 0, 1, 1),
     ("im2col", 2, 19, 6, 4, 3, 1, 1, 1, 1),     # a large map (the threshold picks xla there)
     ("im2col", 2, 17, 6, 4, 7, 2, 3, 1, 1),     # a resnet-style stem
     ("im2col", 2, 9, 6, 4, 3, 1, 2, 2, 1),      # dilation
@@ -42,9 +41,7 @@ CASES = [
     ("im2col", 1, 8, 4, 6, (1, 3), 1, (0, 1), 1, 1),  # inception's 1x3 / 3x1
     ("einsum", 2, 7, 8, 6, 1, 1, 0, 1, 1),
     ("einsum", 2, 7, 8, 6, 1, 2, 0, 1, 1),      # strided 1x1 (a resnet downsample)
-    ("einsum", 2, 16, 8, 6, 1, 2, 0, 1, 1),
     ("taps", 2, 1, 8, 8, 3, 1, 1, 1, 8),
-    ("taps", 2, 14, 8, 8, 3, 1, 1, 1, 8),
     ("taps", 2, 15, 8, 8, 3, 2, 1, 1, 8),
     ("taps", 2, 13, 8, 8, 5, 2, 2, 1, 8),       # mobilenet_v3's 5x5
     ("taps", 2, 11, 8, 8, 3, 1, 2, 2, 8),       # dilated depthwise (deeplab-style)
@@ -104,22 +101,19 @@ def test_wrong_lowering_for_the_shape_is_refused():
 
 # (input H, W, kernel, stride, padding, ceil_mode)
 POOLS = [(9, 9, 3, 2, 1, False), (9, 10, 3, 2, 0, True), (8, 8, 2, 2, 0, False),
-         (7, 7, 3, 1, 1, True), (14, 14, 3, 2, 0, True), (6, 6, 3, 3, 1, False)]
+         (7, 7, 3, 1, 1, True), (6, 6, 3, 3, 1, False)]
 
 
 @pytest.mark.parametrize("pool", POOLS, ids=lambda c: "-".join(map(str, c)))
-@pytest.mark.parametrize("ties", [False, True], ids=["distinct", "ties"])
-def test_max_pool_gradient_is_torchs(pool, ties):
+def test_max_pool_gradient_is_torchs(pool):
     h, w, k, s, p, ceil_mode = pool
     r = np.random.RandomState(2)
-    x = r.randn(2, h, w, 3).astype(np.float32)
-    if ties:  # few distinct values: most windows hold several equal maxima
-        x = np.round(x * 1.5).astype(np.float32)
-    pool = lambda x: max_pool2d(x, k, s, p, ceil_mode)  # noqa: E731
-    g = r.randn(*jax.eval_shape(pool, jnp.asarray(x)).shape).astype(np.float32)
+    # few distinct values: many windows hold several equal maxima, others one
+    x = np.round(r.randn(2, h, w, 3) * 1.5).astype(np.float32)
+    f = lambda x: max_pool2d(x, k, s, p, ceil_mode)  # noqa: E731
+    g = r.randn(*jax.eval_shape(f, jnp.asarray(x)).shape).astype(np.float32)
     # jitted: op-by-op dispatch would compile every small op of the backward separately
-    y, dx = jax.jit(lambda x, g: (pool(x), jax.vjp(pool, x)[1](g)[0]))(jnp.asarray(x),
-                                                                       jnp.asarray(g))
+    y, dx = jax.jit(lambda x, g: (f(x), jax.vjp(f, x)[1](g)[0]))(jnp.asarray(x), jnp.asarray(g))
     xt = torch.tensor(x).permute(0, 3, 1, 2).requires_grad_()
     yt = torch.nn.functional.max_pool2d(xt, k, s, p, ceil_mode=ceil_mode)
     yt.backward(torch.tensor(g).permute(0, 3, 1, 2))
@@ -127,8 +121,8 @@ def test_max_pool_gradient_is_torchs(pool, ties):
     # overlapping windows add their gradients in another order: float32 rounding only
     np.testing.assert_allclose(np.asarray(dx), xt.grad.permute(0, 2, 3, 1).numpy(),
                                rtol=0, atol=1e-6)
-    if ties:  # each window's gradient went to one input: the first maximum (torch's rule)
-        assert np.count_nonzero(np.asarray(dx)) == np.count_nonzero(xt.grad.numpy())
+    # each window's gradient went to one input, the same as torch's (its first maximum)
+    assert np.count_nonzero(np.asarray(dx)) == np.count_nonzero(xt.grad.numpy())
 
 
 def test_max_pool_cpu_path_matches_xla_path(monkeypatch):
