@@ -5,3 +5,5 @@ from jaxvision.models import mobilenet  # noqa: F401
 from jaxvision.models import googlenet  # noqa: F401
 from jaxvision.models import inception  # noqa: F401
 from jaxvision.models import vgg  # noqa: F401
+from jaxvision.models import detection  # noqa: F401
+from jaxvision.models import darknet  # noqa: F401

@@ -1,0 +1,1 @@
+"""Task heads: segmentation (FCN, DeepLabV3, DeepLabV3+, LR-ASPP) and detection (RetinaNet)."""
