@@ -17,6 +17,10 @@ def build_model(name: str, num_classes: Optional[int] = None, dtype: Any = jnp.f
                 **model_kwargs):
     spec = get_spec(name)
     kwargs = {**spec.default_kwargs, **model_kwargs}
+    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(
+            num_classes, int) or num_classes < 0):
+        raise ValueError(f"num_classes must be an int >= 0 (0: no classifier), got "
+                         f"{num_classes!r}")
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
     if out_indices is not None:

@@ -28,14 +28,44 @@ def _convert(args):
     from jaxvision.convert import store
 
     t0 = time.perf_counter()
+    store.check_destination(args.out_dir)  # before minutes of loading, not after
     kwargs = {} if args.num_classes is None else {"num_classes": args.num_classes}
     model = jv.create_model(args.name, **kwargs)
     variables, report = jv.load_pretrained(args.name, args.src, strict=not args.partial,
                                            model=model, return_report=True)
+    from jaxvision.convert import preprocess
+    from jaxvision.registry import get_spec
+
+    described = preprocess.describe(get_spec(args.name), args.src, args.weights, args.categories,
+                                    model.num_classes)
     out = store.save(args.out_dir, args.name, variables, {"num_classes": model.num_classes},
-                     extra={"source": str(args.src)})
+                     extra={"source": str(args.src), **described})
     print(report)
     print(f"wrote {out} in {time.perf_counter() - t0:.1f}s")
+
+
+def _export(args):
+    """The best checkpoint's eval weights (EMA if used), loadable with create_model(pretrained=)."""
+    from jaxvision.convert import store
+    from jaxvision.registry import get_spec
+    from jaxvision.train.restore import load_run
+
+    store.check_destination(args.out_dir)
+    config, meta, model, variables, step = load_run(args.workdir)
+    d, spec = config.data, get_spec(config.model.name)
+    # what the run's eval transform used (the data config, else the model's spec: build_data's
+    # rule) without reading the data, which may be gone by now
+    resize = d.resize_size or int(round(d.image_size * spec.resize_size / spec.crop_size))
+    preprocessing = {"resize_size": int(resize), "crop_size": int(d.image_size),
+                     "interpolation": d.interpolation,
+                     "mean": [float(m) for m in (d.mean or spec.mean)],
+                     "std": [float(s) for s in (d.std or spec.std)],
+                     "from": f"the config of the run in {args.workdir}"}
+    out = store.save(args.out_dir, config.model.name, variables,
+                     {"num_classes": meta["num_classes"], **config.model.kwargs.to_dict()},
+                     extra={"source": f"{args.workdir} step {step}",
+                            "preprocessing": preprocessing, "categories": meta["class_names"]})
+    print(f"wrote {out} (step {step})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,7 +84,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--num-classes", type=int, default=None)
     s.add_argument("--partial", action="store_true",
                    help="load every tensor whose name and shape fit; report the rest")
+    s.add_argument("--weights", default=None,
+                   help="torchvision weights name (e.g. IMAGENET1K_V2) whose preprocessing to "
+                        "record; by default found from the file's download name")
+    s.add_argument("--categories", default=None,
+                   help="'imagenet' (shipped) or a text file with one class name per line")
     s.set_defaults(fn=_convert)
+    s = sub.add_parser("export", help="a run's best weights -> jaxvision weights directory")
+    s.add_argument("--workdir", required=True)
+    s.add_argument("out_dir", help="directory to create (must not exist or be empty)")
+    s.set_defaults(fn=_export)
     for name in TRAIN_COMMANDS:
         sub.add_parser(name, help=f"{name} (see 'jaxvision {name} --help')", add_help=False)
     sub.add_parser("bench", help="jaxvision vs torchvision images/s (see 'jaxvision bench "

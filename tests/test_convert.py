@@ -190,3 +190,58 @@ def test_list_and_info(capsys):
     assert (info.torch_name, info.num_params, info.crop_size) == ("resnet50", 25_557_032, 224)
     assert cli_main(["info", "resnet50"]) == 0
     assert '"num_params": 25557032' in capsys.readouterr().out
+
+
+def test_convert_refuses_early_cleans_stale_temps_and_names_the_fixes(resnet18_pth, tmp_path,
+                                                                     capsys, monkeypatch):
+    tmodel, pth = resnet18_pth
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "keep.txt").write_text("user data")
+    with monkeypatch.context() as m:  # nothing may be loaded for a destination that is refused
+        m.setattr(jv, "load_pretrained", lambda *a, **k: pytest.fail("loaded before refusing"))
+        assert cli_main(["convert", "resnet18", str(pth), str(busy)]) == 2
+    assert "refusing to overwrite" in capsys.readouterr().err
+    # a temp dir of a killed conversion (its pid is gone) is removed by the next run
+    stale = tmp_path / ".out.tmp-999999999-abcd"
+    (stale / "variables").mkdir(parents=True)
+    assert cli_main(["convert", "resnet18", str(pth), str(tmp_path / "out")]) == 0
+    assert not stale.exists() and not leftovers(tmp_path)
+    # a whole pickled model: say what to save instead, never torch's weights_only=False advice
+    whole = tmp_path / "whole.pth"
+    torch.save(tmodel, whole)
+    assert cli_main(["convert", "resnet18", str(whole), str(tmp_path / "o2")]) == 2
+    err = capsys.readouterr().err
+    assert "save model.state_dict() instead" in err and "weights_only" not in err
+    # strict errors name the ways out in each interface
+    assert cli_main(["convert", "resnet18", str(pth), str(tmp_path / "o3"), "--num-classes",
+                     "10"]) == 2
+    err = capsys.readouterr().err
+    assert "--partial" in err and "--num-classes" in err and "model.pretrained_strict" in err
+
+
+def test_converted_weights_record_preprocessing_and_imagenet_names(resnet18_pth, tmp_path,
+                                                                   capsys):
+    from PIL import Image
+
+    from jaxvision.convert import preprocess, store
+    from jaxvision.registry import get_spec
+
+    # torchvision's file names identify the release: resnet50 IMAGENET1K_V2 is resized to 232
+    v2 = preprocess.describe(get_spec("resnet50"), "resnet50-11ad3fa6.pth")
+    assert v2["preprocessing"]["resize_size"] == 232 and len(v2["categories"]) == 1000
+    assert "IMAGENET1K_V2" in v2["preprocessing"]["from"]
+    assert preprocess.describe(get_spec("resnet50"), "mine.pth")["preprocessing"][
+        "resize_size"] == 256  # not one of torchvision's files: the registry's spec
+    _, pth = resnet18_pth
+    out = tmp_path / "r18"
+    assert cli_main(["convert", "resnet18", str(pth), str(out), "--categories", "imagenet"]) == 0
+    meta = store.read_meta(out)
+    assert meta["categories"][:2] == ["tench", "goldfish"] and len(meta["categories"]) == 1000
+    assert meta["preprocessing"]["crop_size"] == 224
+    Image.new("RGB", (40, 30), "red").save(tmp_path / "red.png")
+    capsys.readouterr()
+    assert cli_main(["predict", "--weights", str(out), "--topk", "3", str(tmp_path / "red.png")]) == 0
+    line = capsys.readouterr().out.strip()
+    names = [part.rsplit(" ", 1)[0] for part in line.split(": ", 1)[1].split(", ")]
+    assert len(names) == 3 and set(names) <= set(meta["categories"]), line

@@ -105,3 +105,25 @@ def test_corrupt_file_named_or_skipped_and_counted(tmp_path):
         open(p, "wb").write(b"junk")
     with pytest.raises(DataError, match="every image under this split is corrupt"):
         data.train_source[0]
+
+
+def test_nested_images_single_class_and_skipped_files_logged(tmp_path, caplog):
+    # torchvision's ImageFolder walks each class folder recursively
+    _tree(tmp_path, "train")
+    _tree(tmp_path, "val")
+    _save(f"{tmp_path}/train/cat/2024/june/deep.png", _rgb(5))
+    data = build_data(_cfg(tmp_path))
+    paths = [p for p, _ in data.train_source.items]
+    assert f"{tmp_path}/train/cat/2024/june/deep.png" in paths and len(paths) == 7
+    _tree(tmp_path / "one", "train", classes=("cat",))
+    with pytest.raises(DataError, match="single class folder \\('cat'\\).*at least 2"):
+        build_data(_cfg(tmp_path / "one", val_fraction=0.5))
+    bad = tmp_path / "train" / "dog" / "1.png"
+    bad.write_bytes(b"junk")
+    data = build_data(_cfg(tmp_path, skip_corrupt=True))
+    idx = [p for p, _ in data.train_source.items].index(str(bad))
+    with caplog.at_level("WARNING", logger="jaxvision.data"):
+        data.train_source[idx]
+        data.train_source[idx]  # logged once per file
+    msgs = [r.getMessage() for r in caplog.records if r.name == "jaxvision.data"]
+    assert len(msgs) == 1 and str(bad) in msgs[0] and "1 replaced so far" in msgs[0]

@@ -151,7 +151,7 @@ def check_train(name, tmodel, variables, model, size, tol=TOL):
 
     A model returning auxiliary outputs in training is compared on its main output here."""
     x = images((4, *size, 3), seed=3)
-    before = {k: v.clone() for k, v in tmodel.state_dict().items()}
+    before = _snapshot(tmodel)
     tmodel.train()
     with torch.no_grad():
         want = _main(tmodel(nchw(x)))
@@ -176,6 +176,15 @@ def check_train(name, tmodel, variables, model, size, tol=TOL):
         err = max(err, assert_parity(f"{name} running statistic {key}", value, theirs[key],
                                      lambda key=key: truth()["stats"][key], tol))
     return err
+
+
+def _snapshot(tmodel):
+    """A copy of the state_dict that keeps its ``_metadata``: MNASNet's loader reads the saved
+    module version from it and refuses a state_dict without one."""
+    sd = tmodel.state_dict()
+    copy = type(sd)((k, v.clone()) for k, v in sd.items())
+    copy._metadata = getattr(sd, "_metadata", None)
+    return copy
 
 
 def _main(out):

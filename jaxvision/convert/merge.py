@@ -99,6 +99,9 @@ def fill(target: Mapping, source: Mapping[Path, np.ndarray], names: Mapping[Path
         if len(report.loaded) < len(flat_target) / 2:
             hint = (f"only {len(report.loaded)} of the model's {len(flat_target)} variables found "
                     "a tensor of the right name and shape: are these weights for another model?\n")
-        raise ConversionError("weights do not fit the model (strict=True; pass strict=False to "
-                              "load what fits):\n" + hint + report.problems())
+        raise ConversionError(
+            "weights do not fit the model (strict=True; to load what fits and keep the rest from "
+            "init, e.g. a new head: strict=False in Python, --partial (with --num-classes N) for "
+            "jaxvision convert, model.pretrained_strict=False in a training config):\n"
+            + hint + report.problems())
     return traverse_util.unflatten_dict(out)

@@ -25,14 +25,48 @@ def is_store(path) -> bool:
     return os.path.isfile(os.path.join(os.fspath(path), META))
 
 
-def save(out_dir, model_name: str, variables: Mapping, model_kwargs: Mapping[str, Any],
-         extra: Mapping[str, Any] | None = None) -> str:
+def check_destination(out_dir) -> str:
+    """Refuse a destination that holds anything, before any weights are read."""
     out_dir = os.path.abspath(os.fspath(out_dir))
     if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
         raise FileExistsError(f"{out_dir}: already exists and is not empty; refusing to overwrite")
+    return out_dir
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale_temps(out_dir: str) -> list[str]:
+    """Temporary directories left by a killed conversion to the same destination (their
+    writer's pid, in the name, is gone): removed, and returned for the message."""
+    parent, base = os.path.dirname(out_dir), os.path.basename(out_dir)
+    prefix = f".{base}.tmp-"
+    removed = []
+    for name in os.listdir(parent) if os.path.isdir(parent) else ():
+        if not name.startswith(prefix):
+            continue
+        pid = name[len(prefix):].split("-")[0]
+        if pid.isdigit() and _alive(int(pid)) and int(pid) != os.getpid():
+            continue  # another conversion to the same place is running
+        shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+        removed.append(os.path.join(parent, name))
+    return removed
+
+
+def save(out_dir, model_name: str, variables: Mapping, model_kwargs: Mapping[str, Any],
+         extra: Mapping[str, Any] | None = None) -> str:
+    out_dir = check_destination(out_dir)
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
+    clean_stale_temps(out_dir)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-{os.getpid()}-", dir=parent)
     try:
         tree = jax.tree.map(np.asarray, dict(variables))
         with ocp.StandardCheckpointer() as ckptr:

@@ -15,6 +15,7 @@ key on ``.``, join a numeric part to the part before it with ``_`` (``layer1.0.c
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -124,6 +125,11 @@ def load_state_dict(path: str | os.PathLike) -> Mapping[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for truncated, foreign or unsafe files
+        glob = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        if glob:  # a pickled object (a whole model): never repeat torch's weights_only=False
+            raise ConversionError(
+                f"{path}: holds a pickled Python object ({glob.group(1)}), not a state_dict; "
+                "save model.state_dict() instead: torch.save(model.state_dict(), path)") from None
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConversionError(f"{path}: not a readable torch weights file ({first})") from e
     return _unwrap(obj, path)

@@ -1,6 +1,7 @@
 """torchvision's ImageFolder layout: ``root/<split>/<class>/<image>``, class = folder name."""
 from __future__ import annotations
 
+import logging
 import os
 
 import numpy as np
@@ -10,6 +11,7 @@ from jaxvision.data.errors import DataError
 from jaxvision.data.transforms import to_rgb
 
 # torchvision.datasets.folder.IMG_EXTENSIONS
+LOG = logging.getLogger("jaxvision.data")
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
@@ -22,6 +24,9 @@ def _scan(directory: str, classes=None):
     found = sorted(d.name for d in os.scandir(directory) if d.is_dir())
     if not found:
         raise DataError(f"{directory}: is empty, expected one sub-folder per class")
+    if len(found) == 1 and classes is None:
+        raise DataError(f"{directory}: holds a single class folder ({found[0]!r}); a classifier "
+                        "needs at least 2 (expected root/<split>/<class>/<image>)")
     classes = classes or found
     if found != list(classes):
         raise DataError(f"{directory}: class folders {found} do not match the train split's "
@@ -30,8 +35,10 @@ def _scan(directory: str, classes=None):
     items = []
     for i, name in enumerate(classes):
         sub = os.path.join(directory, name)
-        files = [(os.path.join(sub, f), i) for f in sorted(os.listdir(sub))
-                 if f.lower().endswith(EXTENSIONS)]
+        # recursively, in sorted order, following links: torchvision's make_dataset
+        files = [(os.path.join(root, f), i)
+                 for root, _, names in sorted(os.walk(sub, followlinks=True))
+                 for f in sorted(names) if f.lower().endswith(EXTENSIONS)]
         if not files:
             raise DataError(f"{sub}: class folder {name!r} holds no images with extensions "
                             f"{EXTENSIONS}")
@@ -62,11 +69,16 @@ class FolderSource:
         try:
             with Image.open(path) as img:
                 image = np.asarray(to_rgb(img))
-        except (OSError, ValueError, SyntaxError) as e:  # what PIL raises on broken files
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            # what PIL raises on broken files (and on images too large to be safe)
             if not self.skip_corrupt:
                 raise DataError(f"{path}: cannot be read as an image ({e}); set "
                                 "data.imagefolder.skip_corrupt=True to replace it") from e
-            self.skipped.add(path)
+            if path not in self.skipped:
+                self.skipped.add(path)
+                LOG.warning("%s: cannot be read (%s); replaced by the next image "
+                            "(data.imagefolder.skip_corrupt; %d replaced so far in this process: "
+                            "%s)", path, e, len(self.skipped), ", ".join(sorted(self.skipped)))
             if len(self.skipped) >= len(self.items):
                 raise DataError(f"{path}: every image under this split is corrupt") from e
             # a grain source must return something for every index: the neighbour stands in

@@ -10,6 +10,7 @@ import numpy as np
 from jaxvision.data import transforms as T
 from jaxvision.data.errors import DataError
 from jaxvision.data.shapes import ShapesSource
+from jaxvision.data.workers import ExitWithParent
 
 
 @dataclasses.dataclass
@@ -60,6 +61,7 @@ class Data:
                                       drop_remainder=True)]
         if c.num_workers:
             _absl_flags_ready()
+            ops.insert(0, ExitWithParent())  # no orphans after a SIGKILL of the trainer
         return grain.DataLoader(data_source=self.train_source, sampler=sampler, operations=ops,
                                 worker_count=c.num_workers)
 

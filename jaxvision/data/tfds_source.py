@@ -26,7 +26,11 @@ class TfdsSource:
 
 
 def tfds_sources(cfg):
-    import tensorflow_datasets as tfds
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as e:  # an optional dependency: say which extra brings it
+        raise DataError("data.source='tfds' needs tensorflow-datasets: pip install "
+                        f"'jaxvision[tfds]' ({e})") from None
 
     if not cfg.name:
         raise DataError("data.tfds.name is empty: give a TFDS dataset name, e.g. 'mnist'")

@@ -1,1 +1,2 @@
-"""Task heads: segmentation (FCN, DeepLabV3, DeepLabV3+, LR-ASPP) and detection (RetinaNet)."""
+"""Task heads: segmentation (FCN, DeepLabV3, DeepLabV3+, LR-ASPP) and detection (RetinaNet,
+FCOS, SSD)."""

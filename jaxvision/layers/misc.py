@@ -9,3 +9,18 @@ def make_divisible(v: float, divisor: int, min_value: Optional[int] = None) -> i
     if new_v < 0.9 * v:
         new_v += divisor
     return new_v
+
+
+def check_nhwc(x, model: str = "model"):
+    """Models take NHWC images; torch's NCHW is the usual mistake, so name it.
+
+    Shapes are static, so this costs nothing under jit.  A model entry point calls it first.
+    """
+    shape = tuple(getattr(x, "shape", ()))
+    if len(shape) != 4:
+        raise ValueError(f"{model}: expected NHWC images (batch, height, width, channels), got "
+                         f"shape {shape}")
+    if shape[1] in (1, 3, 4) and shape[-1] > 4:
+        raise ValueError(f"{model}: expected NHWC images (batch, height, width, channels), got "
+                         f"shape {shape}, which looks like NCHW (torch's layout); use "
+                         "x.transpose(0, 2, 3, 1)")

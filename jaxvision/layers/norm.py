@@ -76,12 +76,38 @@ class FrozenBatchNorm(nn.Module):
         return _normalize(x, mean, var, scale, bias, self.epsilon, self.dtype)
 
 
-NORMS = ("batch", "batch_eval", "frozen")
+class GroupNorm(nn.Module):
+    """torch.nn.GroupNorm (affine) over NHWC; ``train`` is accepted so it drops in for BatchNorm.
+    Parameters are ``scale``/``bias`` (torch's ``weight``/``bias``); statistics in float32."""
+
+    num_groups: int = 32
+    epsilon: float = 1e-5
+    dtype: Any = None
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        del train
+        c = x.shape[-1]
+        if c % self.num_groups:
+            raise ValueError(f"GroupNorm: {c} channels are not divisible into "
+                             f"{self.num_groups} groups")
+        scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+        xf = x.astype(jnp.float32).reshape(*x.shape[:-1], self.num_groups, c // self.num_groups)
+        axes = tuple(range(1, x.ndim - 1)) + (x.ndim,)
+        mean = jnp.mean(xf, axes, keepdims=True)
+        var = jnp.mean(jnp.square(xf - mean), axes, keepdims=True)
+        y = ((xf - mean) * jnp.reciprocal(jnp.sqrt(var + self.epsilon))).reshape(x.shape)
+        return (y * scale + bias).astype(self.dtype or x.dtype)
+
+
+NORMS = ("batch", "batch_eval", "frozen", "group")
 
 
 def norm_factory(norm: str, dtype: Any = None, **kwargs) -> Callable[..., nn.Module]:
     """``norm`` is one of ``NORMS``: trained BatchNorm, BatchNorm whose statistics stay fixed
-    (``norm_eval``), or FrozenBatchNorm."""
+    (``norm_eval``), FrozenBatchNorm (``epsilon`` as torchvision's ``eps``), or GroupNorm
+    (``num_groups``, default 32) for heads trained with small batches."""
     if norm == "batch":
         return partial(BatchNorm, dtype=dtype, **kwargs)
     if norm == "batch_eval":
@@ -90,4 +116,8 @@ def norm_factory(norm: str, dtype: Any = None, **kwargs) -> Callable[..., nn.Mod
         kwargs.pop("momentum", None)  # frozen statistics have no momentum
         kwargs.pop("zero_init", None)  # nor a trainable scale to initialise
         return partial(FrozenBatchNorm, dtype=dtype, **kwargs)
+    if norm == "group":
+        kwargs.pop("momentum", None)
+        kwargs.pop("zero_init", None)
+        return partial(GroupNorm, dtype=dtype, **kwargs)  # num_groups=32 unless given
     raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")

@@ -5,5 +5,14 @@ from jaxvision.models import mobilenet  # noqa: F401
 from jaxvision.models import googlenet  # noqa: F401
 from jaxvision.models import inception  # noqa: F401
 from jaxvision.models import vgg  # noqa: F401
+from jaxvision.models import densenet  # noqa: F401
+from jaxvision.models import shufflenetv2  # noqa: F401
+from jaxvision.models import mnasnet  # noqa: F401
+from jaxvision.models import squeezenet  # noqa: F401
+from jaxvision.models import alexnet  # noqa: F401
+from jaxvision.models import convnext  # noqa: F401
+from jaxvision.models import swin_transformer  # noqa: F401
+from jaxvision.models import maxvit  # noqa: F401
+from jaxvision.models import segmentation  # noqa: F401
 from jaxvision.models import detection  # noqa: F401
 from jaxvision.models import darknet  # noqa: F401

@@ -14,6 +14,9 @@ the last layer at stride 2, 4, 8, 16 and 32 (as timm picks stage ends).  V2: ``f
 ``features_3``, ``features_5``, ``features_11``, ``features_13``.  The last one includes the final
 1x1 conv, which is what torchvision's detection and segmentation models take from V3.  With V3's
 ``dilated=True`` the names stay and the last stage's reduction becomes 16.
+``feature_taps="starts"`` (V2, V3) gives torchvision's segmentation/detection taps instead:
+``features[0]``, each strided block and the last layer (V3-large: ``features_0, _2, _4, _7,
+_13, _16``; ``features_4`` is the 40-channel stride-8 map LR-ASPP and the DeepLabV3 aux head read).
 """
 from __future__ import annotations
 
@@ -59,13 +62,24 @@ def conv_norm_act(x, train, features, k, name, norm, act=None, stride=1, groups=
     return act(x) if act is not None else x
 
 
-def _feature_info(channels, strides, dilations=None) -> tuple[FeatureInfo, ...]:
-    """Stage ends: the last ``features`` layer before the (nominal) stride changes, and the last.
-    ``strides``/``dilations`` are cumulative after each layer; the reduction is the real one."""
+FEATURE_TAPS = ("ends", "starts")
+
+
+def _feature_info(channels, strides, dilations=None, taps="ends") -> tuple[FeatureInfo, ...]:
+    """``taps="ends"``: the last ``features`` layer before the (nominal) stride changes, and the
+    last.  ``taps="starts"``: torchvision's ``stage_indices`` for segmentation and detection --
+    ``features[0]``, every strided block (``_is_cn``, nominal stride even where dilated) and the
+    last layer.  ``strides``/``dilations`` are cumulative after each layer; the reduction is the
+    real one."""
+    if taps not in FEATURE_TAPS:
+        raise ValueError(f"feature_taps must be one of {FEATURE_TAPS}, got {taps!r}")
     real = strides if dilations is None else [s // d for s, d in zip(strides, dilations)]
     n = len(strides)
-    return tuple(FeatureInfo(f"features_{i}", channels[i], real[i]) for i in range(n)
-                 if i == n - 1 or strides[i + 1] != strides[i])
+    if taps == "ends":
+        keep = [i for i in range(n) if i == n - 1 or strides[i + 1] != strides[i]]
+    else:
+        keep = [0] + [i for i in range(1, n - 1) if strides[i] != strides[i - 1]] + [n - 1]
+    return tuple(FeatureInfo(f"features_{i}", channels[i], real[i]) for i in keep)
 
 
 def _head(x, train, num_classes, dropout, dtype, hidden=None, hidden_act=None):
@@ -124,6 +138,7 @@ class MobileNetV2(nn.Module):
     dtype: Any = jnp.float32
     features_only: bool = False
     out_indices: Optional[Sequence[int]] = None
+    feature_taps: str = "ends"  # or "starts" (torchvision's stage_indices)
 
     def _plan(self):
         """[(in, out, stride, t)] for each block, stem and last channels."""
@@ -149,7 +164,7 @@ class MobileNetV2(nn.Module):
         strides = [2]
         for b in blocks:
             strides.append(strides[-1] * b[2])
-        return _feature_info(channels, strides + strides[-1:])
+        return _feature_info(channels, strides + strides[-1:], taps=self.feature_taps)
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -243,6 +258,7 @@ class MobileNetV3(nn.Module):
     dtype: Any = jnp.float32
     features_only: bool = False
     out_indices: Optional[Sequence[int]] = None
+    feature_taps: str = "ends"  # or "starts" (torchvision's stage_indices)
 
     def _plan(self):
         if self.arch not in V3_SETTINGS:
@@ -268,7 +284,8 @@ class MobileNetV3(nn.Module):
             strides.append(strides[-1] * c[6])
             # torchvision's dilated stage: stride 1 instead, so its reduction stays
             dilations.append(dilations[-1] * (c[6] if c[7] > 1 else 1))
-        return _feature_info(channels, strides + strides[-1:], dilations + dilations[-1:])
+        return _feature_info(channels, strides + strides[-1:], dilations + dilations[-1:],
+                             self.feature_taps)
 
     @nn.compact
     def __call__(self, x, train: bool = False):

@@ -12,10 +12,18 @@ from typing import Any, Optional, Sequence
 import jax.numpy as jnp
 import flax.linen as nn
 
-from jaxvision.layers import (Conv2d, Linear, adaptive_avg_pool2d, kaiming_normal_fan_out,
-                              max_pool2d, norm_factory)
+from jaxvision.layers import (Conv2d, Linear, adaptive_avg_pool2d, check_nhwc,
+                              kaiming_normal_fan_out, max_pool2d, norm_factory)
+from jaxvision.layers.dilation import warn_if_gridding
 from jaxvision.models._features import FeatureCollector
 from jaxvision.registry import FeatureInfo, register_model
+
+
+def _norm(m, **kwargs):
+    """``m``'s norm; ``norm_eps`` overrides its epsilon (torchvision's detection weights were
+    trained with FrozenBatchNorm eps 0, see ``overwrite_eps``)."""
+    eps = {} if m.norm_eps is None else {"epsilon": m.norm_eps}
+    return norm_factory(m.norm, m.dtype, **eps, **kwargs)
 
 
 def _conv(features, k, stride=1, groups=1, dilation=1, name=None, dtype=None):
@@ -32,6 +40,7 @@ class BasicBlock(nn.Module):
     base_width: int = 64
     dilation: int = 1
     norm: str = "batch"
+    norm_eps: Optional[float] = None
     zero_init_residual: bool = False
     dtype: Any = jnp.float32
     expansion = 1
@@ -42,8 +51,8 @@ class BasicBlock(nn.Module):
             raise ValueError("BasicBlock only supports groups=1 and base_width=64")
         if self.dilation > 1:
             raise NotImplementedError("Dilation > 1 not supported in BasicBlock")
-        norm = norm_factory(self.norm, self.dtype)
-        last_norm = norm_factory(self.norm, self.dtype, zero_init=self.zero_init_residual)
+        norm = _norm(self)
+        last_norm = _norm(self, zero_init=self.zero_init_residual)
         out = _conv(self.planes, 3, self.stride, name="conv1", dtype=self.dtype)(x)
         out = nn.relu(norm(name="bn1")(out, train))
         out = _conv(self.planes, 3, name="conv2", dtype=self.dtype)(out)
@@ -60,14 +69,15 @@ class Bottleneck(nn.Module):
     base_width: int = 64
     dilation: int = 1
     norm: str = "batch"
+    norm_eps: Optional[float] = None
     zero_init_residual: bool = False
     dtype: Any = jnp.float32
     expansion = 4
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        norm = norm_factory(self.norm, self.dtype)
-        last_norm = norm_factory(self.norm, self.dtype, zero_init=self.zero_init_residual)
+        norm = _norm(self)
+        last_norm = _norm(self, zero_init=self.zero_init_residual)
         width = int(self.planes * (self.base_width / 64.0)) * self.groups
         out = _conv(width, 1, name="conv1", dtype=self.dtype)(x)
         out = nn.relu(norm(name="bn1")(out, train))
@@ -83,7 +93,7 @@ def _downsample(block, x, out_features, train):
     if not block.downsample:
         return x
     y = _conv(out_features, 1, block.stride, name="downsample_0", dtype=block.dtype)(x)
-    return norm_factory(block.norm, block.dtype)(name="downsample_1")(y, train)
+    return _norm(block)(name="downsample_1")(y, train)
 
 
 class ResNet(nn.Module):
@@ -94,17 +104,32 @@ class ResNet(nn.Module):
     groups: int = 1
     width_per_group: int = 64
     replace_stride_with_dilation: Sequence[bool] = (False, False, False)
+    # DeepLabV3's Multi-Grid: layer4's block j uses dilation * multi_grid[j] (e.g. (1, 2, 4))
+    multi_grid: Optional[Sequence[int]] = None
     norm: str = "batch"
+    norm_eps: Optional[float] = None
     dtype: Any = jnp.float32
     features_only: bool = False
     out_indices: Optional[Sequence[int]] = None
 
-    feature_info = (FeatureInfo("stem", 64, 2), FeatureInfo("layer1", 64, 4),
-                    FeatureInfo("layer2", 128, 8), FeatureInfo("layer3", 256, 16),
-                    FeatureInfo("layer4", 512, 32))
+    @property
+    def feature_info(self) -> tuple[FeatureInfo, ...]:
+        """Channels of this variant and the real reduction: a stage whose stride is replaced by
+        dilation keeps the previous stage's reduction."""
+        if len(self.replace_stride_with_dilation) != 3:
+            raise ValueError("replace_stride_with_dilation should be None or a 3-element tuple, "
+                             f"got {self.replace_stride_with_dilation}")
+        expansion = 4 if self.block == "bottleneck" else 1
+        info, reduction = [FeatureInfo("stem", 64, 2)], 4
+        for i, planes in enumerate((64, 128, 256, 512)):
+            if i > 0 and not tuple(self.replace_stride_with_dilation)[i - 1]:
+                reduction *= 2
+            info.append(FeatureInfo(f"layer{i + 1}", planes * expansion, reduction))
+        return tuple(info)
 
     @nn.compact
     def __call__(self, x, train: bool = False):
+        check_nhwc(x, type(self).__name__)
         if len(self.replace_stride_with_dilation) != 3:
             raise ValueError("replace_stride_with_dilation should be None or a 3-element tuple, "
                              f"got {self.replace_stride_with_dilation}")
@@ -113,11 +138,15 @@ class ResNet(nn.Module):
 
         x = x.astype(self.dtype)
         x = _conv(64, 7, 2, name="conv1", dtype=self.dtype)(x)
-        x = nn.relu(norm_factory(self.norm, self.dtype)(name="bn1")(x, train))
+        x = nn.relu(_norm(self)(name="bn1")(x, train))
         if feats.add("stem", x):
             return feats.maps
         x = max_pool2d(x, 3, 2, 1)
         inplanes, dilation = 64, 1
+        if self.multi_grid is not None and len(self.multi_grid) != self.layers[-1]:
+            raise ValueError(f"multi_grid needs one rate per layer4 block ({self.layers[-1]}), "
+                             f"got {self.multi_grid}")
+        rates = []  # (name, dilation) of each block's 3x3 conv, for the HDC gridding check
         for i, (planes, n) in enumerate(zip((64, 128, 256, 512), self.layers)):
             stride = 1 if i == 0 else 2
             previous_dilation = dilation
@@ -126,25 +155,27 @@ class ResNet(nn.Module):
                 stride = 1
             expansion = block_cls.expansion
             for j in range(n):
+                rate = previous_dilation if j == 0 else dilation
+                if i == 3 and self.multi_grid is not None:
+                    rate = dilation * self.multi_grid[j]
+                rates.append((f"layer{i + 1}.{j}.conv2", rate))
                 x = block_cls(
                     planes, stride if j == 0 else 1,
                     downsample=j == 0 and (stride != 1 or inplanes != planes * expansion),
                     groups=self.groups, base_width=self.width_per_group,
-                    dilation=previous_dilation if j == 0 else dilation, norm=self.norm,
+                    dilation=rate, norm=self.norm, norm_eps=self.norm_eps,
                     zero_init_residual=self.zero_init_residual, dtype=self.dtype,
                     name=f"layer{i + 1}_{j}")(x, train)
             inplanes = planes * expansion
-            if feats.add(f"layer{i + 1}", x):
+            done = feats.add(f"layer{i + 1}", x)
+            if self.is_initializing() and (done or i == 3):
+                warn_if_gridding(rates)  # when the model is built; once per stack
+            if done:
                 return feats.maps
         x = adaptive_avg_pool2d(x, 1).reshape(x.shape[0], -1)
         if self.num_classes <= 0:
             return x
         return Linear(self.num_classes, x.shape[-1], dtype=self.dtype, name="fc")(x)
-
-
-def _features(expansion):
-    return tuple(FeatureInfo(f.name, f.channels * (expansion if f.name != "stem" else 1),
-                             f.reduction) for f in ResNet.feature_info)
 
 
 _VARIANTS = {
@@ -169,7 +200,7 @@ def _register(name, block, layers, groups, width, num_params):
     build.__name__ = name
     build.__doc__ = f"torchvision's ``{name}``."
     register_model(name, family="resnet", torch_name=name, num_params=num_params,
-                   features=_features(4 if block == "bottleneck" else 1))(build)
+                   features=ResNet(block=block, layers=layers).feature_info)(build)
 
 
 for _name, _args in _VARIANTS.items():

@@ -7,10 +7,21 @@ import os
 import sys
 
 from jaxvision.data.errors import DataError
-from jaxvision.train.checkpoint import WorkdirError
+from jaxvision.train.checkpoint import CheckpointWriteError, WorkdirError
 from jaxvision.train.config import ConfigError, apply_overrides, load_config_file
 
-ERRORS = (ConfigError, DataError, WorkdirError, FileNotFoundError, KeyError, ValueError)
+ERRORS = (ConfigError, DataError, WorkdirError, CheckpointWriteError, FileNotFoundError, KeyError,
+          ValueError)
+
+
+def _positive(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
 
 
 def _split(argv):
@@ -20,7 +31,9 @@ def _split(argv):
 
 def _train(argv):
     p = argparse.ArgumentParser(prog="jaxvision train")
-    p.add_argument("--config", required=True, help="a python file defining get_config()")
+    p.add_argument("--config", required=True,
+                   help="a python file defining get_config() (FILE.py:ARG calls get_config(ARG)) "
+                        "or a run's config.json")
     p.add_argument("--workdir", required=True)
     rest, overrides = _split(argv)
     args = p.parse_args(rest)
@@ -51,13 +64,20 @@ def _eval(argv):
 
 def _predict(argv):
     p = argparse.ArgumentParser(prog="jaxvision predict")
-    p.add_argument("--workdir", required=True)
-    p.add_argument("--topk", type=int, default=5)
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--workdir", help="a train workdir (its best checkpoint)")
+    source.add_argument("--weights", help="a directory from 'jaxvision convert' or 'export': "
+                                          "its recorded preprocessing and class names")
+    p.add_argument("--topk", type=_positive, default=5)
     p.add_argument("images", nargs="+")
     args = p.parse_args(argv)
-    from jaxvision.train.restore import predict
+    if args.weights:
+        from jaxvision.convert.preprocess import predict
+    else:
+        from jaxvision.train.restore import predict
 
-    for path, top in zip(args.images, predict(args.workdir, args.images, args.topk)):
+    for path, top in zip(args.images, predict(args.workdir or args.weights, args.images,
+                                              args.topk)):
         print(path + ": " + ", ".join(f"{name} {prob:.3f}" for name, prob in top))
     return 0
 

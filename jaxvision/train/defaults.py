@@ -19,7 +19,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.train = ml_collections.ConfigDict(dict(
         epochs=1, steps=0, seed=0, label_smoothing=0.0, grad_accum_steps=1,
         ema_decay=ml_collections.FieldReference(None, float), log_every=50, eval_every_epochs=1))
-    c.checkpoint = ml_collections.ConfigDict(dict(keep=3, best_metric="val_top1",
+    # best_mode: "min" | "max" | "" (inferred: a metric ending in "loss" is minimised)
+    c.checkpoint = ml_collections.ConfigDict(dict(keep=3, best_metric="val_top1", best_mode="",
                                                   save_every_steps=0))
     c.logging = ml_collections.ConfigDict(dict(tensorboard=True, num_images=16,
                                                progress_bar=True))

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import math
 import os
-import signal
 import time
 
 import jax
@@ -13,16 +12,14 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 import jaxvision as jv
 from jaxvision.data import build_data
-from jaxvision.train import checkpoint, freeze, optim
-from jaxvision.train.config import save_config
+from jaxvision.train import checkpoint, freeze, guards, optim
+from jaxvision.train.config import check_config, save_config
+from jaxvision.train.guards import NonFiniteLoss  # noqa: F401  (re-exported: cli, tests)
 from jaxvision.train.metrics_log import Logger
+from jaxvision.train.preempt import StopSignal
 from jaxvision.train.state import TrainState
 from jaxvision.train.step import (add_metrics, jit_steps, make_eval_step, make_mesh,
                                   make_train_step, shard_batch)
-
-
-class NonFiniteLoss(RuntimeError):
-    pass
 
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -70,36 +67,17 @@ def evaluate(eval_step, variables, data, mesh):
             "val_top5": float(t["top5"]) / n, "val_count": int(t["count"])}
 
 
-class _Stop:
-    """SIGTERM / SIGINT ask the loop to save and leave after the current step."""
-
-    def __init__(self):
-        self.requested = False
-        self.previous = {}
-
-    def __enter__(self):
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self.previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.requested = True
-
-    def __exit__(self, *exc):
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-
-
 def train(config, workdir: str, log=print) -> dict:
-    os.makedirs(workdir, exist_ok=True)
+    check_config(config)
+    checkpoint.make_workdir(workdir)
     data = build_data(config.data, config.model.name)
     num_classes = config.model.num_classes or data.num_classes
     model = build_model(config, num_classes)
     meta = {"model": config.model.name, "num_classes": num_classes,
             "class_names": list(data.class_names)}
-    mgr = checkpoint.manager(workdir, config.checkpoint.keep, config.checkpoint.best_metric)
+    mgr = checkpoint.manager(workdir, config.checkpoint.keep, config.checkpoint.best_metric,
+                             config.checkpoint.best_mode or None)
     start = checkpoint.check_workdir(mgr, meta) or 0  # before anything is written
-    save_config(config, os.path.join(workdir, "config.json"))
 
     t = config.train
     steps_per_epoch = data.num_train // config.data.batch_size
@@ -119,9 +97,12 @@ def train(config, workdir: str, log=print) -> dict:
     it = iter(data.train_loader(config.data.seed, jax.process_index(), jax.process_count()))
     if start:
         abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state)
-        state, data_state, _ = checkpoint.restore(mgr, start, abstract)
+        checkpoint.check_resume(mgr, start, abstract, config, workdir)
+        state, data_state, _ = checkpoint.restore_for_train(mgr, start, abstract, workdir)
         it.set_state(data_state)
         log(f"resumed from step {start} in {workdir}")
+    # only now is the run known to start: a refused resume leaves the old config.json
+    checkpoint.write_run_file(save_config, config, os.path.join(workdir, "config.json"))
     state = jax.device_put(state, NamedSharding(mesh, P()))
 
     logger = Logger(workdir, config, total, start, data.class_names, data.mean, data.std)
@@ -130,23 +111,26 @@ def train(config, workdir: str, log=print) -> dict:
     def save(step, metrics=None):
         checkpoint.save(mgr, step, state, it.get_state(), meta, metrics)
 
-    with _Stop() as stop, logger:
+    with StopSignal(t.log_every) as stop, logger:
         for step in range(start, total):
             state, metrics = train_step(state, shard_batch(mesh, next(it)))
-            acc = add_metrics(acc, metrics)
+            # on device, summed with the metrics: a NaN at any step is seen at the next log point
+            acc = add_metrics(acc, {**metrics, "nonfinite": guards.nonfinite_flag(metrics)})
             done = step + 1
+            stopping = stop.now(done)  # agreed by every process
             end_of_epoch = done % steps_per_epoch == 0 or done == total
             epoch = math.ceil(done / steps_per_epoch)
             want_eval = end_of_epoch and (epoch % t.eval_every_epochs == 0 or done == total)
-            want_save = want_eval or stop.requested or (
+            want_save = want_eval or stopping or (
                 config.checkpoint.save_every_steps and done % config.checkpoint.save_every_steps == 0)
             if done % t.log_every == 0 or want_save or done == total:
                 m = jax.device_get(acc)
                 loss = float(m["loss_sum"]) / float(m["count"])
-                if not math.isfinite(loss):
+                if not math.isfinite(loss) or float(m["nonfinite"]):
                     raise NonFiniteLoss(
-                        f"non-finite training loss ({loss}) between steps {last_log + 1} and "
-                        f"{done}; stopped without saving: the last good checkpoint in "
+                        f"non-finite training loss or gradients (mean loss {loss:.4g}, "
+                        f"{int(m['nonfinite'])} non-finite steps) between steps {last_log + 1} "
+                        f"and {done}; stopped without saving: the last good checkpoint in "
                         f"{mgr.directory} stays (step {mgr.latest_step()})")
                 elapsed = time.perf_counter() - t0
                 logger.scalars(done, {
@@ -154,8 +138,8 @@ def train(config, workdir: str, log=print) -> dict:
                     "train/grad_norm": float(m["grad_norm"]) / float(m["steps"]),
                     "train/lr": float(schedule(done - 1)),
                     "train/images_per_s": float(m["count"]) / elapsed})
-                if not config.logging.progress_bar:  # e.g. a batch job: the bar's line as text
-                    log(f"step {done}: train_loss={loss:.4f} lr={float(schedule(done - 1)):.4g}")
+                if not logger.bar_visible:  # e.g. a batch job: the bar's line as text
+                    log(logger.text_line(done))
                 acc, last_log, t0 = None, done, time.perf_counter()
             logger.advance(done)
             if want_eval:
@@ -166,7 +150,7 @@ def train(config, workdir: str, log=print) -> dict:
                     f"{k}={v:.4f}" for k, v in results.items() if k != "val_count"))
             if want_save:
                 save(done, {k: v for k, v in results.items()} if want_eval else None)
-            if stop.requested:
+            if stopping:
                 log(f"stopped by signal at step {done}; checkpoint saved in {mgr.directory}")
                 results["preempted"] = True
                 break

@@ -1,7 +1,15 @@
-"""Progress bar, console lines and TensorBoard event files (tensorboardX: no TensorFlow)."""
+"""Progress bar, console lines, ``metrics.jsonl`` and TensorBoard event files (tensorboardX: no
+TensorFlow).
+
+A batch job (stdout not a terminal) gets a text line every ``log_every`` steps instead of a bar
+nobody sees.  TensorBoard and ``metrics.jsonl`` are written by process 0 only.
+"""
 from __future__ import annotations
 
+import json
 import os
+import sys
+import time
 
 import jax
 import numpy as np
@@ -14,13 +22,19 @@ class Logger:
     def __init__(self, workdir, config, total, start, class_names, mean, std):
         from tensorboardX import SummaryWriter
 
-        self.writer = SummaryWriter(os.path.join(workdir, "tb")) if config.logging.tensorboard else None
+        first = jax.process_index() == 0
+        self.writer = (SummaryWriter(os.path.join(workdir, "tb"))
+                       if config.logging.tensorboard and first else None)
+        self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a") if first else None
+        self.bar_visible = bool(config.logging.progress_bar) and sys.stdout.isatty()
+        self.total, self.start, self.t_start = total, start, time.perf_counter()
+        self.last_train: dict = {}
         self.class_names, self.mean, self.std = class_names, np.array(mean), np.array(std)
         self.num_images = config.logging.num_images
         self.progress = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
                                  TextColumn("ETA"), TimeRemainingColumn(),
-                                 disable=not config.logging.progress_bar)
+                                 disable=not self.bar_visible)
         self.task = self.progress.add_task("train", total=total, completed=start, status="")
 
     def __enter__(self):
@@ -31,6 +45,8 @@ class Logger:
         self.progress.__exit__(*exc)
         if self.writer:
             self.writer.close()
+        if self.jsonl:
+            self.jsonl.close()
 
     def advance(self, step):
         self.progress.update(self.task, completed=step)
@@ -39,10 +55,26 @@ class Logger:
         if self.writer:
             for k, v in values.items():
                 self.writer.add_scalar(k, v, step)
+        if self.jsonl:  # one object per line, flushed: a killed run keeps what it logged
+            self.jsonl.write(json.dumps({"step": int(step), **{k: float(v) for k, v in
+                                                               values.items()}}) + "\n")
+            self.jsonl.flush()
+        if "train/loss" in values:
+            self.last_train = values
         if "train/loss" in values:
             self.progress.update(self.task, status=(
                 f"loss {values['train/loss']:.4f} lr {values['train/lr']:.4g} "
                 f"{values['train/images_per_s']:.0f} img/s"))
+
+    def text_line(self, step) -> str:
+        """The bar's line as text: loss, lr, images/s and the ETA from this session's pace."""
+        v = self.last_train
+        done = step - self.start
+        eta = (time.perf_counter() - self.t_start) / max(done, 1) * (self.total - step)
+        return (f"step {step}/{self.total}: train_loss={v.get('train/loss', float('nan')):.4f} "
+                f"lr={v.get('train/lr', float('nan')):.4g} "
+                f"images/s={v.get('train/images_per_s', 0.0):.1f} "
+                f"ETA {int(eta) // 3600:d}:{int(eta) % 3600 // 60:02d}:{int(eta) % 60:02d}")
 
     def samples(self, step, model, variables, data):
         """A grid of validation images with predicted (and true) class names."""

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -16,19 +17,39 @@ from jaxvision.data.transforms import eval_image
 from jaxvision.train import checkpoint
 
 
-def load_run(workdir: str):
-    """(config, meta, model, eval variables, step) of the best checkpoint, else the latest."""
+def load_run(workdir: str, log=None):
+    """(config, meta, model, eval variables, step) of the best checkpoint, else the latest.
+
+    ``log`` (stderr by default) hears which step was taken and why; a step that cannot be read
+    is named and the next one back is taken.
+    """
+    log = log or (lambda msg: print(msg, file=sys.stderr))
     path = os.path.join(workdir, "config.json")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such file; is {workdir} a jaxvision train workdir?")
     with open(path) as f:
         config = ml_collections.ConfigDict(json.load(f))
-    mgr = checkpoint.manager(workdir, config.checkpoint.keep, config.checkpoint.best_metric)
-    step = checkpoint.best_or_latest(mgr)
+    ck = config.checkpoint
+    mgr = checkpoint.manager(workdir, ck.keep, ck.best_metric, ck.get("best_mode") or None,
+                             read_only=True)
+    step, why = checkpoint.best_or_latest(mgr)
     if step is None:
         raise FileNotFoundError(f"{mgr.directory}: holds no checkpoint yet")
-    out = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
-                                                    meta=ocp.args.JsonRestore()))
+    candidates = [step] + sorted((s for s in mgr.all_steps() if s != step), reverse=True)
+    for i, s in enumerate(candidates):
+        try:
+            out = mgr.restore(s, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
+                                                         meta=ocp.args.JsonRestore()))
+        except Exception as e:  # a truncated or missing file: say which, take the next one back
+            bad = checkpoint.corrupt(mgr, s, e)
+            if i == len(candidates) - 1:
+                raise bad from None
+            log(f"{bad}; taking step {candidates[i + 1]} instead")
+            why = "the newest intact checkpoint"
+            continue
+        log(f"{workdir}: using checkpoint step {s}, {why}")
+        step = s
+        break
     mgr.close()
     state, meta = out["state"], out["meta"]
     from jaxvision.train.loop import build_model
@@ -60,7 +81,7 @@ def predict(workdir: str, paths, topk: int = 5):
             with Image.open(p) as img:
                 images.append(eval_image(img, config.data.image_size, data.resize_size,
                                          data.mean, data.std, config.data.interpolation))
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
             raise ValueError(f"{p}: not a readable image ({e})") from e
     logits = model.apply(variables, jnp.asarray(np.stack(images)), train=False)
     probs = np.asarray(jax.nn.softmax(logits, -1))

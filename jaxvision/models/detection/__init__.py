@@ -1,3 +1,4 @@
 """Detectors composed of a backbone, a neck and a dense head, laid out like torchvision's
 ``models/detection``: importing this package registers them."""
 from jaxvision.models.detection import ssd  # noqa: F401
+from jaxvision.models.detection import fpn_detectors  # noqa: F401

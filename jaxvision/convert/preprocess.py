@@ -1,0 +1,100 @@
+"""What a weights directory's weights expect: preprocessing and category names.
+
+torchvision's weights differ per release (resnet50 IMAGENET1K_V2 is resized to 232, not 256), so
+a converted directory records the preprocessing of the exact weights it holds: from torchvision's
+weights enum when the file is one of torchvision's (matched by its download name, or named with
+``--weights``), else the registry spec of the model.
+"""
+from __future__ import annotations
+
+import os
+from importlib import resources
+
+from jaxvision.convert.merge import ConversionError
+
+
+def spec_preprocessing(spec) -> dict:
+    return {"resize_size": int(spec.resize_size), "crop_size": int(spec.crop_size),
+            "interpolation": spec.interpolation, "mean": list(spec.mean), "std": list(spec.std),
+            "from": f"the jaxvision registry spec of {spec.name}"}
+
+
+def torchvision_weights(spec, src, weights_name: str | None = None):
+    """torchvision's weights enum member for ``src`` (by file name) or ``weights_name``."""
+    if not spec.torch_name:
+        return None
+    try:
+        from torchvision.models import get_model_weights
+    except ImportError:
+        return None
+    members = list(get_model_weights(spec.torch_name))
+    if weights_name:
+        found = [w for w in members if w.name == weights_name]
+        if not found:
+            raise ConversionError(f"--weights {weights_name}: torchvision's {spec.torch_name} has "
+                                  f"{', '.join(w.name for w in members)}")
+        return found[0]
+    base = os.path.basename(os.fspath(src))
+    return next((w for w in members if os.path.basename(w.url) == base), None)
+
+
+def weights_preprocessing(weights) -> dict:
+    t = weights.transforms()
+    return {"resize_size": int(t.resize_size[0]), "crop_size": int(t.crop_size[0]),
+            "interpolation": t.interpolation.value, "mean": [float(m) for m in t.mean],
+            "std": [float(s) for s in t.std], "from": f"torchvision {weights}"}
+
+
+def categories(name_or_file: str) -> list[str]:
+    """``imagenet`` (shipped with the package) or a text file, one name per line."""
+    if name_or_file == "imagenet":
+        text = resources.files("jaxvision.data").joinpath("imagenet_categories.txt").read_text()
+    elif os.path.isfile(name_or_file):
+        with open(name_or_file) as f:
+            text = f.read()
+    else:
+        raise FileNotFoundError(f"--categories {name_or_file}: not 'imagenet' and no such file")
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def describe(spec, src, weights_name=None, categories_arg=None, num_classes=None) -> dict:
+    """The ``preprocessing`` and ``categories`` entries of a converted directory's metadata."""
+    weights = torchvision_weights(spec, src, weights_name)
+    out = {"preprocessing": weights_preprocessing(weights) if weights else spec_preprocessing(spec)}
+    names = categories(categories_arg) if categories_arg else (
+        list(weights.meta["categories"]) if weights and weights.meta.get("categories") else None)
+    if names is not None:
+        if num_classes is not None and len(names) != num_classes:
+            raise ConversionError(f"--categories: {len(names)} names for a model with "
+                                  f"{num_classes} classes")
+        out["categories"] = names
+    return out
+
+
+def predict(weights_dir, paths, topk: int = 5):
+    """Top-k (name, probability) per image with a converted/exported weights directory, using
+    the preprocessing and category names it records."""
+    import jax
+    import numpy as np
+    from PIL import Image
+
+    import jaxvision as jv
+    from jaxvision.convert import store
+    from jaxvision.data.transforms import eval_image
+
+    meta = store.read_meta(weights_dir)
+    model, variables = jv.create_model(meta["model"], pretrained=weights_dir)
+    p = meta.get("preprocessing") or spec_preprocessing(jv.model_info(meta["model"]))
+    images = []
+    for path in paths:
+        try:
+            with Image.open(path) as img:
+                images.append(eval_image(img, p["crop_size"], p["resize_size"], p["mean"],
+                                         p["std"], p["interpolation"]))
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
+            raise ValueError(f"{path}: not a readable image ({e})") from e
+    logits = model.apply(variables, np.stack(images), train=False)
+    probs = np.asarray(jax.nn.softmax(logits, -1))
+    names = meta.get("categories") or [str(i) for i in range(probs.shape[-1])]
+    k = min(topk, probs.shape[-1])
+    return [[(names[i], float(row[i])) for i in np.argsort(-row)[:k]] for row in probs]

@@ -1,0 +1,153 @@
+"""One-stage detectors on a ResNet-50 + FPN backbone, laid out like torchvision's
+``retinanet_resnet50_fpn`` (v1, v2) and ``fcos_resnet50_fpn``.
+
+The backbone is ``backbone.body`` (ResNet to layer4, C3..C5 returned) + ``backbone.fpn``
+(P3..P5 and LastLevelP6P7), so torchvision's state_dict converts key for key.  BatchNorm is
+FrozenBatchNorm (``norm="frozen"``) as in torchvision's models built for weights; v1's published
+weights were trained with eps 0 (torchvision's ``overwrite_eps``), which ``norm_eps`` sets.
+v2 keeps trainable BatchNorm in the backbone and GroupNorm in the head, as torchvision does.
+
+``model.apply(v, x)`` takes the normalised, padded batch (``jaxvision.models.detection.
+transform``) and returns padded detections in its pixels; ``image_sizes`` (N, 2) clip each
+image's boxes to its unpadded size.  ``method="head_outputs"`` gives the raw outputs and
+anchors; ``method="loss"`` torchvision's loss dict for padded targets.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+from jaxvision import ops
+from jaxvision.heads.fcos import FCOSHead, fcos_loss, fcos_postprocess
+from jaxvision.heads.retinanet import RetinaNetHead, retinanet_loss, retinanet_postprocess
+from jaxvision.models._stages import StageLayout
+from jaxvision.models.resnet import ResNet
+from jaxvision.necks.fpn import FPN
+from jaxvision.registry import register_model
+
+KINDS = ("retinanet", "retinanet_v2", "fcos")
+# torchvision's anchors: RetinaNet 3 scales x 3 ratios per level, FCOS one square of the stride
+RETINANET_ANCHORS = ops.AnchorGenerator(
+    tuple((x, int(x * 2 ** (1 / 3)), int(x * 2 ** (2 / 3))) for x in (32, 64, 128, 256, 512)),
+    ((0.5, 1.0, 2.0),) * 5)
+FCOS_ANCHORS = ops.AnchorGenerator(((8,), (16,), (32,), (64,), (128,)), ((1.0,),) * 5)
+_DEFAULTS = {  # torchvision's score_thresh, nms_thresh, detections_per_img, topk_candidates
+    "retinanet": (0.05, 0.5, 300, 1000), "retinanet_v2": (0.05, 0.5, 300, 1000),
+    "fcos": (0.2, 0.6, 100, 1000)}
+
+
+class BackboneWithFPN(nn.Module):
+    norm: str = "frozen"
+    norm_eps: Optional[float] = None
+    p6_from_c5: bool = False  # LastLevelP6P7(2048, 256) of v2 reads C5, (256, 256) reads P5
+    dtype: Any = None
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        body = ResNet(block="bottleneck", layers=(3, 4, 6, 3), norm=self.norm,
+                      norm_eps=self.norm_eps, dtype=self.dtype, features_only=True,
+                      out_indices=(2, 3, 4), name="body")
+        feats = body(x, train)
+        fpn = FPN(256, "p6p7", 2048 if self.p6_from_c5 else 256, dtype=self.dtype, name="fpn")
+        out = fpn({k: feats[k] for k in ("layer2", "layer3", "layer4")}, train)
+        return [out[k] for k in ("layer2", "layer3", "layer4", "p6", "p7")]
+
+
+class FPNDetector(nn.Module):
+    kind: str = "retinanet"
+    num_classes: int = 91
+    score_thresh: Optional[float] = None
+    nms_thresh: Optional[float] = None
+    detections_per_img: Optional[int] = None
+    topk_candidates: Optional[int] = None
+    fg_iou_thresh: float = 0.5
+    bg_iou_thresh: float = 0.4
+    center_sampling_radius: float = 1.5
+    min_size: int = 800  # read by the transform (jaxvision.models.detection.transform)
+    max_size: int = 1333
+    trainable_backbone_layers: Optional[int] = None  # torchvision's: 3 with weights
+    norm: Optional[str] = None  # default: "batch" for retinanet_v2, else "frozen"
+    norm_eps: Optional[float] = None
+    dtype: Any = jnp.float32
+
+    @property
+    def stage_layout(self) -> StageLayout:
+        b = "backbone/body/"
+        return StageLayout(b + r"(conv1|bn1)/", tuple(f"{b}layer{i}_" for i in range(1, 5)),
+                           r"head/")
+
+    @property
+    def frozen_stages(self) -> int:
+        """``freeze.frozen_stages`` for ``trainable_backbone_layers`` (torchvision trains the
+        last k of conv1, layer1..layer4): 3 -> stem and layer1 frozen."""
+        k = 3 if self.trainable_backbone_layers is None else self.trainable_backbone_layers
+        if not 0 <= k <= 5:
+            raise ValueError(f"trainable_backbone_layers must be in [0, 5], got {k}")
+        return 4 - k
+
+    def _setting(self, i, value):
+        return _DEFAULTS[self.kind][i] if value is None else value
+
+    def setup(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        if self.num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+        norm = self.norm or ("batch" if self.kind == "retinanet_v2" else "frozen")
+        self.backbone = BackboneWithFPN(norm, self.norm_eps, self.kind == "retinanet_v2",
+                                        self.dtype)
+        if self.kind == "fcos":
+            self.head = FCOSHead(1, self.num_classes, dtype=self.dtype)
+        else:
+            self.head = RetinaNetHead(9, self.num_classes, group_norm=self.kind == "retinanet_v2",
+                                      dtype=self.dtype)
+
+    def head_outputs(self, x, train: bool = False):
+        if x.ndim != 4 or x.shape[-1] != 3:
+            raise ValueError(f"{self.kind} expects NHWC images (N, H, W, 3), got shape {x.shape}")
+        feats = self.backbone(x.astype(self.dtype), train)
+        out = self.head(feats)
+        gen = FCOS_ANCHORS if self.kind == "fcos" else RETINANET_ANCHORS
+        out["anchors"] = gen(x.shape[1:3], [f.shape[1:3] for f in feats])
+        return out
+
+    def __call__(self, x, train: bool = False, image_sizes=None):
+        out = self.head_outputs(x, train)
+        sizes = jnp.tile(jnp.array(x.shape[1:3]), (x.shape[0], 1)) if image_sizes is None \
+            else image_sizes
+        post = fcos_postprocess if self.kind == "fcos" else retinanet_postprocess
+        return post(out, out["anchors"], sizes, *(self._setting(i, v) for i, v in enumerate(
+            (self.score_thresh, self.nms_thresh, self.detections_per_img, self.topk_candidates))))
+
+    def loss(self, x, boxes, labels, valid, train: bool = True):
+        out = self.head_outputs(x, train)
+        if self.kind == "fcos":
+            return fcos_loss(out, out["anchors"], boxes, labels, valid,
+                             self.center_sampling_radius)
+        return retinanet_loss(out, jnp.concatenate(out["anchors"]), boxes, labels, valid,
+                              "giou" if self.kind == "retinanet_v2" else "l1",
+                              self.fg_iou_thresh, self.bg_iou_thresh)
+
+
+def _register(name, kind, num_params, norm_eps=None):
+    def build(num_classes: Optional[int] = None, features_only: bool = False,
+              out_indices: Optional[Sequence[int]] = None, **kwargs):
+        if features_only:
+            raise ValueError(f"{name} is a detector; build 'resnet50' for features_only")
+        kwargs.setdefault("norm_eps", norm_eps)
+        return FPNDetector(kind=kind, num_classes=91 if num_classes is None else num_classes,
+                           **kwargs)
+
+    build.__name__ = name
+    build.__doc__ = f"torchvision's ``{name}`` (91 COCO classes by default)."
+    register_model(name, family="fpn_detector", torch_name=name, num_params=num_params,
+                   input_size=(512, 512), resize_size=800, crop_size=1333,
+                   notes="resize_size/crop_size are torchvision's min_size/max_size")(build)
+
+
+_register("retinanet_resnet50_fpn", "retinanet", 34_014_999, norm_eps=0.0)
+_register("retinanet_resnet50_fpn_v2", "retinanet_v2", 38_198_935)
+_register("fcos_resnet50_fpn", "fcos", 32_269_600)

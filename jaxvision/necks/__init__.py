@@ -1,0 +1,1 @@
+"""Necks: dict of NHWC feature maps in (``feature_info`` order) -> dict of maps out."""
