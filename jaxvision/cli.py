@@ -1,5 +1,5 @@
 """The ``jaxvision`` command: list | info | convert here; train | eval | predict | extract live
-in ``jaxvision.train.cli`` (they take ml_collections configs)."""
+in ``jaxvision.train.cli`` (they take ml_collections configs); bench in ``jaxvision.bench``."""
 from __future__ import annotations
 
 import argparse
@@ -96,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=_export)
     for name in TRAIN_COMMANDS:
         sub.add_parser(name, help=f"{name} (see 'jaxvision {name} --help')", add_help=False)
+    sub.add_parser("bench", help="jaxvision vs torchvision images/s (see 'jaxvision bench "
+                                 "--help')", add_help=False)
     return p
 
 
@@ -105,6 +107,10 @@ def main(argv=None) -> int:
         from jaxvision.train import cli as train_cli
 
         return train_cli.main(argv[0], argv[1:]) or 0
+    if argv and argv[0] == "bench":  # imports no data stack: runs on a bare accelerator box
+        from jaxvision import bench
+
+        return bench.main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         args.fn(args)

@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from jaxvision.layers import lowering
+
 # torch.nn.init.kaiming_normal_(mode="fan_out", nonlinearity="relu")
 kaiming_normal_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 # torch's default for Conv2d and Linear weights: kaiming_uniform_(a=sqrt(5))
@@ -28,21 +30,50 @@ def uniform_bias(fan_in: int):
     return init
 
 
+class Conv(nn.Module):
+    """``nn.Conv``'s parameters (``kernel`` HWIO, ``bias``) and numerics, lowered per call by
+    :func:`jaxvision.layers.lowering.conv2d` (im2col / einsum / per-tap on CPU, XLA's
+    convolution elsewhere). Named ``Conv`` so that unnamed instances get ``nn.Conv``'s
+    automatic names (``Conv_0``) and parameter trees are unchanged."""
+
+    features: int
+    kernel_size: tuple
+    strides: tuple = (1, 1)
+    padding: tuple = (0, 0)
+    kernel_dilation: tuple = (1, 1)
+    feature_group_count: int = 1
+    use_bias: bool = False
+    dtype: Any = None
+    kernel_init: Any = torch_default_kernel
+    bias_init: Any = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, x):
+        cin = x.shape[-1]
+        if cin % self.feature_group_count:
+            raise ValueError(f"{cin} input channels do not split into "
+                             f"{self.feature_group_count} groups")
+        shape = (*self.kernel_size, cin // self.feature_group_count, self.features)
+        kernel = self.param("kernel", self.kernel_init, shape, jnp.float32)
+        bias = (self.param("bias", self.bias_init, (self.features,), jnp.float32)
+                if self.use_bias else None)
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        y = lowering.conv2d(x, kernel, self.strides, self.padding, self.kernel_dilation,
+                            self.feature_group_count)
+        return y if bias is None else y + bias
+
+
 def Conv2d(features: int, kernel_size, stride=1, padding=0, dilation=1, groups: int = 1,
            bias: bool = False, dtype: Any = None, kernel_init=None, bias_init=None,
-           in_features: Optional[int] = None, name: Optional[str] = None) -> nn.Conv:
-    """An ``nn.Conv`` with torch's arguments: symmetric integer ``padding``, ``groups``."""
-    kh, kw = _pair(kernel_size)
-    ph, pw = _pair(padding)
+           in_features: Optional[int] = None, name: Optional[str] = None) -> Conv:
+    """A convolution with torch's arguments: symmetric integer ``padding``, ``groups``."""
     if bias and bias_init is None:
+        kh, kw = _pair(kernel_size)
         fan_in = (in_features // groups) * kh * kw if in_features else 0
         bias_init = uniform_bias(fan_in) if fan_in else nn.initializers.zeros
-    return nn.Conv(
-        features, (kh, kw), strides=_pair(stride), padding=((ph, ph), (pw, pw)),
-        kernel_dilation=_pair(dilation), feature_group_count=groups, use_bias=bias,
-        dtype=dtype, param_dtype=jnp.float32,
-        kernel_init=kernel_init or torch_default_kernel,
-        bias_init=bias_init or nn.initializers.zeros, name=name)
+    return Conv(features, _pair(kernel_size), _pair(stride), _pair(padding), _pair(dilation),
+                groups, bias, dtype, kernel_init or torch_default_kernel,
+                bias_init or nn.initializers.zeros, name=name)
 
 
 def Linear(features: int, in_features: int, dtype: Any = None, kernel_init=None, bias_init=None,

@@ -1,10 +1,14 @@
 """Pooling with torch's output sizes: ceil_mode, count_include_pad and adaptive bins (NHWC)."""
 from __future__ import annotations
 
+import functools
 import math
 
+import jax
 import jax.numpy as jnp
 from jax import lax
+
+from jaxvision.layers import lowering
 
 
 def _pair(v):
@@ -35,9 +39,60 @@ def _windows(x, init, op, k, s, p, ceil_mode, pad_value):
 
 def max_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False):
     stride = kernel_size if stride is None else stride
+    (kh, kw), (sh, sw), (ph, pw) = _pair(kernel_size), _pair(stride), _pair(padding)
+    if lowering.rewrites_on():
+        oh = _out_size(x.shape[1], kh, sh, ph, ceil_mode)
+        ow = _out_size(x.shape[2], kw, sw, pw, ceil_mode)
+        rh = max((oh - 1) * sh + kh - x.shape[1] - ph, 0)
+        rw = max((ow - 1) * sw + kw - x.shape[2] - pw, 0)
+        if ph or pw or rh or rw:
+            x = jnp.pad(x, ((0, 0), (ph, rh), (pw, rw), (0, 0)), constant_values=-jnp.inf)
+        return _max_pool_first((kh, kw), (sh, sw), (oh, ow), x)
     # python-scalar init values let lax recognise the max/add monoid, which has a gradient
     y, _, _ = _windows(x, -jnp.inf, lax.max, kernel_size, stride, padding, ceil_mode, -jnp.inf)
     return y
+
+
+# XLA:CPU lowers reduce_window-max's gradient (select_and_scatter) to a variadic reduce-window
+# over index arrays: ~85 ms a resnet18 step at 32 px, ~250 ms for resnet50 at 224. This
+# backward is kh*kw compares, selects and interior-padded adds, all fused element-wise.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _max_pool_first(k, s, out, x):
+    """Max over VALID windows of an already padded ``x``; the gradient goes to the first
+    maximum of each window in row-major order (torch's tie rule)."""
+    views = lowering.tap_views(x, *k, s, (0, 0), (1, 1), *out)
+    y = views[0]
+    for v in views[1:]:
+        y = jnp.maximum(y, v)
+    return y
+
+
+def _max_pool_fwd(k, s, out, x):
+    y = _max_pool_first(k, s, out, x)
+    return y, (x, y)
+
+
+def _max_pool_bwd(k, s, out, res, g):
+    x, y = res
+    (sh, sw), (oh, ow) = s, out
+    h, w = x.shape[1], x.shape[2]
+    dx, taken = None, None
+    zero = jnp.zeros((), g.dtype)
+    for t, v in enumerate(lowering.tap_views(x, *k, s, (0, 0), (1, 1), *out)):
+        i, j = divmod(t, k[1])
+        hit = v == y
+        if taken is not None:
+            hit = hit & ~taken
+        taken = hit if taken is None else taken | hit
+        # the transpose of the strided slice: interior padding puts each value at its pixel
+        part = lax.pad(jnp.where(hit, g, zero), zero,
+                       ((0, 0, 0), (i, h - i - (oh - 1) * sh - 1, sh - 1),
+                        (j, w - j - (ow - 1) * sw - 1, sw - 1), (0, 0, 0)))
+        dx = part if dx is None else dx + part
+    return (dx,)
+
+
+_max_pool_first.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True):

@@ -38,7 +38,10 @@ def _train(argv):
     rest, overrides = _split(argv)
     args = p.parse_args(rest)
     config = apply_overrides(load_config_file(args.config), overrides)
+    from jaxvision.train import compile_cache
     from jaxvision.train.loop import NonFiniteLoss, train
+
+    compile_cache.enable(config.get("compile_cache", ""))
 
     try:
         result = train(config, args.workdir)

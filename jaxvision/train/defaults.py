@@ -2,6 +2,7 @@
 import ml_collections
 
 from jaxvision.data.config import default_data_config
+from jaxvision.train.compile_cache import default_dir as default_compile_cache
 from jaxvision.train.freeze import default_freeze_config
 from jaxvision.train.optim import default_optimizer_config, default_schedule_config
 
@@ -28,4 +29,6 @@ def default_config() -> ml_collections.ConfigDict:
         aux_weight=0.5, aux_lr_mult=10.0))  # torchvision's reference recipe
     c.logging = ml_collections.ConfigDict(dict(tensorboard=True, num_images=16,
                                                progress_bar=True))
+    # XLA's persistent compilation cache: a directory, "" turns it off
+    c.compile_cache = default_compile_cache()
     return c

@@ -1,0 +1,128 @@
+"""How a 2-d convolution is lowered, chosen per call from static shapes and the backend.
+
+XLA:CPU (jaxlib 0.10.2) has three slow spots that model code can route around:
+
+* a convolution whose kernel is larger than its (padded) input map, e.g. a 3x3 on the 2x2 and
+  1x1 maps of a ResNet at 32 px, has its operands swapped (``ConvOperandSwapper``) and runs in
+  XLA's naive element-wise loop, forward and input gradient alike (200-270 ms per conv);
+* 1x1 convolutions' weight gradients go through large transpose copies;
+* depthwise convolutions run in a generic grouped loop.
+
+The alternatives below are exact rewrites of the same sums (only the order of float additions
+changes): ``im2col`` (pad + one strided slice per kernel tap + one ``dot``), ``einsum`` for
+ungrouped 1x1 convolutions (stride by slicing) and ``taps`` for depthwise convolutions (one
+multiply-add per kernel tap). On GPU every convolution stays ``lax.conv_general_dilated``
+(cuDNN). ``JAXVISION_LOWERING=xla`` turns the rewrites off (convolutions here and the
+max-pool gradient in ``pool.py``), e.g. to compare.
+"""
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+IMPLS = ("xla", "im2col", "einsum", "taps")
+
+# im2col when the output map has at most this many positions per kernel tap (3x3: maps up to
+# 7x7). Measured on the shared 2-core CPU (jit of forward + input and kernel gradients, 3x3,
+# batch 64, load ~7): 1x1 map 512ch xla 101 ms / im2col 14 ms; 2x2 512ch 6228 / 155 (the naive
+# loop); 4x4 256ch 150 / 115; 4x4 out stride 2 512ch 3653 / 152; batch 16 7x7 512ch 660 / 460;
+# even at 8x8 128ch (179 / 197); from 16x16 up im2col loses 1.3-2.4x (16x16 64ch 159 / 209)
+# where the 9x patch matrix's memory traffic dominates.
+IM2COL_MAX_POSITIONS_PER_TAP = 6
+
+
+def _pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def out_size(size, k, s, p, d):
+    return (size + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+def rewrites_on(backend=None) -> bool:
+    """Whether the CPU rewrites apply: on the CPU backend unless ``JAXVISION_LOWERING=xla``."""
+    mode = os.environ.get("JAXVISION_LOWERING", "auto")
+    if mode not in ("auto", "xla"):
+        raise ValueError(f"JAXVISION_LOWERING must be 'auto' or 'xla', got {mode!r}")
+    return mode == "auto" and (backend or jax.default_backend()) == "cpu"
+
+
+def choose(x_shape, kernel_shape, stride, padding, dilation, groups, backend=None):
+    """The lowering for this call: 'xla', 'im2col', 'einsum' or 'taps'."""
+    if not rewrites_on(backend):
+        return "xla"
+    kh, kw, cin_g, cout = kernel_shape
+    cin = x_shape[-1]
+    if (kh, kw) == (1, 1) and groups == 1:
+        # batch 16, 56x56, fwd+grads: 256->64 xla 2306 ms / einsum 577; 64->256 2816 / 1144;
+        # 256->512 stride 2 4203 / 970; 7x7 2048->512 366 / 244
+        return "einsum"
+    if groups == cin and cin_g == 1:
+        # mobilenet_v2's depthwise 3x3 at 224, batch 8, fwd+grads: 112x112x32 xla 1325 ms /
+        # taps 569; 112x112x96 stride 2 6717 / 589; 56x56x144 3919 / 606; 14x14x384 585 / 28
+        return "taps"
+    oh = out_size(x_shape[1], kh, stride[0], padding[0], dilation[0])
+    ow = out_size(x_shape[2], kw, stride[1], padding[1], dilation[1])
+    if oh * ow <= IM2COL_MAX_POSITIONS_PER_TAP * kh * kw:
+        return "im2col"
+    return "xla"
+
+
+def tap_views(x, kh, kw, stride, padding, dilation, oh, ow):
+    """The kernel-tap views of the padded input: kh*kw arrays of shape (N, oh, ow, C), in the
+    row-major order of the kernel."""
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    if ph or pw:
+        x = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
+    n, _, _, c = x.shape
+    views = []
+    for i in range(kh):
+        for j in range(kw):
+            start = (0, i * dh, j * dw, 0)
+            limit = (n, i * dh + (oh - 1) * sh + 1, j * dw + (ow - 1) * sw + 1, c)
+            views.append(lax.slice(x, start, limit, (1, sh, sw, 1)))
+    return views
+
+
+def conv2d(x, kernel, stride=1, padding=0, dilation=1, groups=1, impl=None):
+    """NHWC x HWIO -> NHWC with torch's symmetric integer padding; ``impl`` None chooses."""
+    stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
+    kh, kw, cin_g, cout = kernel.shape
+    impl = impl or choose(x.shape, kernel.shape, stride, padding, dilation, groups)
+    if impl == "xla":
+        return lax.conv_general_dilated(
+            x, kernel, stride, [(p, p) for p in padding], rhs_dilation=dilation,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
+    n, h, w, cin = x.shape
+    oh = out_size(h, kh, stride[0], padding[0], dilation[0])
+    ow = out_size(w, kw, stride[1], padding[1], dilation[1])
+    if impl == "einsum":
+        if (kh, kw) != (1, 1) or groups != 1:
+            raise ValueError("einsum lowering: ungrouped 1x1 convolutions only")
+        (view,) = tap_views(x, 1, 1, stride, padding, dilation, oh, ow)
+        return jnp.einsum("nhwc,cf->nhwf", view, kernel[0, 0])
+    views = tap_views(x, kh, kw, stride, padding, dilation, oh, ow)
+    if impl == "taps":
+        if cin_g != 1 or groups != cin:
+            raise ValueError("taps lowering: depthwise convolutions only (groups == channels)")
+        mult = cout // cin
+        if mult > 1:  # torch's channel order: output o reads input o // mult
+            views = [jnp.repeat(v, mult, axis=-1) for v in views]
+        taps = kernel.reshape(kh * kw, cout)
+        y = views[0] * taps[0]
+        for k in range(1, kh * kw):
+            y = y + views[k] * taps[k]
+        return y
+    if impl != "im2col":
+        raise ValueError(f"unknown convolution lowering {impl!r}; expected one of {IMPLS}")
+    patches = jnp.stack(views, axis=3)  # (N, oh, ow, kh*kw, Cin): the (i, j, c) order of HWIO
+    if groups == 1:  # one GEMM: (N*oh*ow, kh*kw*Cin) @ (kh*kw*Cin, Cout)
+        y = patches.reshape(n * oh * ow, kh * kw * cin) @ kernel.reshape(kh * kw * cin, cout)
+        return y.reshape(n, oh, ow, cout)
+    patches = patches.reshape(n, oh, ow, kh * kw, groups, cin_g)
+    k = kernel.reshape(kh * kw, cin_g, groups, cout // groups)
+    y = jnp.einsum("nhwkgc,kcgf->nhwgf", patches, k)
+    return y.reshape(n, oh, ow, cout)

@@ -1,0 +1,135 @@
+"""The CPU rewrites of convolution and max-pool against XLA's own ops and torch.
+
+Each lowering (im2col, einsum, per-tap depthwise) must give ``lax.conv_general_dilated``'s output
+and gradients (input and kernel) up to float32 summation order; the max-pool's custom VJP must
+give torch's gradient, ties (first maximum wins), ceil_mode and padding included.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from jaxvision.layers import lowering
+from jaxvision.layers.pool import max_pool2d
+
+
+
+def _grads(impls, x, w, stride, padding, dilation, groups):
+    """Output and (input, kernel) gradients for each lowering, all in one compilation."""
+    def one(impl, x, w):
+        def f(x, w):
+            y = lowering.conv2d(x, w, stride, padding, dilation, groups, impl=impl)
+            return jnp.sum(y * jnp.cos(y)), y  # a loss whose cotangent varies per element
+
+        (_, y), g = jax.value_and_grad(f, argnums=(0, 1), has_aux=True)(x, w)
+        return y, g
+
+    return jax.jit(lambda x, w: [one(impl, x, w) for impl in impls])(x, w)
+
+
+# (impl, batch, map, cin, cout, kernel, stride, padding, dilation, groups)
+CASES = [
+    ("im2col", 2, 1, 8, 6, 3, 1, 1, 1, 1),      # 3x3 on a 1x1 map: XLA's naive-loop case
+    ("im2col", 2, 2, 8, 6, 3, 1, 1, 1, 1),
+    ("im2col", 2, 4, 8, 6, 3, 2, 1, 1, 1),
+    ("im2col", 2, 19, 6, 4, 3, 1, 1, 1, 1),     # a large map (the threshold picks xla there)
+    ("im2col", 2, 17, 6, 4, 7, 2, 3, 1, 1),     # a resnet-style stem
+    ("im2col", 2, 9, 6, 4, 3, 1, 2, 2, 1),      # dilation
+    ("im2col", 2, 6, 8, 12, 3, 2, 1, 1, 4),     # groups (resnext)
+    ("im2col", 2, 3, 8, 8, 3, 1, 1, 1, 8),      # depthwise through im2col
+    ("im2col", 1, 8, 4, 6, (1, 3), 1, (0, 1), 1, 1),  # inception's 1x3 / 3x1
+    ("einsum", 2, 7, 8, 6, 1, 1, 0, 1, 1),
+    ("einsum", 2, 7, 8, 6, 1, 2, 0, 1, 1),      # strided 1x1 (a resnet downsample)
+    ("taps", 2, 1, 8, 8, 3, 1, 1, 1, 8),
+    ("taps", 2, 15, 8, 8, 3, 2, 1, 1, 8),
+    ("taps", 2, 13, 8, 8, 5, 2, 2, 1, 8),       # mobilenet_v3's 5x5
+    ("taps", 2, 11, 8, 8, 3, 1, 2, 2, 8),       # dilated depthwise (deeplab-style)
+    ("taps", 2, 6, 4, 8, 3, 1, 1, 1, 4),        # channel multiplier 2
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c)))
+def test_lowering_matches_lax_conv(case):
+    impl, n, hw, cin, cout, k, stride, padding, dilation, groups = case
+    kh, kw = (k, k) if isinstance(k, int) else k
+    r = np.random.RandomState(0)
+    x = jnp.asarray(r.randn(n, hw, hw + 1, cin).astype(np.float32))
+    w = jnp.asarray(r.randn(kh, kw, cin // groups, cout).astype(np.float32) / np.sqrt(kh * kw))
+    (y, (gx, gw)), (y0, (gx0, gw0)) = _grads((impl, "xla"), x, w, stride, padding, dilation,
+                                             groups)
+    assert y.shape == y0.shape
+    for got, want in ((y, y0), (gx, gx0), (gw, gw0)):
+        scale = float(jnp.max(jnp.abs(want))) + 1.0
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=0,
+                                   atol=2e-5 * scale)
+
+
+def test_lowering_bfloat16_matches_lax_conv():
+    r = np.random.RandomState(1)
+    x = jnp.asarray(r.randn(2, 3, 3, 16), jnp.bfloat16)
+    w = jnp.asarray(r.randn(3, 3, 16, 8) / 12, jnp.bfloat16)
+    y = lowering.conv2d(x, w, 1, 1, impl="im2col")
+    y0 = lowering.conv2d(x, w, 1, 1, impl="xla")
+    assert y.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(y, np.float32), np.asarray(y0, np.float32),
+                               atol=0.05 * float(jnp.max(jnp.abs(y0.astype(jnp.float32)))))
+
+
+def test_choice_per_shape(monkeypatch):
+    choose = lambda x, k, s=1, p=1, g=1, backend="cpu": lowering.choose(  # noqa: E731
+        x, k, (s, s), (p, p), (1, 1), g, backend)
+    assert choose((8, 2, 2, 512), (3, 3, 512, 512)) == "im2col"
+    assert choose((8, 56, 56, 64), (3, 3, 64, 64)) == "xla"
+    assert choose((8, 56, 56, 64), (1, 1, 64, 256), p=0) == "einsum"
+    assert choose((8, 56, 56, 144), (3, 3, 1, 144), g=144) == "taps"
+    assert choose((8, 2, 2, 512), (3, 3, 512, 512), backend="gpu") == "xla"
+    monkeypatch.setenv("JAXVISION_LOWERING", "xla")
+    assert choose((8, 2, 2, 512), (3, 3, 512, 512)) == "xla"
+    monkeypatch.setenv("JAXVISION_LOWERING", "fast")
+    with pytest.raises(ValueError, match="JAXVISION_LOWERING"):
+        choose((8, 2, 2, 512), (3, 3, 512, 512))
+
+
+def test_wrong_lowering_for_the_shape_is_refused():
+    x = jnp.zeros((1, 4, 4, 4))
+    with pytest.raises(ValueError, match="1x1"):
+        lowering.conv2d(x, jnp.zeros((3, 3, 4, 4)), impl="einsum")
+    with pytest.raises(ValueError, match="depthwise"):
+        lowering.conv2d(x, jnp.zeros((3, 3, 4, 4)), impl="taps")
+
+
+# (input H, W, kernel, stride, padding, ceil_mode)
+POOLS = [(9, 9, 3, 2, 1, False), (9, 10, 3, 2, 0, True), (8, 8, 2, 2, 0, False),
+         (7, 7, 3, 1, 1, True), (6, 6, 3, 3, 1, False)]
+
+
+@pytest.mark.parametrize("pool", POOLS, ids=lambda c: "-".join(map(str, c)))
+def test_max_pool_gradient_is_torchs(pool):
+    h, w, k, s, p, ceil_mode = pool
+    r = np.random.RandomState(2)
+    # few distinct values: many windows hold several equal maxima, others one
+    x = np.round(r.randn(2, h, w, 3) * 1.5).astype(np.float32)
+    f = lambda x: max_pool2d(x, k, s, p, ceil_mode)  # noqa: E731
+    g = r.randn(*jax.eval_shape(f, jnp.asarray(x)).shape).astype(np.float32)
+    # jitted: op-by-op dispatch would compile every small op of the backward separately
+    y, dx = jax.jit(lambda x, g: (f(x), jax.vjp(f, x)[1](g)[0]))(jnp.asarray(x), jnp.asarray(g))
+    xt = torch.tensor(x).permute(0, 3, 1, 2).requires_grad_()
+    yt = torch.nn.functional.max_pool2d(xt, k, s, p, ceil_mode=ceil_mode)
+    yt.backward(torch.tensor(g).permute(0, 3, 1, 2))
+    np.testing.assert_array_equal(np.asarray(y), yt.detach().permute(0, 2, 3, 1).numpy())
+    # overlapping windows add their gradients in another order: float32 rounding only
+    np.testing.assert_allclose(np.asarray(dx), xt.grad.permute(0, 2, 3, 1).numpy(),
+                               rtol=0, atol=1e-6)
+    # each window's gradient went to one input, the same as torch's (its first maximum)
+    assert np.count_nonzero(np.asarray(dx)) == np.count_nonzero(xt.grad.numpy())
+
+
+def test_max_pool_cpu_path_matches_xla_path(monkeypatch):
+    x = jnp.asarray(np.random.RandomState(3).randn(2, 11, 11, 4).astype(np.float32))
+    f = lambda x: jnp.sum(jnp.sin(max_pool2d(x, 3, 2, 1, True)))  # noqa: E731
+    y, g = jax.jit(jax.value_and_grad(f))(x)
+    monkeypatch.setenv("JAXVISION_LOWERING", "xla")
+    y0, g0 = jax.jit(jax.value_and_grad(f))(x)  # a new function object: traced again
+    np.testing.assert_array_equal(np.asarray(y), np.asarray(y0))
+    np.testing.assert_allclose(np.asarray(g), np.asarray(g0), rtol=0, atol=1e-6)
