@@ -12,8 +12,8 @@ The alternatives below are exact rewrites of the same sums (only the order of fl
 changes): ``im2col`` (pad + one strided slice per kernel tap + one ``dot``), ``einsum`` for
 ungrouped 1x1 convolutions (stride by slicing) and ``taps`` for depthwise convolutions (one
 multiply-add per kernel tap). On GPU every convolution stays ``lax.conv_general_dilated``
-(cuDNN). ``JAXVISION_LOWERING=xla`` turns the rewrites off (convolutions here and the
-max-pool gradient in ``pool.py``), e.g. to compare.
+(cuDNN). ``JAXVISION_LOWERING=xla`` turns the rewrites off, e.g. to compare.  (The first-maximum max-pool
+gradient, ``pool.max_pool2d_first``, is not used by the models yet: see its docstring.)
 """
 from __future__ import annotations
 

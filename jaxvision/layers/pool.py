@@ -38,19 +38,27 @@ def _windows(x, init, op, k, s, p, ceil_mode, pad_value):
 
 
 def max_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False):
-    stride = kernel_size if stride is None else stride
-    (kh, kw), (sh, sw), (ph, pw) = _pair(kernel_size), _pair(stride), _pair(padding)
-    if lowering.rewrites_on():
-        oh = _out_size(x.shape[1], kh, sh, ph, ceil_mode)
-        ow = _out_size(x.shape[2], kw, sw, pw, ceil_mode)
-        rh = max((oh - 1) * sh + kh - x.shape[1] - ph, 0)
-        rw = max((ow - 1) * sw + kw - x.shape[2] - pw, 0)
-        if ph or pw or rh or rw:
-            x = jnp.pad(x, ((0, 0), (ph, rh), (pw, rw), (0, 0)), constant_values=-jnp.inf)
-        return _max_pool_first((kh, kw), (sh, sw), (oh, ow), x)
     # python-scalar init values let lax recognise the max/add monoid, which has a gradient
     y, _, _ = _windows(x, -jnp.inf, lax.max, kernel_size, stride, padding, ceil_mode, -jnp.inf)
     return y
+
+
+def max_pool2d_first(x, kernel_size, stride=None, padding=0, ceil_mode=False):
+    """``max_pool2d`` whose gradient is the hand-written first-maximum scatter below.
+
+    Not wired into the models yet: with it, inception_v3's input gradient left torch's by a
+    relative L2 of 4.1e-3 (the XLA path: within torch's own 1.7e-6), a difference not yet
+    explained; the small-case tests against torch's gradient pass.
+    """
+    stride = kernel_size if stride is None else stride
+    (kh, kw), (sh, sw), (ph, pw) = _pair(kernel_size), _pair(stride), _pair(padding)
+    oh = _out_size(x.shape[1], kh, sh, ph, ceil_mode)
+    ow = _out_size(x.shape[2], kw, sw, pw, ceil_mode)
+    rh = max((oh - 1) * sh + kh - x.shape[1] - ph, 0)
+    rw = max((ow - 1) * sw + kw - x.shape[2] - pw, 0)
+    if ph or pw or rh or rw:
+        x = jnp.pad(x, ((0, 0), (ph, rh), (pw, rw), (0, 0)), constant_values=-jnp.inf)
+    return _max_pool_first((kh, kw), (sh, sw), (oh, ow), x)
 
 
 # XLA:CPU lowers reduce_window-max's gradient (select_and_scatter) to a variadic reduce-window
