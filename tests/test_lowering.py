@@ -77,6 +77,7 @@ def test_lowering_bfloat16_matches_lax_conv():
 
 
 def test_choice_per_shape(monkeypatch):
+    monkeypatch.setenv("JAXVISION_LOWERING", "auto")
     choose = lambda x, k, s=1, p=1, g=1, backend="cpu": lowering.choose(  # noqa: E731
         x, k, (s, s), (p, p), (1, 1), g, backend)
     assert choose((8, 2, 2, 512), (3, 3, 512, 512)) == "im2col"
@@ -85,6 +86,8 @@ def test_choice_per_shape(monkeypatch):
     assert choose((8, 56, 56, 144), (3, 3, 1, 144), g=144) == "taps"
     assert choose((8, 2, 2, 512), (3, 3, 512, 512), backend="gpu") == "xla"
     monkeypatch.setenv("JAXVISION_LOWERING", "xla")
+    assert choose((8, 2, 2, 512), (3, 3, 512, 512)) == "xla"
+    monkeypatch.delenv("JAXVISION_LOWERING")  # the default: XLA's convolution
     assert choose((8, 2, 2, 512), (3, 3, 512, 512)) == "xla"
     monkeypatch.setenv("JAXVISION_LOWERING", "fast")
     with pytest.raises(ValueError, match="JAXVISION_LOWERING"):
