@@ -245,7 +245,7 @@ def test_v1_matches_a_torch_port_of_the_paper():
     ("mobilenet_v2", {"inverted_residual_setting": []}, "inverted_residual_setting"),
     ("mobilenet_v2", {"inverted_residual_setting": [[1, 16, 1, 3]]}, "stride should be 1 or 2"),
     ("mobilenet_v1", {"alpha": 0.0}, "alpha"),
-    ("mobilenet_v3_small", {"norm": "group"}, "norm must be one of"),
+    ("mobilenet_v3_small", {"norm": "layer"}, "norm must be one of"),
 ])
 def test_bad_configuration_is_named(name, kwargs, match):
     with pytest.raises(ValueError, match=match):
