@@ -29,7 +29,8 @@ def test_param_counts(name, paper_millions):
     assert round(n_ours / 1e6, 1) == paper_millions
 
 
-@pytest.mark.parametrize("name", ["cspdarknet53", "darknet53"])
+@pytest.mark.parametrize("name", ["cspdarknet53",
+                                  pytest.param("darknet53", marks=pytest.mark.sweep)])
 def test_parity_with_timm(name):
     torch.manual_seed(0)
     tm = timm.create_model(name, act_layer=ACTS[name], num_classes=7)

@@ -86,6 +86,7 @@ def _v2_s_checks(full):
     print(f"{name} max abs error: " + ", ".join(f"{k} {v:.2e}" for k, v in errs.items()))
 
 
+@pytest.mark.sweep  # 77 s; b0 in the suite covers MBConv, V2's FusedMBConv is checked here
 def test_v2_s_matches_torchvision():
     """Fused blocks and V2's BatchNorm; the second input size and the gradient (B0 covers the
     gradient of every op V2 has) are in the sweep."""

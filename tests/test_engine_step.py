@@ -56,13 +56,15 @@ def test_four_host_devices_equal_one():
         outs = []
         for devices in (jax.devices()[:1], jax.devices()):
             model, state, step, mesh, batch = setup(devices=devices)
-            # one step: measured max |diff| 1.2e-6 (loss 12.80177 both). Over 3 steps at lr 0.05
-            # (grad norm ~100) the float32 reduction-order noise grows chaotically to 5e-3.
+            # one step: measured max |diff| 1.2e-6 in one install, 5.9e-5 in another (same code):
+            # AdamW divides near-zero gradients by their own size, so float32 reduction-order
+            # noise there moves a parameter by a sizeable part of the lr (5e-3). Over 3 steps at
+            # lr 0.05 (grad norm ~100) the noise grows chaotically to 5e-3.
             outs.append(run(state, step, mesh, batch, 1))
         (a, ma), (b, mb) = outs
         err = max(float(np.max(np.abs(x - y))) for x, y in
                   zip(jax.tree.leaves((a.params, a.batch_stats)), jax.tree.leaves((b.params, b.batch_stats))))
-        assert err < 2e-5, err
+        assert err < 2e-4, err
         assert abs(float(ma["loss_sum"]) - float(mb["loss_sum"])) < 1e-4
         print("max abs difference", err)
     """)

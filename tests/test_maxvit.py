@@ -35,6 +35,7 @@ def test_param_count_equals_torchvision():
     assert jv.model_info("maxvit_t").num_params == expected == 30_919_624
 
 
+@pytest.mark.sweep  # ~100 s; the suite compares the small twins (same classes) with torch
 def test_full_size_parity_eval_maps_train_gradient():
     torch.manual_seed(0)
     tmodel = _randomize(torchvision.models.maxvit_t(), (224, 224))

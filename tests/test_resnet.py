@@ -31,7 +31,14 @@ def test_param_count_equals_torchvision(name):
     assert abstract_count(name) == expected == jv.model_info(name).num_params
 
 
-@pytest.mark.parametrize("name", RESNETS)
+# the deeper and wider variants run in the sweep (together ~6 CPU-minutes); the suite keeps
+# resnet18/34/50 and resnext50_32x4d, which exercise every block, group and width path
+_SWEEP_RESNETS = {"resnet101", "resnet152", "resnext101_32x8d", "resnext101_64x4d",
+                  "wide_resnet50_2", "wide_resnet101_2"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.sweep) if n in _SWEEP_RESNETS
+                                  else n for n in RESNETS])
 def test_parity_with_torchvision(name):
     tmodel = tv_model(name)
     model = jv.create_model(name)

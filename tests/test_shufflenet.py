@@ -42,6 +42,7 @@ def test_parity_with_torchvision():
     check_input_grad(name, tmodel, variables, model, (97, 129))
 
 
+@pytest.mark.sweep  # every variant's small forward: the exhaustive part
 @pytest.mark.parametrize("name", NAMES[1:])
 def test_wider_variants_small_forward_and_embedding(name):
     def pooled_conv5(tmodel, x):

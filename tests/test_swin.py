@@ -46,7 +46,8 @@ def test_param_count_equals_torchvision(name):
     assert jv.model_info(name).num_params == expected
 
 
-@pytest.mark.parametrize("name,size", [("swin_t", 224), ("swin_v2_t", 256)])
+@pytest.mark.parametrize("name,size", [("swin_t", 224),
+                                       pytest.param("swin_v2_t", 256, marks=pytest.mark.sweep)])
 def test_full_size_parity_eval_maps_train_gradient(name, size):
     tmodel = torch_swin(name, no_drop=True)
     assert_no_constant_tensor(tmodel)

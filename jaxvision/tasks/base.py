@@ -90,5 +90,5 @@ def read_image(path):
         with Image.open(path) as img:
             img.load()  # read now: the file closes when the block ends
             return to_rgb(img)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise ValueError(f"{path}: not a readable image ({e})") from e
