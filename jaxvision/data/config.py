@@ -3,7 +3,7 @@ import ml_collections
 
 def default_data_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.source = "shapes"  # shapes | imagefolder | voc | tfds
+    c.source = "shapes"  # shapes | imagefolder | voc | coco | tfds
     c.image_size = 224
     c.resize_size = ml_collections.FieldReference(None, field_type=int)  # None: from the model
     c.mean = ml_collections.FieldReference(None, field_type=tuple)  # None: the model's
@@ -22,6 +22,14 @@ def default_data_config() -> ml_collections.ConfigDict:
         # eval batches are padded (mask 255) to this square; None: max(image_size, resize_size).
         # An image whose longer side would exceed it is resized to fit.
         eval_size=ml_collections.FieldReference(None, field_type=int)))
+    # detection (task="detection"): image_size is torchvision's min_size (the shorter side);
+    # the longer side is capped at max_size (None: image_size * 1333 / 800, torchvision's
+    # ratio); images are padded to a canvas square (None: max_size rounded up to 32); train
+    # draws the shorter side from scale_range * image_size (multi-scale training)
+    c.detection = ml_collections.ConfigDict(dict(
+        max_size=ml_collections.FieldReference(None, field_type=int),
+        canvas=ml_collections.FieldReference(None, field_type=int),
+        scale_range=(1.0, 1.0), hflip=True, max_boxes=100))
     c.voc = ml_collections.ConfigDict(dict(
         root="", train_split="train", val_split="val", num_classes=21))
     c.shapes = ml_collections.ConfigDict(dict(

@@ -8,6 +8,7 @@ import grain
 import numpy as np
 
 from jaxvision.data import transforms as T
+from jaxvision.data.det_transforms import DetEvalTransform, DetTrainTransform
 from jaxvision.data.errors import DataError
 from jaxvision.data.shapes import ShapesSource
 from jaxvision.data.workers import ExitWithParent
@@ -22,7 +23,7 @@ class Data:
     mean: tuple
     std: tuple
     resize_size: int
-    task: str = "classification"  # which fields a batch carries: label | mask
+    task: str = "classification"  # which fields a batch carries: label | mask | boxes
 
     @property
     def num_classes(self) -> int:
@@ -64,8 +65,23 @@ class Data:
         return grain.DataLoader(data_source=self.train_source, sampler=sampler, operations=ops,
                                 worker_count=c.num_workers)
 
+    def detection_sizes(self) -> tuple[int, int, int]:
+        """(min_size, max_size, canvas) of a detection run (see data.detection)."""
+        d, min_size = self.cfg.detection, self.cfg.image_size
+        max_size = d.max_size or int(round(min_size * 1333 / 800))
+        canvas = d.canvas or -(-max_size // 32) * 32
+        if canvas < max_size:
+            raise DataError(f"data.detection.canvas {canvas} is smaller than max_size "
+                            f"{max_size}: an eval image would not fit")
+        return min_size, max_size, canvas
+
     def _train_transform(self):
         c = self.cfg
+        if self.task == "detection":
+            d = c.detection
+            return DetTrainTransform(*self.detection_sizes(), self.mean, self.std,
+                                     tuple(d.scale_range), d.hflip, d.max_boxes,
+                                     interpolation=c.interpolation)
         if self.task == "segmentation":
             s = c.segmentation
             return T.SegTrainTransform(c.image_size, self.resize_size, self.mean, self.std,
@@ -76,6 +92,9 @@ class Data:
 
     def eval_transform(self):
         c = self.cfg
+        if self.task == "detection":
+            return DetEvalTransform(*self.detection_sizes(), self.mean, self.std,
+                                    c.detection.max_boxes, c.interpolation)
         if self.task == "segmentation":
             canvas = c.segmentation.eval_size or max(c.image_size, self.resize_size)
             return T.SegEvalTransform(self.resize_size, canvas, self.mean, self.std,
@@ -131,17 +150,25 @@ def build_data(cfg, model_name: str | None = None, task: str = "classification")
     seg = task == "segmentation"
     if cfg.source == "shapes":
         s = cfg.shapes
-        train = ShapesSource(s.num_train, s.num_classes, s.image_size, s.seed)
-        val = ShapesSource(s.num_val, s.num_classes, s.image_size, s.seed + 1_000_003)
-        # the masks hold 0 for background and kind + 1 on the shape
-        names = (["background"] if seg else []) + train.class_names
+        # masks hold 0 for background and kind + 1 on the shape; for detection the box classes
+        # shift alike (label 0 is the background, as torchvision's detectors count classes)
+        shift = int(task == "detection")
+        train = ShapesSource(s.num_train, s.num_classes, s.image_size, s.seed, shift)
+        val = ShapesSource(s.num_val, s.num_classes, s.image_size, s.seed + 1_000_003, shift)
+        names = (["background"] if seg or shift else []) + train.class_names
     elif cfg.source == "imagefolder":
-        if seg:
-            raise DataError("data.source='imagefolder' has no masks: for segmentation use "
-                            "'voc', 'tfds' or 'shapes'")
+        if task != "classification":
+            raise DataError(f"data.source='imagefolder' has no masks or boxes: for {task} "
+                            "use 'voc' (masks), 'coco' (boxes), 'tfds' or 'shapes'")
         from jaxvision.data.imagefolder import imagefolder_sources
 
         train, val, names = imagefolder_sources(cfg.imagefolder)
+    elif cfg.source == "coco":
+        if task != "detection":
+            raise DataError("data.source='coco' holds boxes: set task='detection'")
+        from jaxvision.data.coco import coco_sources
+
+        train, val, names = coco_sources(cfg.coco)
     elif cfg.source == "voc":
         from jaxvision.data.voc import voc_sources
 
@@ -151,11 +178,11 @@ def build_data(cfg, model_name: str | None = None, task: str = "classification")
 
         train, val, names = tfds_sources(cfg.tfds, task)
     else:
-        raise DataError(f"data.source must be 'shapes', 'imagefolder', 'voc' or 'tfds', "
-                        f"got {cfg.source!r}")
+        raise DataError("data.source must be 'shapes', 'imagefolder', 'voc', 'coco' or "
+                        f"'tfds', got {cfg.source!r}")
     if cfg.source == "voc" and not seg:
         raise DataError("data.source='voc' holds segmentation masks: set task='segmentation'")
     return Data(train, val, names, cfg, mean, std, resize, task)
 
 
-TASKS = ("classification", "segmentation")
+TASKS = ("classification", "segmentation", "detection")

@@ -37,7 +37,7 @@ class ShapesSource:
     """A grain random-access source: ``len()`` and ``[i]`` -> dict of numpy arrays."""
 
     def __init__(self, num_examples: int, num_classes: int = 4, image_size: int = 32,
-                 seed: int = 0):
+                 seed: int = 0, box_class_offset: int = 0):
         if not 2 <= num_classes <= len(KINDS):
             raise DataError(f"data.shapes.num_classes must be in [2, {len(KINDS)}], "
                              f"got {num_classes}")
@@ -45,12 +45,15 @@ class ShapesSource:
             raise DataError(f"data.shapes.image_size must be >= 16, got {image_size}")
         self.num_examples, self.num_classes = int(num_examples), int(num_classes)
         self.image_size, self.seed = int(image_size), int(seed)
+        self.box_class_offset = int(box_class_offset)  # added to ``classes`` (not ``label``)
         self.class_names = list(KINDS[:num_classes])
 
     def __repr__(self) -> str:
         # grain checks repr(source) when a loader's state is restored: it must not hold an id
         return (f"ShapesSource(num_examples={self.num_examples}, num_classes={self.num_classes}, "
-                f"image_size={self.image_size}, seed={self.seed})")
+                f"image_size={self.image_size}, seed={self.seed}"
+                + (f", box_class_offset={self.box_class_offset})" if self.box_class_offset
+                   else ")"))
 
     def __len__(self) -> int:
         return self.num_examples
@@ -79,5 +82,6 @@ class ShapesSource:
         ys, xs = np.nonzero(inside)
         boxes = np.array([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], np.float32)
         return {"image": np.clip(image, 0, 255).astype(np.uint8), "label": np.int32(label),
-                "mask": mask, "boxes": boxes, "classes": np.array([label], np.int32),
+                "mask": mask, "boxes": boxes,
+                "classes": np.array([label + self.box_class_offset], np.int32),
                 "num_boxes": np.int32(1)}

@@ -21,6 +21,7 @@ class RetinaNetHead(nn.Module):
     num_classes: int
     group_norm: bool = False  # retinanet_resnet50_fpn_v2
     prior_probability: float = 0.01
+    num_convs: int = 4
     dtype: Any = None
 
     @nn.compact
@@ -28,7 +29,7 @@ class RetinaNetHead(nn.Module):
         prior, zeros = prior_bias(self.prior_probability), nn.initializers.zeros
         # Conv2dNormActivation drops the conv bias when a norm follows it
         tower = dict(num_anchors=self.num_anchors, group_norm=self.group_norm,
-                     conv_bias=not self.group_norm, dtype=self.dtype)
+                     conv_bias=not self.group_norm, num_convs=self.num_convs, dtype=self.dtype)
         cls = DenseTower((("cls_logits", self.num_classes, prior),), **tower,
                          name="classification_head")(features)
         reg = DenseTower((("bbox_reg", 4, zeros),), **tower, name="regression_head")(features)

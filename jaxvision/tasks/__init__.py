@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from jaxvision.tasks.base import Task
 from jaxvision.tasks.classification import Classification
+from jaxvision.tasks.detection import Detection
 from jaxvision.tasks.segmentation import Segmentation
 
-TASKS = {"classification": Classification, "segmentation": Segmentation}
+TASKS = {"classification": Classification, "segmentation": Segmentation,
+         "detection": Detection}
 
 
 def task_name(config) -> str:
@@ -21,4 +23,5 @@ def build_task(config, num_classes: int) -> Task:
     return TASKS[task_name(config)].from_config(config, num_classes)
 
 
-__all__ = ["TASKS", "Task", "Classification", "Segmentation", "build_task", "task_name"]
+__all__ = ["TASKS", "Task", "Classification", "Detection", "Segmentation", "build_task",
+           "task_name"]

@@ -7,6 +7,7 @@ how a prediction is drawn.
 """
 from __future__ import annotations
 
+import jax
 import numpy as np
 from PIL import Image
 
@@ -32,6 +33,10 @@ class Task:
         return {}
 
     # -- jitted ---------------------------------------------------------------------------
+    def forward(self, model, variables, batch, train: bool, **apply_kwargs):
+        """The model's outputs on ``batch`` that ``loss`` (train) or ``eval_sums`` read."""
+        return model.apply(variables, batch["image"], train=train, **apply_kwargs)
+
     def loss(self, outputs, batch):
         """(scalar loss, dict of metric sums) of a train-mode forward pass on ``batch``."""
         raise NotImplementedError
@@ -41,6 +46,13 @@ class Task:
         raise NotImplementedError
 
     # -- host -----------------------------------------------------------------------------
+    def accumulate(self, total, sums):
+        """Adds one eval batch's sums (device arrays) to the running ``total`` on the host, in
+        64 bits: a confusion matrix over a large split outgrows float32's exact integers."""
+        sums = {k: np.asarray(v, np.int64 if np.issubdtype(np.asarray(v).dtype, np.integer)
+                              else np.float64) for k, v in jax.device_get(sums).items()}
+        return sums if total is None else {k: total[k] + v for k, v in sums.items()}
+
     def train_summary(self, sums) -> dict:
         """Scalars (without prefix) from the train sums of a logging interval."""
         return {}

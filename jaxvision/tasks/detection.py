@@ -1,13 +1,166 @@
-"""Detection: from images to torchvision-style detections."""
+"""Detection: the engine's task (loss dict of the detector, COCO box AP over the whole split,
+boxes drawn on pictures) and ``predict``, from images to torchvision-style detections."""
 from __future__ import annotations
 
+import os
 from typing import Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from PIL import Image, ImageDraw
 
 from jaxvision.models.detection import transform
 from jaxvision.registry import get_spec
+from jaxvision.tasks.base import Task, read_image
+
+AP_KEYS = ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large")
+
+
+def gt_valid(batch):
+    """(N, M) bool: which of the padded ground-truth rows are real."""
+    return jnp.arange(batch["boxes"].shape[1])[None] < batch["num_boxes"][:, None]
+
+
+class Detection(Task):
+    name = "detection"
+    best_metric = "val_ap"
+    best_mode = "max"
+    meta_keys = ("model", "num_classes", "task")
+
+    def __init__(self, num_classes: int, draw_score: float = 0.3):
+        self.num_classes, self.draw_score = int(num_classes), float(draw_score)
+
+    @classmethod
+    def from_config(cls, config, num_classes):
+        return cls(num_classes)
+
+    def forward(self, model, variables, batch, train: bool, **apply_kwargs):
+        """Train: the detector's loss dict on the padded targets; eval: its padded detections
+        clipped to each image's resized size."""
+        if train:
+            return model.apply(variables, batch["image"], batch["boxes"], batch["classes"],
+                               gt_valid(batch), train=True, method="loss", **apply_kwargs)
+        return model.apply(variables, batch["image"], train=False,
+                           image_sizes=batch["image_size"], **apply_kwargs)
+
+    def loss(self, outputs, batch):
+        n = jnp.float32(batch["image"].shape[0])
+        total = sum(outputs.values())
+        return total, {f"{k}_sum": v * n for k, v in outputs.items()}
+
+    def eval_sums(self, outputs, batch):
+        """Not sums: every image's detections and ground truth, gathered on the host by
+        ``accumulate`` for COCO evaluation."""
+        return {"det_boxes": outputs["boxes"], "det_scores": outputs["scores"],
+                "det_labels": outputs["labels"], "det_count": outputs["count"],
+                "gt_boxes": batch["boxes"], "gt_classes": batch["classes"],
+                "gt_count": batch["num_boxes"], "scale": batch["scale"],
+                "valid": batch["valid"]}
+
+    def accumulate(self, total, sums):
+        """Per real image: detections and ground truth in the original image's pixels."""
+        s = jax.device_get(sums)
+        total = total if total is not None else {"gts": [], "dets": []}
+        for i in np.nonzero(np.asarray(s["valid"]))[0]:
+            sy, sx = (float(v) for v in s["scale"][i])
+            back = np.array([sx, sy, sx, sy], np.float32)
+            n, m = int(s["det_count"][i]), int(s["gt_count"][i])
+            total["dets"].append({"boxes": np.asarray(s["det_boxes"][i, :n]) / back,
+                                  "scores": np.asarray(s["det_scores"][i, :n]),
+                                  "labels": np.asarray(s["det_labels"][i, :n])})
+            total["gts"].append({"boxes": np.asarray(s["gt_boxes"][i, :m]) / back,
+                                 "labels": np.asarray(s["gt_classes"][i, :m])})
+        return total
+
+    def train_summary(self, sums):
+        count = max(float(sums["count"]), 1.0)
+        return {k[:-4]: float(v) / count for k, v in sums.items()
+                if k.endswith("_sum") and k != "loss_sum"}
+
+    def summary(self, total):
+        from jaxvision.tasks.coco_eval import coco_metrics
+
+        ap = coco_metrics(total["gts"], total["dets"])
+        return {**{f"val_{k}": float(ap[k]) for k in AP_KEYS}, "val_count": len(total["gts"])}
+
+    def details(self, total, class_names) -> dict:
+        from jaxvision.tasks.coco_eval import coco_metrics
+
+        per_class = {}
+        for c, name in enumerate(class_names):
+            if any(np.any(g["labels"] == c) for g in total["gts"]):
+                pick = lambda d: {k: v[d["labels"] == c] for k, v in d.items()}
+                ap = coco_metrics([pick(g) for g in total["gts"]],
+                                  [pick(d) for d in total["dets"]])
+                per_class[name] = float(ap["ap"])
+        return {"val_ap_per_class": per_class}
+
+    def draw(self, images, batch, outputs, class_names):
+        """Each image with its ground truth (green) and the detections scoring at least
+        ``draw_score`` (red, with class name and score)."""
+        tiles = []
+        for i, img in enumerate(images):
+            m, n = int(batch["num_boxes"][i]), int(outputs["count"][i])
+            pic = draw_boxes(img, np.asarray(outputs["boxes"][i, :n]),
+                             np.asarray(outputs["labels"][i, :n]),
+                             np.asarray(outputs["scores"][i, :n]), class_names, self.draw_score,
+                             truth=np.asarray(batch["boxes"][i, :m]))
+            tiles.append(np.asarray(pic.resize((128, 128), Image.BILINEAR)) if
+                         pic.width < 128 else np.asarray(pic))
+        return tiles
+
+    def predict(self, model, variables, paths, data, out_dir="predictions", **_):
+        """Writes ``<out_dir>/<name>.png`` per image with its detections drawn; a line per
+        image lists them (class, score, box in the image's pixels)."""
+        os.makedirs(out_dir, exist_ok=True)
+        prep = data.eval_transform()
+        fwd = jax.jit(lambda v, b: self.forward(model, v, b, False))
+        lines = []
+        for path in paths:
+            img = np.asarray(read_image(path))
+            ex = prep.map({"image": img, "boxes": np.zeros((0, 4), np.float32),
+                           "classes": np.zeros((0,), np.int32), "num_boxes": 0})
+            out = jax.device_get(fwd(variables, {k: np.asarray(v)[None] for k, v in ex.items()}))
+            n = int(out["count"][0])
+            sy, sx = (float(v) for v in ex["scale"])
+            boxes = np.asarray(out["boxes"][0, :n]) / np.array([sx, sy, sx, sy], np.float32)
+            labels, scores = np.asarray(out["labels"][0, :n]), np.asarray(out["scores"][0, :n])
+            keep = scores >= self.draw_score
+            dst = os.path.join(out_dir, os.path.splitext(os.path.basename(path))[0] + ".png")
+            draw_boxes(img, boxes, labels, scores, data.class_names, self.draw_score).save(dst)
+            found = ", ".join(f"{_name(data.class_names, c)} {s:.2f} "
+                              f"[{', '.join(f'{v:.0f}' for v in b)}]"
+                              for b, c, s in zip(boxes[keep], labels[keep], scores[keep]))
+            lines.append(f"{path} -> {dst}: {found or 'nothing above ' + str(self.draw_score)}")
+        return lines
+
+
+def _name(class_names, c) -> str:
+    return class_names[c] if 0 <= c < len(class_names) else str(int(c))
+
+
+def _colour(c: int) -> tuple:
+    from jaxvision.tasks.segmentation import PALETTE
+
+    return tuple(int(v) for v in PALETTE[1 + c % 254])
+
+
+def draw_boxes(image, boxes, labels, scores, class_names, min_score=0.0, truth=None):
+    """A PIL picture of ``image`` (HWC uint8) with ``truth`` boxes in green and the detections
+    scoring at least ``min_score`` in their class colour, labelled ``name score``."""
+    pic = Image.fromarray(np.asarray(image, np.uint8))
+    draw = ImageDraw.Draw(pic)
+    for b in [] if truth is None else truth:
+        draw.rectangle([float(v) for v in b], outline=(0, 255, 0))
+    for b, c, s in zip(boxes, labels, scores):
+        if s < min_score:
+            continue
+        colour = _colour(int(c))
+        x1, y1 = float(b[0]), float(b[1])
+        draw.rectangle([float(v) for v in b], outline=colour, width=2)
+        draw.text((x1 + 2, max(y1 - 11, 0)), f"{_name(class_names, c)} {s:.2f}", fill=colour)
+    return pic
 
 
 def predict(model, variables, images: Sequence[np.ndarray], name: str | None = None,

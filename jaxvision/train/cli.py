@@ -70,7 +70,7 @@ def _predict(argv):
                                           "its recorded preprocessing and class names")
     p.add_argument("--topk", type=_positive, default=5)
     p.add_argument("--out", default=None,
-                   help="segmentation: folder for the overlay PNGs (default WORKDIR/predictions)")
+                   help="segmentation/detection: folder for the pictures (default WORKDIR/predictions)")
     p.add_argument("images", nargs="+")
     args = p.parse_args(argv)
     if args.weights:

@@ -9,7 +9,7 @@ from jaxvision.train.optim import default_optimizer_config, default_schedule_con
 
 def default_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.task = "classification"  # classification | segmentation (jaxvision.tasks)
+    c.task = "classification"  # classification | segmentation | detection (jaxvision.tasks)
     c.model = ml_collections.ConfigDict(dict(
         name="resnet18", num_classes=0,  # 0: the data's number of classes
         pretrained="", pretrained_strict=True, dtype="float32", kwargs={}))

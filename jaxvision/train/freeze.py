@@ -146,15 +146,18 @@ def trainable_mask(params, cfg, model_name: str, model=None):
     paths = param_paths(params)
     flat = jax.tree.leaves(paths)
     frozen = set()
-    if cfg.frozen_stages >= 0 or cfg.linear_probe:
+    # unset in the config: what the model asks for (a detector's trainable_backbone_layers)
+    frozen_stages = cfg.frozen_stages if cfg.frozen_stages >= 0 else getattr(
+        model, "frozen_stages", -1)
+    if frozen_stages >= 0 or cfg.linear_probe:
         lay = layout(model_name, model)
         stages = {p: stage_of(p, model_name, lay) for p in flat}
-        if cfg.frozen_stages >= 0:
+        if frozen_stages >= 0:
             n = max((s for s in stages.values() if s is not None), default=0)
-            if cfg.frozen_stages > n:
-                raise ValueError(f"freeze.frozen_stages={cfg.frozen_stages}: {model_name} has "
+            if frozen_stages > n:
+                raise ValueError(f"freeze.frozen_stages={frozen_stages}: {model_name} has "
                                  f"{n} stages (use -1 for none, 0 for the stem only)")
-            frozen |= {p for p, s in stages.items() if s is not None and s <= cfg.frozen_stages}
+            frozen |= {p for p, s in stages.items() if s is not None and s <= frozen_stages}
         if cfg.linear_probe:
             head = [p for p in flat if re.match(lay.head, p)]
             if not head:

@@ -68,24 +68,17 @@ def initial_variables(config, model, num_classes, log=print, task=None):
 def evaluate(eval_step, variables, data, mesh, task, return_sums: bool = False):
     """The task's summary of its eval sums over every example of the split once.
 
-    Sums are added on the host in 64 bits (a confusion matrix over a large split outgrows
-    float32's exact integers); fetching batch i-1's sums after dispatching batch i keeps the
-    device busy meanwhile."""
+    The task adds the sums up on the host (``Task.accumulate``); fetching batch i-1's sums
+    after dispatching batch i keeps the device busy meanwhile."""
     total, pending = None, None
     for batch in data.eval_loader(jax.process_index(), jax.process_count()):
         nxt = eval_step(variables, shard_batch(mesh, batch))
         if pending is not None:
-            total = _add_host(total, pending)
+            total = task.accumulate(total, pending)
         pending = nxt
     if pending is not None:
-        total = _add_host(total, pending)
+        total = task.accumulate(total, pending)
     return (task.summary(total), total) if return_sums else task.summary(total)
-
-
-def _add_host(total, sums):
-    sums = {k: np.asarray(v, np.int64 if np.issubdtype(np.asarray(v).dtype, np.integer)
-                          else np.float64) for k, v in jax.device_get(sums).items()}
-    return sums if total is None else {k: total[k] + v for k, v in sums.items()}
 
 
 def train(config, workdir: str, log=print) -> dict:

@@ -85,7 +85,7 @@ class Logger:
         batch = next(iter(data.eval_loader()))
         n = min(self.num_images, int(batch["valid"].sum()))
         batch = {k: v[:n] for k, v in batch.items()}
-        outputs = jax.device_get(model.apply(variables, batch["image"], train=False))
+        outputs = jax.device_get(task.forward(model, variables, batch, False))
         images = denormalize(batch["image"], self.mean, self.std)
         tiles = task.draw(images, batch, outputs, self.class_names)
         self.writer.add_image("val/predictions", grid(tiles), step, dataformats="HWC")

@@ -41,8 +41,8 @@ def make_train_step(model, tx, task, label_smoothing: float = 0.0, ema_decay=Non
 
     def micro(params, batch_stats, batch, rng):
         def loss_fn(p):
-            out, upd = model.apply({"params": p, "batch_stats": batch_stats}, batch["image"],
-                                   train=True, mutable=["batch_stats"], rngs={"dropout": rng})
+            out, upd = task.forward(model, {"params": p, "batch_stats": batch_stats}, batch,
+                                    True, mutable=["batch_stats"], rngs={"dropout": rng})
             loss, sums = task.loss(out, batch)
             return loss, (upd.get("batch_stats", batch_stats), sums)
 
@@ -95,7 +95,7 @@ def make_eval_step(model, task):
     task = as_task(task)
 
     def step(variables, batch):
-        return task.eval_sums(model.apply(variables, batch["image"], train=False), batch)
+        return task.eval_sums(task.forward(model, variables, batch, False), batch)
 
     return step
 

@@ -39,19 +39,28 @@ _DEFAULTS = {  # torchvision's score_thresh, nms_thresh, detections_per_img, top
     "fcos": (0.2, 0.6, 100, 1000)}
 
 
+# (block, layers) of the ResNets a detector can stand on; torchvision's are ResNet-50
+BACKBONES = {"resnet18": ("basic", (2, 2, 2, 2)), "resnet34": ("basic", (3, 4, 6, 3)),
+             "resnet50": ("bottleneck", (3, 4, 6, 3))}
+
+
 class BackboneWithFPN(nn.Module):
     norm: str = "frozen"
     norm_eps: Optional[float] = None
     p6_from_c5: bool = False  # LastLevelP6P7(2048, 256) of v2 reads C5, (256, 256) reads P5
+    backbone: str = "resnet50"
+    fpn_channels: int = 256
     dtype: Any = None
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        body = ResNet(block="bottleneck", layers=(3, 4, 6, 3), norm=self.norm,
-                      norm_eps=self.norm_eps, dtype=self.dtype, features_only=True,
-                      out_indices=(2, 3, 4), name="body")
+        block, layers = BACKBONES[self.backbone]
+        body = ResNet(block=block, layers=layers, norm=self.norm, norm_eps=self.norm_eps,
+                      dtype=self.dtype, features_only=True, out_indices=(2, 3, 4), name="body")
         feats = body(x, train)
-        fpn = FPN(256, "p6p7", 2048 if self.p6_from_c5 else 256, dtype=self.dtype, name="fpn")
+        c5 = feats["layer4"].shape[-1]
+        fpn = FPN(self.fpn_channels, "p6p7", c5 if self.p6_from_c5 else self.fpn_channels,
+                  dtype=self.dtype, name="fpn")
         out = fpn({k: feats[k] for k in ("layer2", "layer3", "layer4")}, train)
         return [out[k] for k in ("layer2", "layer3", "layer4", "p6", "p7")]
 
@@ -71,6 +80,11 @@ class FPNDetector(nn.Module):
     trainable_backbone_layers: Optional[int] = None  # torchvision's: 3 with weights
     norm: Optional[str] = None  # default: "batch" for retinanet_v2, else "frozen"
     norm_eps: Optional[float] = None
+    # smaller than torchvision's (a CPU-sized detector, e.g. the detection quickstart): the
+    # ResNet under the FPN, the FPN's width and the number of convs in each head tower
+    backbone: str = "resnet50"
+    fpn_channels: int = 256
+    head_convs: int = 4
     dtype: Any = jnp.float32
 
     @property
@@ -96,19 +110,23 @@ class FPNDetector(nn.Module):
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
         if self.num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"backbone must be one of {sorted(BACKBONES)}, got "
+                             f"{self.backbone!r}")
         norm = self.norm or ("batch" if self.kind == "retinanet_v2" else "frozen")
-        self.backbone = BackboneWithFPN(norm, self.norm_eps, self.kind == "retinanet_v2",
-                                        self.dtype)
+        self.features = BackboneWithFPN(norm, self.norm_eps, self.kind == "retinanet_v2",
+                                        self.backbone, self.fpn_channels, self.dtype,
+                                        name="backbone")
         if self.kind == "fcos":
-            self.head = FCOSHead(1, self.num_classes, dtype=self.dtype)
+            self.head = FCOSHead(1, self.num_classes, self.head_convs, dtype=self.dtype)
         else:
             self.head = RetinaNetHead(9, self.num_classes, group_norm=self.kind == "retinanet_v2",
-                                      dtype=self.dtype)
+                                      num_convs=self.head_convs, dtype=self.dtype)
 
     def head_outputs(self, x, train: bool = False):
         if x.ndim != 4 or x.shape[-1] != 3:
             raise ValueError(f"{self.kind} expects NHWC images (N, H, W, 3), got shape {x.shape}")
-        feats = self.backbone(x.astype(self.dtype), train)
+        feats = self.features(x.astype(self.dtype), train)
         out = self.head(feats)
         gen = FCOS_ANCHORS if self.kind == "fcos" else RETINANET_ANCHORS
         out["anchors"] = gen(x.shape[1:3], [f.shape[1:3] for f in feats])

@@ -1,0 +1,160 @@
+"""Detection on the task-generic engine: box-aligned transforms with static shapes, the task's
+host-side gathering in original pixels, and a short run end to end (train -> eval -> predict)
+of a CPU-sized FCOS on ``shapes``."""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from jaxvision.data.det_transforms import DetEvalTransform, DetTrainTransform
+from jaxvision.data.errors import DataError
+from jaxvision.data.loader import build_data
+from jaxvision.tasks import Detection, build_task
+from jaxvision.train.cli import main as cli
+from jaxvision.train.defaults import default_config
+from jaxvision.train.loop import train
+
+MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+
+
+def painted(h=60, w=90):
+    """An image whose two boxes are painted in pure colours on grey, and its example."""
+    img = np.full((h, w, 3), 128, np.uint8)
+    boxes = np.array([[10, 5, 40, 35], [50, 20, 86, 58]], np.float32)
+    img[5:35, 10:40] = (255, 0, 0)
+    img[20:58, 50:86] = (0, 0, 255)
+    return {"image": img, "boxes": boxes, "classes": np.array([1, 2], np.int32),
+            "num_boxes": np.int32(2)}
+
+
+def colour_inside(out, box, channel):
+    """Mean of ``channel`` (normalised back to [0, 255]) over ``box`` shrunk by 2 px."""
+    img = (out["image"] * np.array(STD) + np.array(MEAN)) * 255
+    x1, y1, x2, y2 = (int(round(v)) for v in box)
+    return img[y1 + 2:y2 - 2, x1 + 2:x2 - 2, channel].mean()
+
+
+def test_train_transform_keeps_boxes_on_their_pixels_and_pads_statically():
+    t = DetTrainTransform(48, 80, 96, MEAN, STD, scale_range=(0.6, 1.6), hflip=True,
+                          max_boxes=5)
+    flips = set()
+    for seed in range(12):
+        out = t.random_map(painted(), np.random.default_rng(seed))
+        assert out["image"].shape == (96, 96, 3) and out["boxes"].shape == (5, 4)
+        n = int(out["num_boxes"])
+        assert out["classes"][n:].tolist() == [0] * (5 - n)
+        h, w = out["image_size"]
+        assert h <= 96 and w <= 96
+        for box, cls in zip(out["boxes"][:n], out["classes"][:n]):
+            assert 0 <= box[0] < box[2] <= w and 0 <= box[1] < box[3] <= h
+            if min(box[2] - box[0], box[3] - box[1]) > 8:  # a crop may leave a sliver
+                red, blue = colour_inside(out, box, 0), colour_inside(out, box, 2)
+                assert (red > 240 and blue < 15) if cls == 1 else (blue > 240 and red < 15)
+        flips.add(bool(out["boxes"][0, 0] > w / 2) if n == 2 else None)
+    assert {True, False} <= flips  # both flip states were drawn
+
+
+def test_eval_transform_resizes_as_torchvision_and_records_the_scale():
+    t = DetEvalTransform(40, 64, 64, MEAN, STD, max_boxes=3)
+    out = t.map(painted(60, 90))
+    # shorter side 60 -> 40 would make the longer 60: fine; scale = 40 / 60
+    assert out["image_size"].tolist() == [40, 60]
+    np.testing.assert_allclose(out["scale"], [40 / 60, 60 / 90], rtol=1e-6)
+    np.testing.assert_allclose(out["boxes"][:2], painted()["boxes"] * 40 / 60, rtol=1e-5)
+    assert int(out["num_boxes"]) == 2 and out["boxes"][2].tolist() == [0, 0, 0, 0]
+    assert np.all(out["image"][40:] == 0) and np.all(out["image"][:, 60:] == 0)
+    with pytest.raises(ValueError, match="canvas"):
+        DetEvalTransform(40, 80, 64, MEAN, STD).map(painted(60, 90))
+
+
+def test_task_gathers_every_valid_image_in_original_pixels_and_scores_perfect_boxes_1():
+    task = Detection(num_classes=3)
+    gt = np.array([[[4, 6, 20, 30], [0, 0, 0, 0]], [[10, 10, 50, 40], [2, 2, 12, 12]]],
+                  np.float32)
+    scale = np.array([[0.5, 0.5], [2.0, 1.0]], np.float32)
+    batch = {"boxes": gt, "classes": np.array([[1, 0], [2, 1]], np.int32),
+             "num_boxes": np.array([1, 2], np.int32), "scale": scale,
+             "valid": np.array([True, True])}
+    outputs = {"boxes": gt, "scores": np.array([[0.9, 0.0], [0.8, 0.7]], np.float32),
+               "labels": batch["classes"], "count": np.array([1, 2], np.int32)}
+    total = task.accumulate(None, task.eval_sums(outputs, batch))
+    pad = {**batch, "valid": np.array([True, False])}  # a padded slot counts nothing
+    total = task.accumulate(total, task.eval_sums(outputs, pad))
+    assert len(total["gts"]) == 3
+    np.testing.assert_allclose(total["gts"][1]["boxes"][0], [10, 5, 50, 20])  # x / 1, y / 2
+    np.testing.assert_allclose(total["dets"][0]["boxes"][0], [8, 12, 40, 60])
+    result = task.summary(total)
+    assert result["val_ap"] == pytest.approx(1.0) and result["val_ap50"] == pytest.approx(1.0)
+    assert result["val_count"] == 3
+    assert set(task.details(total, ["bg", "a", "b"])["val_ap_per_class"]) == {"a", "b"}
+
+
+def test_loss_is_the_sum_of_the_detectors_loss_dict():
+    task = Detection(num_classes=3)
+    out = {"classification": jnp.float32(1.5), "bbox_regression": jnp.float32(0.25)}
+    loss, sums = task.loss(out, {"image": jnp.zeros((4, 8, 8, 3))})
+    assert float(loss) == pytest.approx(1.75)
+    assert task.train_summary({**jax.device_get(sums), "count": 4.0, "loss_sum": 7.0}) == {
+        "classification": pytest.approx(1.5), "bbox_regression": pytest.approx(0.25)}
+
+
+def det_config(**train_kw):
+    c = default_config()
+    c.task = "detection"
+    c.model.name = "fcos_resnet50_fpn"
+    c.model.kwargs = dict(backbone="resnet18", norm="batch", fpn_channels=32, head_convs=1,
+                          trainable_backbone_layers=5, score_thresh=0.05,
+                          detections_per_img=10)
+    c.data.shapes.update(num_classes=3, num_train=48, num_val=12, image_size=48)
+    c.data.update(image_size=48, batch_size=8, eval_batch_size=8)
+    c.data.detection.update(max_size=48, canvas=64, scale_range=(0.8, 1.2), max_boxes=3)
+    c.optimizer.update(name="adamw", lr=0.002, weight_decay=0.0)
+    c.schedule.warmup.update(length=2, unit="step")
+    c.train.update(steps=12, log_every=4, eval_every_epochs=100)  # eval at the end
+    c.checkpoint.update(keep=1)
+    c.logging.update(progress_bar=False, num_images=2)
+    c.train.update(**train_kw)
+    return c
+
+
+def test_short_run_trains_evaluates_and_predicts_with_coco_metrics(tmp_path, capsys):
+    workdir = str(tmp_path / "run")
+    config = det_config()
+    result = train(config, workdir, log=lambda *_: None)
+    for k in ("val_ap", "val_ap50", "val_ap75", "val_ap_small", "val_ap_medium", "val_ap_large"):
+        assert k in result and (np.isnan(result[k]) or 0.0 <= result[k] <= 1.0)
+    assert result["val_count"] == 12 and result["step"] == 12
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    logged = {k for r in rows for k in r}
+    assert {"train/classification", "train/bbox_regression", "train/bbox_ctrness",
+            "val/ap"} <= logged
+    # eval prints the COCO metrics of the best checkpoint (chosen by val_ap)
+    assert cli("eval", ["--workdir", workdir]) == 0
+    printed = capsys.readouterr().out
+    assert "val_ap50" in printed and "val_ap_per_class" in printed
+    # predict draws the boxes on each image
+    src = tmp_path / "in.png"
+    Image.fromarray(painted(48, 72)["image"]).save(src)
+    out_dir = tmp_path / "pred"
+    assert cli("predict", ["--workdir", workdir, "--out", str(out_dir), str(src)]) == 0
+    with Image.open(out_dir / "in.png") as pic:
+        assert pic.size == (72, 48)
+    assert str(src) in capsys.readouterr().out
+
+
+def test_bad_detection_settings_are_named():
+    c = det_config()
+    c.data.detection.canvas = 32  # smaller than max_size 48
+    data = build_data(c.data, c.model.name, "detection")
+    with pytest.raises(DataError, match="canvas 32 is smaller than max_size 48"):
+        data.eval_transform()
+    c = det_config()
+    c.data.source = "imagefolder"
+    with pytest.raises(DataError, match="imagefolder' has no masks or boxes"):
+        build_data(c.data, c.model.name, "detection")
+    assert isinstance(build_task(det_config(), 4), Detection)
