@@ -146,7 +146,8 @@ class CocoSource:
         crowd = np.array([bool(a.get("iscrowd", 0)) for a in anns], bool)
         keep = ~crowd & (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])
         # torchvision's _coco_remove_images_without_annotations: some box over 1 px both ways
-        has_box = {iid for iid, (_, _, w, h) in zip(img_of, xywh) if w > 1 and h > 1}
+        big = np.flatnonzero((xywh[:, 2] > 1) & (xywh[:, 3] > 1))
+        has_box = {img_of[i] for i in big}
         ids = sorted(iid for iid in images if not self.skip_empty or iid in has_box)
 
         # per image: a slice of one array (cheap to pickle into grain's workers)
