@@ -162,3 +162,33 @@ def test_image_differs_from_annotation(tmp_path):
     (tmp_path / "img" / "000001.png").write_bytes(b"not a png")
     with pytest.raises(DataError, match="000001.png: cannot be read as an image"):
         src[0]
+
+
+def test_agrees_with_torchvision_coco_detection(tmp_path):
+    """torchvision's CocoDetection (v2 wrapper: xyxy boxes, category-id labels) followed by the
+    detection reference's rules (drop crowd, clamp to the image, keep x2 > x1 and y2 > y1)."""
+    torch = pytest.importorskip("torch")
+    datasets = pytest.importorskip("torchvision.datasets")
+    ann, folder = _dataset(tmp_path)
+    ref = datasets.wrap_dataset_for_transforms_v2(
+        datasets.CocoDetection(folder, ann), target_keys={"boxes", "labels", "iscrowd"})
+    src = CocoSource(ann, folder)
+    assert len(ref) == len(src)
+    compared = 0
+    for i in range(len(src)):
+        image, target = ref[i]
+        ex = src[i]
+        np.testing.assert_array_equal(np.asarray(image), ex["image"])
+        if "boxes" not in target:  # an image without annotations
+            assert ex["num_boxes"] == 0
+            continue
+        h, w = ex["image"].shape[:2]
+        boxes = torch.as_tensor(target["boxes"]).clone()
+        boxes[:, 0::2].clamp_(min=0, max=w)
+        boxes[:, 1::2].clamp_(min=0, max=h)
+        keep = ((boxes[:, 3] > boxes[:, 1]) & (boxes[:, 2] > boxes[:, 0])
+                & (torch.tensor(target["iscrowd"]) == 0))
+        np.testing.assert_allclose(ex["boxes"], boxes[keep].numpy(), atol=1e-5)
+        np.testing.assert_array_equal(ex["classes"], target["labels"][keep].numpy())
+        compared += 1
+    assert compared == 2
