@@ -21,6 +21,8 @@ def _write(tmp_path, images, anns, cats=CATS, name="instances.json", paint=True)
     folder = tmp_path / "img"
     folder.mkdir(exist_ok=True)
     for im in images:
+        if "file_name" not in im or not im["width"]:  # an entry that fails before the disk
+            continue
         pix = np.zeros((im["height"], im["width"], 3), np.uint8)
         for a in anns if paint else ():
             x, y, w, h = (int(round(v)) for v in a["bbox"])
@@ -119,8 +121,9 @@ def test_not_coco_json(tmp_path, text, match):
     ([30, 5, 11.5, 5], r"outside its image 000001.png \(40x30\) by more than 1 px"),
     ([-1.5, 5, 5, 5], "outside its image"),
     ([5, 5, 10, 26.5], "outside its image"),
-    ([10, 5, -3, 5], "negative width or height"),  # x2 < x1
-    ([10, 5, 3, -1], "negative width or height"),
+    ([10, 5, -3, 5], "negative or non-finite value"),  # x2 < x1
+    ([10, 5, 3, -1], "negative or non-finite value"),
+    ([10, 5, float("nan"), 2], "negative or non-finite value"),
     ([10, 5, 3], r"expected \[x, y, width, height\]"),
 ])
 def test_bad_box(tmp_path, bbox, match):
@@ -150,6 +153,18 @@ def test_unknown_category_and_image(tmp_path):
     assert ann in str(e.value)
     ann, folder = _write(tmp_path, [_img(1)], [_ann(5, 8, 1, [1, 1, 3, 3])])
     with pytest.raises(DataError, match="refers to image id 8"):
+        CocoSource(ann, folder)
+
+
+def test_bad_category_and_image_entries(tmp_path):
+    ann, folder = _write(tmp_path, [_img(1)], [], cats=[{"id": "car"}])
+    with pytest.raises(DataError, match=r"category #0 has id 'car', expected an integer"):
+        CocoSource(ann, folder)
+    ann, folder = _write(tmp_path, [_img(1) | {"width": 0}], [])
+    with pytest.raises(DataError, match="image id 1 has width 0, height 30"):
+        CocoSource(ann, folder)
+    ann, folder = _write(tmp_path, [{"id": 1, "width": 4, "height": 4}], [])
+    with pytest.raises(DataError, match=r"image #0 .* lacks one of the keys \['id', 'file_name'"):
         CocoSource(ann, folder)
 
 

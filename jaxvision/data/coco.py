@@ -69,6 +69,30 @@ def _first(path, bad, what, ann_ids, image_ids):
                         f"{what(i)}{more}")
 
 
+def _xywh(path, rows, ann_ids):
+    try:
+        return np.array([r[3] for r in rows], np.float64).reshape(len(rows), 4)
+    except (ValueError, TypeError):
+        i = next(i for i, r in enumerate(rows) if np.shape(r[3]) != (4,)
+                 or not all(isinstance(v, (int, float)) for v in r[3]))
+        raise DataError(f"{path}: annotation id {ann_ids[i]}: bbox {rows[i][3]!r}, expected "
+                        "[x, y, width, height]") from None
+
+
+def _checked_xyxy(path, xywh, size, files, ann_ids, img_of, tol):
+    """xyxy boxes, or one DataError for the first box that is no box or leaves its image."""
+    _first(path, ~np.isfinite(xywh).all(1) | (xywh[:, 2] < 0) | (xywh[:, 3] < 0),
+           lambda i: f"bbox {xywh[i].tolist()} has a negative or non-finite value", ann_ids,
+           img_of)
+    xyxy = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1)
+    outside = ((xyxy[:, :2] < -tol).any(1) | (xyxy[:, 2] > size[:, 0] + tol)
+               | (xyxy[:, 3] > size[:, 1] + tol))
+    _first(path, outside, lambda i: (
+        f"box xyxy {xyxy[i].round(2).tolist()} lies outside its image {files[i]} "
+        f"({size[i, 0]:g}x{size[i, 1]:g}) by more than {tol:g} px"), ann_ids, img_of)
+    return xyxy
+
+
 def _class_names(coco, contiguous):
     cats = {c: coco.cats[c].get("name", str(c)) for c in sorted(coco.cats)}
     if contiguous:
@@ -98,7 +122,9 @@ class CocoSource:
         path = annotation_file
         data = _load(path)
         for i, c in enumerate(data["categories"]):
-            _fields(path, "category", c, ("id",), i)
+            (cid,) = _fields(path, "category", c, ("id",), i)
+            if not isinstance(cid, int) or isinstance(cid, bool) or cid < 0:
+                raise DataError(f"{path}: category #{i} has id {cid!r}, expected an integer >= 0")
         coco = _coco_index(data)
         self.class_names, label_of = _class_names(coco, self.contiguous)
 
@@ -107,6 +133,9 @@ class CocoSource:
             iid, name, w, h = _fields(path, "image", im, ("id", "file_name", "width", "height"), i)
             if iid in images:
                 raise DataError(f"{path}: image id {iid} is listed twice")
+            if not all(isinstance(v, (int, float)) and v > 0 for v in (w, h)):
+                raise DataError(f"{path}: image id {iid} has width {w!r}, height {h!r}; "
+                                "expected positive numbers")
             images[iid] = (name, float(w), float(h))
         anns = data["annotations"]
         rows = [_fields(path, "annotation", a, ("id", "image_id", "category_id", "bbox"), i)
@@ -121,24 +150,10 @@ class CocoSource:
             if r[2] not in label_of:
                 raise DataError(f"{path}: annotation id {ann_ids[i]} has category_id {r[2]}, "
                                 f"not one of the file's categories {sorted(label_of)}")
-        try:
-            xywh = np.array([r[3] for r in rows], np.float64).reshape(len(rows), 4)
-        except (ValueError, TypeError):
-            i = next(i for i, r in enumerate(rows) if np.shape(r[3]) != (4,))
-            raise DataError(f"{path}: annotation id {ann_ids[i]}: bbox {rows[i][3]!r}, expected "
-                            "[x, y, width, height]") from None
-        _first(path, (xywh[:, 2] < 0) | (xywh[:, 3] < 0),
-               lambda i: f"bbox {xywh[i].tolist()} has a negative width or height", ann_ids,
-               img_of)
+        xywh = _xywh(path, rows, ann_ids)
         size = np.array([images[iid][1:] for iid in img_of], np.float64).reshape(-1, 2)
-        xyxy = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1)
-        tol = box_tolerance
-        outside = ((xyxy[:, :2] < -tol).any(1) | (xyxy[:, 2] > size[:, 0] + tol)
-                   | (xyxy[:, 3] > size[:, 1] + tol))
-        _first(path, outside, lambda i: (
-            f"box xyxy {xyxy[i].round(2).tolist()} lies outside its image "
-            f"{images[img_of[i]][0]} ({size[i, 0]:g}x{size[i, 1]:g}) by more than {tol:g} px"),
-            ann_ids, img_of)
+        xyxy = _checked_xyxy(path, xywh, size, [images[i][0] for i in img_of], ann_ids, img_of,
+                             box_tolerance)
 
         # torchvision's reference: crowd regions are not targets; clamp, keep x2 > x1, y2 > y1
         xyxy[:, 0::2] = np.clip(xyxy[:, 0::2], 0, size[:, :1])
