@@ -41,4 +41,9 @@ def default_data_config() -> ml_collections.ConfigDict:
         train_split="train", val_split="validation", image_key="image", label_key="label",
         # segmentation: the mask feature, and the class names (their number: the class count)
         mask_key="segmentation_mask", class_names=()))
+    # COCO-format detection (task="detection"): paths relative to root; labels are category
+    # ids (91-class layout, 0 = background) unless contiguous numbers the categories 1..K
+    c.coco = ml_collections.ConfigDict(dict(
+        root="", train_ann="annotations/instances_train2017.json", train_images="train2017",
+        val_ann="annotations/instances_val2017.json", val_images="val2017", contiguous=False))
     return c

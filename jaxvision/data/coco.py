@@ -1,0 +1,224 @@
+"""COCO-format detection data: an ``instances_*.json`` file and its image folder.
+
+Read as torchvision's detection reference reads it: crowd annotations dropped, ``[x, y, w, h]``
+turned into xyxy, clamped to the image, and boxes left with no width or height dropped
+(``ConvertCocoPolysToMask``). Labels are the category ids themselves (torchvision's 91-class
+COCO layout, 0 = background) unless ``contiguous=True`` numbers the categories 1..K.
+
+The whole file is checked when the source is built, in one pass over the annotations, so a bad
+file fails before training starts rather than at the batch that reaches it.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+
+import numpy as np
+from PIL import Image
+
+from jaxvision.data.errors import DataError
+from jaxvision.data.transforms import to_rgb
+
+_KEYS = ("images", "annotations", "categories")
+
+
+def _load(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: no such COCO annotation file")
+    try:
+        with open(path, "rb") as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: not a COCO annotation file: not JSON ({e})") from None
+    missing = [k for k in _KEYS if not isinstance(data, dict) or k not in data]
+    if missing:
+        raise DataError(f"{path}: not a COCO annotation file: no {missing} key(s) (expected a "
+                        f"JSON object with {list(_KEYS)}, as instances_*.json)")
+    for k in _KEYS:
+        if not isinstance(data[k], list):
+            raise DataError(f"{path}: '{k}' is a {type(data[k]).__name__}, expected a list")
+    return data
+
+
+def _coco_index(data: dict):
+    from pycocotools.coco import COCO
+
+    coco = COCO()  # no file: pycocotools would read and parse it again
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):  # "creating index..."
+        coco.createIndex()
+    return coco
+
+
+def _fields(path, kind, entry, keys, i):
+    try:
+        return [entry[k] for k in keys]
+    except (KeyError, TypeError):
+        raise DataError(f"{path}: {kind} #{i} ({str(entry)[:80]}) lacks one of the keys "
+                        f"{list(keys)}") from None
+
+
+def _first(path, bad, what, ann_ids, image_ids):
+    """One error for every annotation flagged in ``bad``: the first named, the rest counted."""
+    if bad.any():
+        i = int(np.argmax(bad))
+        more = f" (and {int(bad.sum()) - 1} more)" if bad.sum() > 1 else ""
+        raise DataError(f"{path}: annotation id {ann_ids[i]} of image id {image_ids[i]}: "
+                        f"{what(i)}{more}")
+
+
+def _xywh(path, rows, ann_ids):
+    try:
+        return np.array([r[3] for r in rows], np.float64).reshape(len(rows), 4)
+    except (ValueError, TypeError):
+        i = next(i for i, r in enumerate(rows) if np.shape(r[3]) != (4,)
+                 or not all(isinstance(v, (int, float)) for v in r[3]))
+        raise DataError(f"{path}: annotation id {ann_ids[i]}: bbox {rows[i][3]!r}, expected "
+                        "[x, y, width, height]") from None
+
+
+def _checked_xyxy(path, xywh, size, files, ann_ids, img_of, tol):
+    """xyxy boxes, or one DataError for the first box that is no box or leaves its image."""
+    _first(path, ~np.isfinite(xywh).all(1) | (xywh[:, 2] < 0) | (xywh[:, 3] < 0),
+           lambda i: f"bbox {xywh[i].tolist()} has a negative or non-finite value", ann_ids,
+           img_of)
+    xyxy = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1)
+    outside = ((xyxy[:, :2] < -tol).any(1) | (xyxy[:, 2] > size[:, 0] + tol)
+               | (xyxy[:, 3] > size[:, 1] + tol))
+    _first(path, outside, lambda i: (
+        f"box xyxy {xyxy[i].round(2).tolist()} lies outside its image {files[i]} "
+        f"({size[i, 0]:g}x{size[i, 1]:g}) by more than {tol:g} px"), ann_ids, img_of)
+    return xyxy
+
+
+def _class_names(coco, contiguous):
+    cats = {c: coco.cats[c].get("name", str(c)) for c in sorted(coco.cats)}
+    if contiguous:
+        return ["__background__"] + list(cats.values()), {c: i + 1 for i, c in enumerate(cats)}
+    top = max(cats, default=0)
+    names = ["__background__"] + ["N/A"] * top
+    for c, name in cats.items():
+        names[c] = name
+    return names, {c: c for c in cats}
+
+
+class CocoSource:
+    """A grain random-access source over a COCO-format file: ``[i]`` -> ``{"image" (H, W, 3)
+    uint8, "boxes" (n, 4) float32 xyxy pixels, "classes" (n,) int32, "num_boxes" int32}``,
+    images in ascending id order (``image_ids[i]`` is example ``i``'s COCO id).
+
+    ``skip_empty``: leave out images with no annotation of width and height above 1 px, as
+    torchvision's reference does for training (crowd annotations count there, as in the
+    reference). ``box_tolerance``: how far (px) a box may reach past its image before the file
+    is refused; COCO's own boxes overshoot by fractions of a pixel.
+    """
+
+    def __init__(self, annotation_file: str, image_dir: str, skip_empty: bool = False,
+                 contiguous: bool = False, box_tolerance: float = 1.0):
+        self.annotation_file, self.image_dir = annotation_file, image_dir
+        self.skip_empty, self.contiguous = bool(skip_empty), bool(contiguous)
+        path = annotation_file
+        data = _load(path)
+        for i, c in enumerate(data["categories"]):
+            (cid,) = _fields(path, "category", c, ("id",), i)
+            if not isinstance(cid, int) or isinstance(cid, bool) or cid < 0:
+                raise DataError(f"{path}: category #{i} has id {cid!r}, expected an integer >= 0")
+        coco = _coco_index(data)
+        self.class_names, label_of = _class_names(coco, self.contiguous)
+
+        images = {}
+        for i, im in enumerate(data["images"]):
+            iid, name, w, h = _fields(path, "image", im, ("id", "file_name", "width", "height"), i)
+            if iid in images:
+                raise DataError(f"{path}: image id {iid} is listed twice")
+            if not all(isinstance(v, (int, float)) and v > 0 for v in (w, h)):
+                raise DataError(f"{path}: image id {iid} has width {w!r}, height {h!r}; "
+                                "expected positive numbers")
+            images[iid] = (name, float(w), float(h))
+        anns = data["annotations"]
+        rows = [_fields(path, "annotation", a, ("id", "image_id", "category_id", "bbox"), i)
+                for i, a in enumerate(anns)]
+        ann_ids = [r[0] for r in rows]
+        img_of = [r[1] for r in rows]
+        for i, iid in enumerate(img_of):
+            if iid not in images:
+                raise DataError(f"{path}: annotation id {ann_ids[i]} refers to image id {iid}, "
+                                "which 'images' does not list")
+        for i, r in enumerate(rows):
+            if r[2] not in label_of:
+                raise DataError(f"{path}: annotation id {ann_ids[i]} has category_id {r[2]}, "
+                                f"not one of the file's categories {sorted(label_of)}")
+        xywh = _xywh(path, rows, ann_ids)
+        size = np.array([images[iid][1:] for iid in img_of], np.float64).reshape(-1, 2)
+        xyxy = _checked_xyxy(path, xywh, size, [images[i][0] for i in img_of], ann_ids, img_of,
+                             box_tolerance)
+
+        # torchvision's reference: crowd regions are not targets; clamp, keep x2 > x1, y2 > y1
+        xyxy[:, 0::2] = np.clip(xyxy[:, 0::2], 0, size[:, :1])
+        xyxy[:, 1::2] = np.clip(xyxy[:, 1::2], 0, size[:, 1:])
+        crowd = np.array([bool(a.get("iscrowd", 0)) for a in anns], bool)
+        keep = ~crowd & (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])
+        # torchvision's _coco_remove_images_without_annotations: some box over 1 px both ways
+        big = np.flatnonzero((xywh[:, 2] > 1) & (xywh[:, 3] > 1))
+        has_box = {img_of[i] for i in big}
+        ids = sorted(iid for iid in images if not self.skip_empty or iid in has_box)
+
+        # per image: a slice of one array (cheap to pickle into grain's workers)
+        pos = {iid: k for k, iid in enumerate(ids)}
+        owner = np.array([pos.get(iid, -1) for iid in img_of], np.int64)
+        sel = np.flatnonzero(keep & (owner >= 0))
+        sel = sel[np.argsort(owner[sel], kind="stable")]  # file order within an image
+        self._boxes = xyxy[sel].astype(np.float32)
+        self._classes = np.array([label_of[rows[i][2]] for i in sel], np.int32)
+        self._start = np.searchsorted(owner[sel], np.arange(len(ids) + 1))
+        self.image_ids = ids
+        self.files = [os.path.join(image_dir, images[iid][0]) for iid in ids]
+        self._sizes = [images[iid][1:] for iid in ids]
+        missing = [f for f in self.files if not os.path.isfile(f)]
+        if missing:
+            raise DataError(f"{path}: {len(missing)} of its {len(ids)} images are not in "
+                            f"{image_dir}: {missing[:3]}{' ...' if len(missing) > 3 else ''}")
+
+    def __repr__(self):  # grain compares repr(source) when restoring a loader's state
+        return (f"CocoSource(annotation_file={self.annotation_file!r}, image_dir="
+                f"{self.image_dir!r}, skip_empty={self.skip_empty}, contiguous="
+                f"{self.contiguous}, n={len(self.image_ids)})")
+
+    def __len__(self):
+        return len(self.image_ids)
+
+    def __getitem__(self, index):
+        if not 0 <= index < len(self.image_ids):
+            raise IndexError(index)
+        path = self.files[index]
+        try:
+            with Image.open(path) as img:
+                image = np.asarray(to_rgb(img))
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            raise DataError(f"{path}: cannot be read as an image ({e})") from e
+        w, h = self._sizes[index]
+        if image.shape[:2] != (h, w):  # the boxes would land on other pixels
+            raise DataError(f"{path}: image is {image.shape[1]}x{image.shape[0]}, but "
+                            f"{self.annotation_file} gives it as {w:g}x{h:g}")
+        a, b = self._start[index], self._start[index + 1]
+        return {"image": image, "boxes": self._boxes[a:b].copy(),
+                "classes": self._classes[a:b].copy(), "num_boxes": np.int32(b - a)}
+
+
+def coco_sources(cfg):
+    """(train, val, class_names) from ``data.coco``: train skips images without boxes."""
+    if not cfg.root:
+        raise DataError("data.coco.root is empty: give --config.data.coco.root=DIR (holding "
+                        "annotations/instances_*.json and the image folders)")
+    if not os.path.isdir(cfg.root):
+        raise DataError(f"{cfg.root}: no such directory (data.coco.root)")
+    at = lambda p: os.path.join(cfg.root, p)  # noqa: E731
+    train = CocoSource(at(cfg.train_ann), at(cfg.train_images), skip_empty=True,
+                       contiguous=cfg.contiguous)
+    val = CocoSource(at(cfg.val_ann), at(cfg.val_images), contiguous=cfg.contiguous)
+    if train.class_names != val.class_names:
+        raise DataError(f"{train.annotation_file} and {val.annotation_file} list different "
+                        "categories: a model's label ids must mean the same in both")
+    return train, val, train.class_names
