@@ -68,7 +68,7 @@ def test_eval_transform_resizes_as_torchvision_and_records_the_scale():
     assert int(out["num_boxes"]) == 2 and out["boxes"][2].tolist() == [0, 0, 0, 0]
     assert np.all(out["image"][40:] == 0) and np.all(out["image"][:, 60:] == 0)
     with pytest.raises(ValueError, match="canvas"):
-        DetEvalTransform(40, 80, 64, MEAN, STD).map(painted(60, 90))
+        DetEvalTransform(50, 80, 64, MEAN, STD).map(painted(60, 90))  # 50x75
 
 
 def test_task_gathers_every_valid_image_in_original_pixels_and_scores_perfect_boxes_1():
