@@ -15,9 +15,10 @@ checkpoint by COCO box AP on val2017.
 
 Differences to know: batches are padded to one 1344x1344 canvas (jit needs one shape; torch
 pads each batch to its own largest image), so a step costs more than torchvision's; there is
-no aspect-ratio grouping. Not yet wired: torchvision starts from ImageNet backbone weights
-(``--weights-backbone``); ``model.pretrained`` here loads a whole detector (a torchvision
-retinanet state_dict or a jaxvision checkpoint), not a bare ResNet-50.
+no aspect-ratio grouping. torchvision starts from ImageNet backbone weights
+(``--weights-backbone``): give torchvision's ResNet-50 state_dict as
+``--config.model.pretrained_backbone=resnet50-0676ba61.pth`` (``model.pretrained`` loads a whole
+detector instead: a torchvision retinanet state_dict or a jaxvision checkpoint).
 """
 from jaxvision.train.defaults import default_config
 

@@ -11,9 +11,9 @@ mask 255); eval: shorter side 520.
     jaxvision train --config configs/voc_deeplabv3_resnet50.py --workdir runs/voc \
         --config.data.voc.root=/data/VOCdevkit/VOC2012
 
-Not yet wired: torchvision starts from ImageNet backbone weights (``--weights-backbone``);
-``model.pretrained`` here loads a whole segmenter (a torchvision deeplabv3_resnet50 state_dict
-or a jaxvision checkpoint), not a bare ResNet-50.
+torchvision starts from ImageNet backbone weights (``--weights-backbone``): give torchvision's
+ResNet-50 state_dict as ``--config.model.pretrained_backbone=resnet50-0676ba61.pth``
+(``model.pretrained`` loads a whole segmenter instead).
 """
 from jaxvision.train.defaults import default_config
 

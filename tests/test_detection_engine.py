@@ -158,3 +158,30 @@ def test_bad_detection_settings_are_named():
     with pytest.raises(DataError, match="imagefolder' has no masks or boxes"):
         build_data(c.data, c.model.name, "detection")
     assert isinstance(build_task(det_config(), 4), Detection)
+
+
+def test_pretrained_backbone_loads_torchvision_resnet_weights_into_the_detector(tmp_path):
+    import torch
+    import torchvision
+
+    from jaxvision.train.loop import build_model, initial_variables
+
+    torch.manual_seed(0)
+    path = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    config = det_config()
+    config.model.pretrained_backbone = str(path)
+    model = build_model(config, 4)
+    variables = initial_variables(config, model, 4, log=lambda *_: None)
+    sd = torch.load(path)
+    want = sd["layer2.0.conv1.weight"].numpy().transpose(2, 3, 1, 0)  # OIHW -> HWIO
+    got = variables["params"]["backbone"]["body"]["layer2_0"]["conv1"]["kernel"]
+    np.testing.assert_array_equal(np.asarray(got), want)
+    np.testing.assert_array_equal(
+        np.asarray(variables["batch_stats"]["backbone"]["body"]["bn1"]["mean"]),
+        sd["bn1.running_mean"].numpy())
+    # a ResNet-34 does not fit a ResNet-18 body: one error naming the file
+    torch.save(torchvision.models.resnet34().state_dict(), tmp_path / "r34.pth")
+    config.model.pretrained_backbone = str(tmp_path / "r34.pth")
+    with pytest.raises(ValueError, match="r34.pth does not fit fcos_resnet50_fpn's backbone"):
+        initial_variables(config, model, 4, log=lambda *_: None)

@@ -70,6 +70,8 @@ class Segmenter(nn.Module):
     aux_loss: bool = False
     atrous_rates: Sequence[int] = (12, 24, 36)
     head_channels: int = 256  # ASPP / decoder width (LR-ASPP: inter_channels 128)
+    # where a torchvision classification state_dict of the backbone goes (model.pretrained_backbone)
+    torch_backbone_prefix = "backbone."
     head_norm: str = "batch"
     dtype: Any = jnp.float32
 

@@ -12,7 +12,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.task = "classification"  # classification | segmentation | detection (jaxvision.tasks)
     c.model = ml_collections.ConfigDict(dict(
         name="resnet18", num_classes=0,  # 0: the data's number of classes
-        pretrained="", pretrained_strict=True, dtype="float32", kwargs={}))
+        pretrained="", pretrained_strict=True, dtype="float32", kwargs={},
+        # a torchvision classification state_dict (.pth) for a segmenter's or detector's
+        # backbone (torchvision's --weights-backbone); the neck and head start from init
+        pretrained_backbone=""))
     c.data = default_data_config()
     c.optimizer = default_optimizer_config()
     c.schedule = default_schedule_config()

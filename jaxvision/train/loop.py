@@ -60,9 +60,33 @@ def initial_variables(config, model, num_classes, log=print, task=None):
                                                return_report=True)
         log(f"{m.pretrained}: {report}" + ("" if report.ok else "\n" + report.problems()))
         return variables
+    if m.pretrained_backbone:
+        return backbone_variables(m, model, log)
     size = config.data.image_size
     return jax.jit(lambda k: model.init(k, jnp.zeros((1, size, size, 3)), train=False))(
         jax.random.key(config.train.seed))
+
+
+def backbone_variables(m, model, log=print):
+    """The model's variables with its backbone from ``m.pretrained_backbone`` (a torchvision
+    classification state_dict: its ``fc``/``classifier`` is dropped); every backbone tensor
+    must find its place, the rest keeps its initial values."""
+    from jaxvision.convert import torchvision as tv
+
+    path, prefix = m.pretrained_backbone, getattr(model, "torch_backbone_prefix", None)
+    if prefix is None:
+        raise ValueError(f"model.pretrained_backbone: {m.name} does not declare where a "
+                         "backbone's torchvision weights go (torch_backbone_prefix)")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"model.pretrained_backbone: {path}: no such file")
+    sd = {prefix + k: v for k, v in tv.load_state_dict(path).items()
+          if not k.startswith(("fc.", "classifier."))}
+    variables, report = jv.load_pretrained(m.name, sd, False, model=model, return_report=True)
+    if report.unexpected or report.mismatched or not report.loaded:
+        raise ValueError(f"model.pretrained_backbone: {path} does not fit {m.name}'s backbone "
+                         f"({report})")
+    log(f"{path}: backbone {report}".split("\n")[0])
+    return variables
 
 
 def evaluate(eval_step, variables, data, mesh, task, return_sums: bool = False):

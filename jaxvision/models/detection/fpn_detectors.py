@@ -86,6 +86,8 @@ class FPNDetector(nn.Module):
     fpn_channels: int = 256
     head_convs: int = 4
     dtype: Any = jnp.float32
+    # where a torchvision ResNet state_dict goes (model.pretrained_backbone)
+    torch_backbone_prefix = "backbone.body."
 
     @property
     def stage_layout(self) -> StageLayout:
