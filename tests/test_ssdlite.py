@@ -18,6 +18,7 @@ import jaxvision as jv
 from jaxvision.convert import torchvision as tv_convert
 from jaxvision.models.detection import ssdlite, transform
 
+from det_helpers import random_targets
 from family_checks import frozen
 from tv_parity import assert_no_zero_tensor, fill_zero_params_, max_err, randomize_
 
@@ -42,19 +43,6 @@ class _Net(torch.nn.Module):
 
     def forward(self, x):
         return self.head(list(self.backbone(x).values()))
-
-
-def _targets(rng):
-    """Two images' boxes in the 320x320 input: torch's list and our padded arrays."""
-    targets, boxes = [], np.full((2, 5, 4), 9.0, np.float32)
-    labels, valid = np.zeros((2, 5), np.int32), np.zeros((2, 5), bool)
-    for i, n in enumerate((3, 2)):
-        xy = rng.random((n, 2)) * 200
-        b = np.concatenate([xy, xy + rng.random((n, 2)) * 100 + 16], 1).astype(np.float32)
-        l = rng.integers(1, 6, n)
-        targets.append({"boxes": torch.from_numpy(b), "labels": torch.from_numpy(l)})
-        boxes[i, :n], labels[i, :n], valid[i, :n] = b, l, True
-    return targets, boxes, labels, valid
 
 
 @functools.cache
@@ -104,7 +92,8 @@ def _torch_run(tmodel, targets):
 @pytest.fixture(scope="module")
 def run():
     tmodel, model, variables, report = _torch_pair()
-    targets, boxes, labels, valid = _targets(np.random.default_rng(3))
+    targets, boxes, labels, valid = random_targets(np.random.default_rng(3), (3, 2), 5, 200, 16,
+                                                   100)
     want = _torch_run(tmodel, targets)
     batch = want["transform"][0]
 
@@ -126,6 +115,25 @@ def test_param_count():
     n_ours = sum(int(np.prod(l.shape)) for l in jax.tree.leaves(_param_shapes()))
     assert n_ours == sum(p.numel() for p in tmodel.parameters())
     assert n_ours == jv.model_info(NAME).num_params == 3_440_060  # torchvision's weights' meta
+
+
+@pytest.mark.parametrize("kwargs", [dict(reduced_tail=False), dict(width_mult=0.75)])
+def test_param_count_of_variants(kwargs):
+    """The full tail (an ImageNet backbone's) and a narrower backbone, assembled from
+    torchvision's parts: its builder reaches reduced_tail=False only by downloading weights."""
+    norm = functools.partial(torch.nn.BatchNorm2d, eps=0.001, momentum=0.03)
+    with torch.device("meta"):
+        body = torchvision.models.mobilenet_v3_large(norm_layer=norm,
+                                                     **{"reduced_tail": True, **kwargs})
+        extractor = tv_ssdlite._mobilenet_extractor(body, 6, norm)
+        channels = [extractor.features[0][-1].out_channels,
+                    extractor.features[1][-1].out_channels]
+        channels += [block[-1].out_channels for block in extractor.extra]
+        head = tv_ssdlite.SSDLiteHead(channels, [6] * 6, 91, norm)
+    n_torch = sum(p.numel() for m in (extractor, head) for p in m.parameters())
+    model = jv.create_model(NAME, **kwargs)
+    shapes = jv.api.init_variables(model, NAME, abstract=True)["params"]
+    assert sum(int(np.prod(l.shape)) for l in jax.tree.leaves(shapes)) == n_torch
 
 
 def test_strict_conversion_uses_every_tensor(run):
@@ -173,6 +181,9 @@ def _assert_same_detections(got, want, score_tol=1e-5, box_tol=1e-3):
 
 
 def test_detections_equal_torchvision(run):
+    model, tmodel = run["model"], run["tmodel"]
+    settings = ("score_thresh", "nms_thresh", "detections_per_img", "topk_candidates")
+    assert [getattr(model, k) for k in settings] == [getattr(tmodel, k) for k in settings]
     dets, _, _ = run["got"]
     got = transform.to_original(dets, [(320, 320)] * 2, [im.shape[:2] for im in IMAGES])
     for g, w in zip(got, run["want"]["detections"]):
