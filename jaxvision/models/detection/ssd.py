@@ -8,7 +8,9 @@ state_dict (``backbone.features.21.weight``, ``backbone.extra.0.7.1.weight``,
 
 ``model.apply(v, images)`` takes the preprocessed batch (resized to 300x300, normalised with the
 spec's mean/std) and returns padded detections; ``method="head_outputs"`` the raw head
-outputs; ``method="loss"`` torchvision's loss dict for padded targets.
+outputs; ``method="loss"`` torchvision's loss dict for padded targets.  :class:`SSD` is that
+glue for every SSD: a subclass overrides ``parts`` (feature extractor, head, default boxes), as
+``ssdlite.SSDLite`` does.
 """
 from __future__ import annotations
 

@@ -97,7 +97,7 @@ class SSDLiteFeatureExtractorMobileNet(nn.Module):
 
 
 class SSDLite(SSD):
-    num_classes: int = 91
+    # torchvision's ssdlite320 defaults, and the keywords its builder takes
     score_thresh: float = 0.001
     nms_thresh: float = 0.55
     detections_per_img: int = 300
