@@ -117,6 +117,7 @@ def test_param_count():
     assert n_ours == jv.model_info(NAME).num_params == 3_440_060  # torchvision's weights' meta
 
 
+@pytest.mark.sweep  # two more traces of the model; the default layout is tested above
 @pytest.mark.parametrize("kwargs", [dict(reduced_tail=False), dict(width_mult=0.75)])
 def test_param_count_of_variants(kwargs):
     """The full tail (an ImageNet backbone's) and a narrower backbone, assembled from
