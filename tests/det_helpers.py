@@ -28,3 +28,20 @@ def run_both(head, thead, feats):
     with torch.no_grad():
         want = thead([nchw(f) for f in feats])
     return jax.jit(head.apply)(variables, feats), want
+
+
+def random_targets(rng, counts, slots, span, min_size, extent, first_label=1, num_labels=5,
+                   pad=9.0):
+    """Random boxes for len(counts) images: torch's list of target dicts and the padded
+    (boxes, labels, valid) arrays the jaxvision losses take."""
+    targets = []
+    boxes = np.full((len(counts), slots, 4), pad, np.float32)
+    labels, valid = np.zeros((len(counts), slots), np.int32), np.zeros((len(counts), slots), bool)
+    for i, n in enumerate(counts):
+        xy = rng.random((n, 2)) * span
+        b = np.concatenate([xy, xy + rng.random((n, 2)) * extent + min_size], 1)
+        b = b.astype(np.float32)
+        l = rng.integers(first_label, first_label + num_labels, n)
+        targets.append({"boxes": torch.from_numpy(b), "labels": torch.from_numpy(l)})
+        boxes[i, :n], labels[i, :n], valid[i, :n] = b, l, True
+    return targets, boxes, labels, valid

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 
 import jaxvision as jv
 
-from det_helpers import nchw
+from det_helpers import nchw, random_targets
 
 
 @pytest.fixture(scope="module")
@@ -73,16 +73,9 @@ def test_anchors_and_detections_equal(pair):
 
 def test_loss_equals_torchvision(pair):
     tmodel, model, variables, x, out, want, feats = pair
-    rng = np.random.default_rng(3)
     anchors = _anchors(tmodel, feats)
-    targets, boxes, labels, valid = [], np.full((2, 5, 4), 9.0, np.float32), \
-        np.zeros((2, 5), np.int32), np.zeros((2, 5), bool)
-    for i, n in enumerate((3, 1)):
-        xy = rng.random((n, 2)) * 200
-        b = np.concatenate([xy, xy + rng.random((n, 2)) * 90 + 10], 1).astype(np.float32)
-        l = rng.integers(1, 6, n)
-        targets.append({"boxes": torch.from_numpy(b), "labels": torch.from_numpy(l)})
-        boxes[i, :n], labels[i, :n], valid[i, :n] = b, l, True
+    targets, boxes, labels, valid = random_targets(np.random.default_rng(3), (3, 1), 5, 200, 10,
+                                                   90)
     matched = [tmodel.proposal_matcher(torchvision.ops.box_iou(t["boxes"], a))
                for t, a in zip(targets, anchors)]
     with torch.no_grad():

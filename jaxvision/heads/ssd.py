@@ -1,12 +1,12 @@
 """SSD's head, loss and post-processing, as torchvision's ``models/detection/ssd.py``.
 
-One 3x3 convolution per feature map for class logits and one for box deltas (BoxCoder weights
-10, 10, 5, 5); softmax classification with background class 0, hard-negative mining at 3
+One 3x3 convolution per feature map for class logits and one for box deltas (SSDLite: a
+depthwise 3x3 + BatchNorm + ReLU6 and a 1x1 projection; BoxCoder weights 10, 10, 5, 5); softmax classification with background class 0, hard-negative mining at 3
 negatives per positive, and per-class top-k + NMS in post-processing.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -14,9 +14,11 @@ import optax
 import flax.linen as nn
 
 from jaxvision import ops
-from jaxvision.layers import Conv2d
+from jaxvision.layers import Conv2d, conv_norm_act
 
 SSD_BOX_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
+LITE_NORM = dict(epsilon=1e-3, momentum=0.03)  # SSDLite's BatchNorm2d(eps=0.001, momentum=0.03)
+LITE_INIT = nn.initializers.normal(0.03)  # SSDLite's _normal_init (and zero biases)
 _xavier = nn.initializers.xavier_uniform()
 
 
@@ -24,29 +26,43 @@ class _Scoring(nn.Module):
     num_anchors: Sequence[int]
     num_columns: int
     dtype: Any = None
+    lite_norm: Optional[str] = None  # SSDLite: depthwise 3x3 + this norm + ReLU6, then 1x1
 
     @nn.compact
-    def __call__(self, features):
+    def __call__(self, features, train: bool = False):
         outs = []
         for i, (x, a) in enumerate(zip(features, self.num_anchors)):
-            y = Conv2d(a * self.num_columns, 3, 1, 1, bias=True, dtype=self.dtype,
-                       kernel_init=_xavier, name=f"module_list_{i}")(x)
+            c = a * self.num_columns
+            if self.lite_norm is None:
+                y = Conv2d(c, 3, 1, 1, bias=True, dtype=self.dtype, kernel_init=_xavier,
+                           name=f"module_list_{i}")(x)
+            else:
+                y = conv_norm_act(x, train, x.shape[-1], 3, f"module_list_{i}_0",
+                                  norm=self.lite_norm, act=jax.nn.relu6, groups=x.shape[-1],
+                                  norm_kwargs=LITE_NORM, kernel_init=LITE_INIT, dtype=self.dtype)
+                y = Conv2d(c, 1, bias=True, dtype=self.dtype, kernel_init=LITE_INIT,
+                           bias_init=nn.initializers.zeros, name=f"module_list_{i}_1")(y)
             n, h, w, _ = y.shape
             outs.append(y.reshape(n, h * w * a, self.num_columns))
         return jnp.concatenate(outs, axis=1).astype(jnp.float32)
 
 
 class SSDHead(nn.Module):
+    """torchvision's ``SSDHead``, or with ``lite_norm`` its ``SSDLiteHead`` (a depthwise-
+    separable prediction block per map)."""
+
     num_anchors: Sequence[int]
     num_classes: int
     dtype: Any = None
+    lite_norm: Optional[str] = None
 
     @nn.compact
-    def __call__(self, features):
-        return {"bbox_regression": _Scoring(self.num_anchors, 4, self.dtype,
-                                            name="regression_head")(features),
+    def __call__(self, features, train: bool = False):
+        return {"bbox_regression": _Scoring(self.num_anchors, 4, self.dtype, self.lite_norm,
+                                            name="regression_head")(features, train),
                 "cls_logits": _Scoring(self.num_anchors, self.num_classes, self.dtype,
-                                       name="classification_head")(features)}
+                                       self.lite_norm, name="classification_head")(features,
+                                                                                   train)}
 
 
 def _smooth_l1(x, beta: float = 1.0):

@@ -20,7 +20,7 @@ _13, _16``; ``features_4`` is the 40-channel stride-8 map LR-ASPP and the DeepLa
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import jax.numpy as jnp
 import flax.linen as nn
@@ -46,18 +46,20 @@ def hardswish(x):
     return x * relu6(x + 3) / 6  # torch's formula and order of operations
 
 
-def _conv(features, k, stride=1, groups=1, dilation=1, bias=False, name=None, dtype=None):
+def _conv(features, k, stride=1, groups=1, dilation=1, bias=False, name=None, dtype=None,
+          kernel_init=kaiming_normal_fan_out):
     # torchvision's Conv2dNormActivation padding; kaiming_normal_(mode="fan_out"), zero bias.
     return Conv2d(features, k, stride, (k - 1) // 2 * dilation, dilation, groups, bias=bias,
-                  dtype=dtype, kernel_init=kaiming_normal_fan_out,
+                  dtype=dtype, kernel_init=kernel_init,
                   bias_init=nn.initializers.zeros, name=name)
 
 
 def conv_norm_act(x, train, features, k, name, norm, act=None, stride=1, groups=1, dilation=1,
-                  dtype=None):
+                  dtype=None, kernel_init=kaiming_normal_fan_out):
     """torchvision's ``Conv2dNormActivation`` as the children ``{name}_0`` (conv) and
     ``{name}_1`` (norm) of the calling module, so paths match the Sequential's indices."""
-    x = _conv(features, k, stride, groups, dilation, name=f"{name}_0", dtype=dtype)(x)
+    x = _conv(features, k, stride, groups, dilation, name=f"{name}_0", dtype=dtype,
+              kernel_init=kernel_init)(x)
     x = norm(name=f"{name}_1")(x, train)
     return act(x) if act is not None else x
 
@@ -214,37 +216,55 @@ class SqueezeExcitation(nn.Module):
 
     squeeze_channels: int
     dtype: Any = jnp.float32
+    kernel_init: Callable = kaiming_normal_fan_out
 
     @nn.compact
     def __call__(self, x):
         c = x.shape[-1]
         s = jnp.mean(x, axis=(1, 2), keepdims=True)
-        s = nn.relu(_conv(self.squeeze_channels, 1, bias=True, name="fc1", dtype=self.dtype)(s))
-        s = _conv(c, 1, bias=True, name="fc2", dtype=self.dtype)(s)
+        s = nn.relu(_conv(self.squeeze_channels, 1, bias=True, name="fc1", dtype=self.dtype,
+                          kernel_init=self.kernel_init)(s))
+        s = _conv(c, 1, bias=True, name="fc2", dtype=self.dtype, kernel_init=self.kernel_init)(s)
         return hardsigmoid(s) * x
+
+
+def inverted_residual_v3(x, train, cnf, norm, child, dtype=None,
+                         kernel_init=kaiming_normal_fan_out, expanded=False):
+    """V3's block as children ``child(i)`` of the calling module (``i`` the index in torch's
+    ``block`` Sequential).  ``expanded=True`` starts at the depthwise conv on an already expanded
+    ``x``: SSDLite cuts its C4 block there, and torch's slice keeps the indices."""
+    inp, k, exp, out, use_se, act_name, stride, dilation = cnf
+    act = hardswish if act_name == "HS" else nn.relu
+    y, i = x, 0
+    if exp != inp:
+        if not expanded:
+            y = conv_norm_act(y, train, exp, 1, child(0), norm, act, dtype=dtype,
+                              kernel_init=kernel_init)
+        i = 1
+    elif expanded:
+        raise ValueError(f"a block without expansion (in {inp} == expanded {exp}) cannot start "
+                         "after its expansion")
+    y = conv_norm_act(y, train, exp, k, child(i), norm, act, 1 if dilation > 1 else stride, exp,
+                      dilation, dtype, kernel_init)
+    if use_se:
+        i += 1
+        y = SqueezeExcitation(make_divisible(exp // 4, 8), dtype, kernel_init, name=child(i))(y)
+    y = conv_norm_act(y, train, out, 1, child(i + 1), norm, dtype=dtype, kernel_init=kernel_init)
+    return y + x if stride == 1 and inp == out and not expanded else y
 
 
 class InvertedResidualV3(nn.Module):
     cnf: tuple  # (in, kernel, expanded, out, use_se, activation, stride, dilation)
     norm: str = "batch"
     dtype: Any = jnp.float32
+    momentum: float = 0.01  # torch's; SSDLite's backbone uses 0.03
+    kernel_init: Callable = kaiming_normal_fan_out
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        inp, k, exp, out, use_se, act_name, stride, dilation = self.cnf
-        norm = norm_factory(self.norm, self.dtype, momentum=0.01, epsilon=1e-3)
-        act = hardswish if act_name == "HS" else nn.relu
-        y, i = x, 0
-        if exp != inp:
-            y = conv_norm_act(y, train, exp, 1, "block_0", norm, act, dtype=self.dtype)
-            i = 1
-        y = conv_norm_act(y, train, exp, k, f"block_{i}", norm, act,
-                          1 if dilation > 1 else stride, exp, dilation, self.dtype)
-        if use_se:
-            i += 1
-            y = SqueezeExcitation(make_divisible(exp // 4, 8), self.dtype, name=f"block_{i}")(y)
-        y = conv_norm_act(y, train, out, 1, f"block_{i + 1}", norm, dtype=self.dtype)
-        return y + x if stride == 1 and inp == out else y
+        norm = norm_factory(self.norm, self.dtype, momentum=self.momentum, epsilon=1e-3)
+        return inverted_residual_v3(x, train, self.cnf, norm, lambda i: f"block_{i}", self.dtype,
+                                    self.kernel_init)
 
 
 class MobileNetV3(nn.Module):

@@ -8,7 +8,9 @@ state_dict (``backbone.features.21.weight``, ``backbone.extra.0.7.1.weight``,
 
 ``model.apply(v, images)`` takes the preprocessed batch (resized to 300x300, normalised with the
 spec's mean/std) and returns padded detections; ``method="head_outputs"`` the raw head
-outputs; ``method="loss"`` torchvision's loss dict for padded targets.
+outputs; ``method="loss"`` torchvision's loss dict for padded targets.  :class:`SSD` is that
+glue for every SSD: a subclass overrides ``parts`` (feature extractor, head, default boxes), as
+``ssdlite.SSDLite`` does.
 """
 from __future__ import annotations
 
@@ -38,7 +40,8 @@ class SSDFeatureExtractorVGG(nn.Module):
     dtype: Any = None
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, train: bool = False):
+        del train  # no BatchNorm
         idx, pools = 0, 0
         outputs = []
         cfg = CFGS["D"]
@@ -95,20 +98,25 @@ class SSD(nn.Module):
         return StageLayout(r"(?!)", tuple(block_range("backbone/features_", a, b, "/")
                                            for a, b in zip(starts, starts[1:])), r"head/")
 
+    def parts(self):
+        """(feature extractor, head, default boxes); SSDLite overrides this."""
+        return (SSDFeatureExtractorVGG(self.dtype),
+                SSDHead(DEFAULT_BOXES.num_anchors_per_location(), self.num_classes, self.dtype),
+                DEFAULT_BOXES)
+
     def setup(self):
         if self.num_classes < 2:
-            raise ValueError(f"SSD: num_classes must be >= 2 (class 0 is the background), got "
-                             f"{self.num_classes}")
-        self.backbone = SSDFeatureExtractorVGG(self.dtype)
-        self.head = SSDHead(DEFAULT_BOXES.num_anchors_per_location(), self.num_classes,
-                            self.dtype)
+            raise ValueError(f"{type(self).__name__}: num_classes must be >= 2 (class 0 is the "
+                             f"background), got {self.num_classes}")
+        self.backbone, self.head, self.default_boxes = self.parts()
 
     def head_outputs(self, x, train: bool = False):
         if x.ndim != 4 or x.shape[-1] != 3:
-            raise ValueError(f"SSD expects NHWC images (N, H, W, 3), got shape {x.shape}")
-        feats = self.backbone(x.astype(self.dtype))
-        out = self.head(feats)
-        out["anchors"] = jnp.concatenate(DEFAULT_BOXES(
+            raise ValueError(f"{type(self).__name__} expects NHWC images (N, H, W, 3), got "
+                             f"shape {x.shape}")
+        feats = self.backbone(x.astype(self.dtype), train)
+        out = self.head(feats, train)
+        out["anchors"] = jnp.concatenate(self.default_boxes(
             x.shape[1:3], [f.shape[1:3] for f in feats]))
         return out
 
@@ -120,6 +128,7 @@ class SSD(nn.Module):
                                self.detections_per_img, self.topk_candidates)
 
     def loss(self, x, boxes, labels, valid, train: bool = True):
+        """With BatchNorm (SSDLite) and ``train=True`` apply with ``mutable=["batch_stats"]``."""
         out = self.head_outputs(x, train)
         return ssd_loss(out, out["anchors"], boxes, labels, valid, self.iou_thresh,
                         (1.0 - self.positive_fraction) / self.positive_fraction)
