@@ -2,3 +2,4 @@
 ``models/detection``: importing this package registers them."""
 from jaxvision.models.detection import ssd  # noqa: F401
 from jaxvision.models.detection import fpn_detectors  # noqa: F401
+from jaxvision.models.detection import yolo  # noqa: F401
