@@ -15,13 +15,14 @@ from jaxvision.models.darknet import Darknet
 
 NAME = "yolo_cspdarknet53"
 SMALL = dict(width_mult=0.125, depth_mult=0.1, anchor_scale=64 / 608)
-# XLA:CPU's backend optimisations triple the compile time of the small model's train step
-# (37 s -> ~100 s measured on a loaded 2-core machine); the model is too small to care
-QUICK = {"xla_backend_optimization_level": 0}
+# XLA:CPU's full backend optimisation is most of this file's time (the small model's train
+# step, measured on a loaded 2-core machine: compile ~100 s at the default level, 62 s at 1,
+# 33 s at 0 but then 1.5 s a step instead of 0.25); tiny one-off functions take level 0
 
 
-def _compiled(fn, *args):
-    return jax.jit(fn).lower(*args).compile(compiler_options=QUICK)
+def _compiled(fn, *args, level=0):
+    return jax.jit(fn).lower(*args).compile(
+        compiler_options={"xla_backend_optimization_level": level})
 
 
 def _count(tree):
@@ -233,7 +234,7 @@ def test_small_variant_trains_on_shapes():
         return optax.apply_updates(params, updates), stats, opt, loss
 
     params, stats, opt = v["params"], v["batch_stats"], tx.init(v["params"])
-    step = _compiled(step, params, stats, opt)
+    step = _compiled(step, params, stats, opt, level=1)
     losses = []
     for _ in range(30):
         params, stats, opt, loss = step(params, stats, opt)
