@@ -80,13 +80,17 @@ def test_param_count_layer_by_layer():
             + _cbn(3, 256, 512) + _five(1024, 512))  # to C5
     heads = sum(_cbn(3, c, 2 * c) + 2 * c * 255 + 255 for c in (128, 256, 512))
     model = jv.create_model(NAME)
-    params = jv.api.init_variables(model, NAME, abstract=True)["params"]
-    got = {k: _count(v) for k, v in params.items()}
+    variables = jv.api.init_variables(model, NAME, abstract=True)
+    got = {k: _count(v) for k, v in variables["params"].items()}
     assert got == {"backbone": backbone, "spp": spp, "neck": neck, "head": heads}
     # the backbone is timm's cspdarknet53 without its 1000-class fc
     assert backbone == jv.model_info("cspdarknet53").num_params - (1024 * 1000 + 1000)
     # 64,363,101: YOLOv4's CSPDarknet53-SPP-PAN at 80 classes (the paper's "~64M")
     assert sum(got.values()) == jv.model_info(NAME).num_params == 64_363_101
+    # darknet's yolov4.weights holds a 20-byte header, then float32 kernels, head biases and
+    # per BatchNorm channel its bias, scale, mean and variance: 257,717,640 bytes
+    stats = _count(variables["batch_stats"])
+    assert 20 + 4 * (sum(got.values()) + stats) == 257_717_640
 
 
 def test_decode_hand_made_prediction():

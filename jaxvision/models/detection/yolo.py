@@ -5,6 +5,9 @@
 convs (leaky ReLU); the PAN's first 1x1 (``neck/top2``) closes YOLOv4's three post-SPP convs.
 ``neck``: the PAN (widths 128, 256, 512).  ``head``: per scale a 3x3 conv at twice the width and
 the 1x1 predictor (see :mod:`jaxvision.heads.yolo` for anchors, decoding, loss, post-processing).
+At 80 classes: 64,363,101 parameters (backbone 26,617,184, SPP block 11,541,504, PAN 19,549,952,
+head 6,654,461), the count of darknet's ``yolov4.cfg`` (its weights file is exactly this plus
+the BatchNorm running statistics), which the paper rounds to ~64M.
 
 Labels are class indices in ``[0, num_classes)`` (no background class).  Input: RGB in [0, 1]
 without mean/std normalisation, as darknet feeds it; ``min_size = max_size = 608`` makes
