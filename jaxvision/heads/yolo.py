@@ -35,15 +35,12 @@ from jaxvision import ops
 from jaxvision.heads.dense import postprocess
 from jaxvision.layers import Conv2d
 from jaxvision.layers.blocks import conv_norm_act
+from jaxvision.necks.pan import leaky
 
 COCO_ANCHORS = ((10, 13), (16, 30), (33, 23), (30, 61), (62, 45), (59, 119),
                 (116, 90), (156, 198), (373, 326))
 STRIDES = (8, 16, 32)
 WH_CLAMP = math.log(1000.0 / 16)
-
-
-def leaky(x):
-    return nn.leaky_relu(x, 0.1)
 
 
 class YOLOHead(nn.Module):

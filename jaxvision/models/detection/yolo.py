@@ -26,11 +26,11 @@ from typing import Any, Optional, Sequence
 import jax.numpy as jnp
 import flax.linen as nn
 
-from jaxvision.heads.yolo import YOLOHead, anchor_table, leaky, yolo_loss, yolo_postprocess
+from jaxvision.heads.yolo import YOLOHead, anchor_table, yolo_loss, yolo_postprocess
 from jaxvision.layers.blocks import conv_norm_act
 from jaxvision.models._stages import StageLayout
 from jaxvision.models.darknet import CHANNELS, DEPTHS, Darknet, darknet_stage_layout
-from jaxvision.necks.pan import PAN
+from jaxvision.necks.pan import PAN, leaky
 from jaxvision.necks.spp import SPP
 from jaxvision.registry import register_model
 
