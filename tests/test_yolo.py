@@ -265,7 +265,7 @@ def test_head_and_loss_train_on_shapes():
 
 @pytest.mark.sweep
 def test_small_variant_trains_on_shapes():
-    # ~150 s on this 2-core machine under load (55 s of CPU), nearly all XLA compiling the step
+    # 100-150 s on this loaded 2-core machine (52-55 s of CPU), mostly XLA compiling the step
     model = jv.create_model(NAME, num_classes=4, **SMALL)
     x, boxes, labels, valid = _shapes_batch(8)
 
