@@ -78,20 +78,23 @@ class CrossStage(nn.Module):
     act: Any
     norm: str = "batch"
     dtype: Any = None
+    features: int = 0  # 0: CHANNELS[index]
+    depth: int = 0  # 0: DEPTHS[index]
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        c, first = CHANNELS[self.index], self.index == 0
+        c, first = self.features or CHANNELS[self.index], self.index == 0
+        depth = self.depth or DEPTHS[self.index]
         kw = dict(act=self.act, norm=self.norm, dtype=self.dtype)
         x = ConvNormAct(c, 3, 2, **kw, name="conv_down")(x, train)
         if not self.cross_stage:
-            for j in range(DEPTHS[self.index]):
+            for j in range(depth):
                 x = DarkBlock(c, 0.5, **kw, name=f"blocks_{j}")(x, train)
             return x
         exp = c * (2 if first else 1)
         x = ConvNormAct(exp, 1, **kw, name="conv_exp")(x, train)
         xs, xb = jnp.split(x, 2, axis=-1)
-        for j in range(DEPTHS[self.index]):
+        for j in range(depth):
             xb = DarkBlock(c if first else c // 2, 0.5 if first else 1.0, **kw,
                            name=f"blocks_{j}")(xb, train)
         xb = ConvNormAct(exp // 2, 1, **kw, name="conv_transition_b")(xb, train)
@@ -103,10 +106,11 @@ class _Stem(nn.Module):
     act: Any
     norm: str = "batch"
     dtype: Any = None
+    features: int = 32
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        return ConvNormAct(32, 3, act=self.act, norm=self.norm, dtype=self.dtype,
+        return ConvNormAct(self.features, 3, act=self.act, norm=self.norm, dtype=self.dtype,
                            name="conv1")(x, train)
 
 
@@ -121,7 +125,9 @@ class _Head(nn.Module):
 
 
 class Darknet(nn.Module):
-    """``cross_stage=True``: CSPDarknet-53, else Darknet-53."""
+    """``cross_stage=True``: CSPDarknet-53, else Darknet-53.  ``channels`` / ``depths`` (one
+    per stage; the stem is half the first width) make narrower or shallower variants, such as
+    the small YOLO of ``jaxvision.models.detection.yolo``."""
 
     cross_stage: bool = False
     act: str = "leaky_relu"
@@ -131,16 +137,17 @@ class Darknet(nn.Module):
     dtype: Any = jnp.float32
     features_only: bool = False
     out_indices: Optional[Sequence[int]] = None
+    channels: Sequence[int] = CHANNELS
+    depths: Sequence[int] = DEPTHS
 
     @property
     def feature_info(self):
-        return (FeatureInfo("stem", 32, 1),) + tuple(
-            FeatureInfo(f"stages_{i}", c, 2 ** (i + 1)) for i, c in enumerate(CHANNELS))
+        return (FeatureInfo("stem", self.channels[0] // 2, 1),) + tuple(
+            FeatureInfo(f"stages_{i}", c, 2 ** (i + 1)) for i, c in enumerate(self.channels))
 
     @property
     def stage_layout(self) -> StageLayout:
-        return StageLayout(r"stem/", tuple(f"stages_{i}/" for i in range(len(CHANNELS))),
-                           r"head/")
+        return darknet_stage_layout("")
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -149,17 +156,29 @@ class Darknet(nn.Module):
                              f"{x.shape}")
         act = _activation(self.act, self.negative_slope)
         feats = FeatureCollector(self.feature_info, self.features_only, self.out_indices)
-        x = _Stem(act, self.norm, self.dtype, name="stem")(x.astype(self.dtype), train)
+        if len(self.channels) != len(CHANNELS) or len(self.depths) != len(DEPTHS) or any(
+                c % 2 or c < 2 for c in self.channels) or min(self.depths) < 1:
+            raise ValueError(f"{type(self).__name__}: channels must be {len(CHANNELS)} even "
+                             f"widths and depths {len(DEPTHS)} counts >= 1, got channels="
+                             f"{tuple(self.channels)}, depths={tuple(self.depths)}")
+        x = _Stem(act, self.norm, self.dtype, self.channels[0] // 2, name="stem")(
+            x.astype(self.dtype), train)
         if feats.add("stem", x):
             return feats.maps
         for i in range(len(CHANNELS)):
-            x = CrossStage(i, self.cross_stage, act, self.norm, self.dtype,
-                           name=f"stages_{i}")(x, train)
+            x = CrossStage(i, self.cross_stage, act, self.norm, self.dtype, self.channels[i],
+                           self.depths[i], name=f"stages_{i}")(x, train)
             if feats.add(f"stages_{i}", x):
                 return feats.maps
         if self.num_classes <= 0:
             return adaptive_avg_pool2d(x, 1).reshape(x.shape[0], -1)
         return _Head(self.num_classes, self.dtype, name="head")(x)
+
+
+def darknet_stage_layout(prefix: str) -> StageLayout:
+    """The stem and five stages of a Darknet whose parameters sit under ``prefix``."""
+    return StageLayout(rf"{prefix}stem/",
+                       tuple(f"{prefix}stages_{i}/" for i in range(len(CHANNELS))), r"head/")
 
 
 def _register(name, cross_stage, act, num_params, doc):
