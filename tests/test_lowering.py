@@ -136,3 +136,19 @@ def test_max_pool_first_matches_xla_path():
     y0, g0 = jax.jit(jax.value_and_grad(f0))(x)
     np.testing.assert_array_equal(np.asarray(y), np.asarray(y0))
     np.testing.assert_allclose(np.asarray(g), np.asarray(g0), rtol=0, atol=1e-6)
+
+
+def test_set_mode_overrides_the_environment_and_names_a_bad_value(monkeypatch):
+    monkeypatch.setenv("JAXVISION_LOWERING", "xla")
+    try:
+        lowering.set_mode("auto")
+        assert lowering.rewrites_on("cpu") and not lowering.rewrites_on("gpu")
+        lowering.set_mode("")  # back to the environment's
+        assert not lowering.rewrites_on("cpu")
+        with pytest.raises(ValueError, match="conv_lowering must be 'auto', 'xla' or ''"):
+            lowering.set_mode("fast")
+        with lowering.using("auto"):
+            assert lowering.rewrites_on("cpu")
+        assert not lowering.rewrites_on("cpu")
+    finally:
+        lowering.set_mode(None)

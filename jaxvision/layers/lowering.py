@@ -12,13 +12,15 @@ The alternatives below are exact rewrites of the same sums (only the order of fl
 changes): ``im2col`` (pad + one strided slice per kernel tap + one ``dot``), ``einsum`` for
 ungrouped 1x1 convolutions (stride by slicing) and ``taps`` for depthwise convolutions (one
 multiply-add per kernel tap). On GPU every convolution stays ``lax.conv_general_dilated``
-(cuDNN).  The rewrites are opt-in for now (``JAXVISION_LOWERING=auto``; the default ``xla``
-keeps XLA's convolution everywhere): they pass the ResNet, Inception and layer parity tests but
+(cuDNN).  The rewrites are opt-in for now (``JAXVISION_LOWERING=auto``, or a run's
+``config.conv_lowering="auto"`` as the quickstarts set; the default ``xla`` keeps XLA's
+convolution everywhere): they pass the ResNet, Inception and layer parity tests but
 have not yet been run against every model family's.  (The first-maximum max-pool
 gradient, ``pool.max_pool2d_first``, is not used by the models yet: see its docstring.)
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import jax
@@ -44,9 +46,34 @@ def out_size(size, k, s, p, d):
     return (size + 2 * p - d * (k - 1) - 1) // s + 1
 
 
+_mode = None  # set by set_mode (a run's config.conv_lowering); None: the environment's
+
+
+def set_mode(mode) -> None:
+    """``"auto"`` or ``"xla"`` for the convolutions traced from now on in this process; ``""``
+    or None goes back to ``JAXVISION_LOWERING`` (default ``xla``)."""
+    global _mode
+    if mode not in (None, "", "auto", "xla"):
+        raise ValueError(f"conv_lowering must be 'auto', 'xla' or '' (JAXVISION_LOWERING's), "
+                         f"got {mode!r}")
+    _mode = mode or None
+
+
+@contextlib.contextmanager
+def using(mode):
+    """``set_mode(mode)`` for the block, then the previous mode again."""
+    previous = _mode
+    set_mode(mode)
+    try:
+        yield
+    finally:
+        set_mode(previous)
+
+
 def rewrites_on(backend=None) -> bool:
-    """Whether the CPU rewrites apply: on the CPU backend with ``JAXVISION_LOWERING=auto``."""
-    mode = os.environ.get("JAXVISION_LOWERING", "xla")
+    """Whether the CPU rewrites apply: on the CPU backend in mode ``auto`` (``set_mode``, else
+    ``JAXVISION_LOWERING``)."""
+    mode = _mode or os.environ.get("JAXVISION_LOWERING", "xla")
     if mode not in ("auto", "xla"):
         raise ValueError(f"JAXVISION_LOWERING must be 'auto' or 'xla', got {mode!r}")
     return mode == "auto" and (backend or jax.default_backend()) == "cpu"

@@ -12,6 +12,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 import jaxvision as jv
 from jaxvision.data import build_data
+from jaxvision.layers import lowering
 from jaxvision.tasks import build_task, task_name
 from jaxvision.train import checkpoint, freeze, guards, optim
 from jaxvision.train.config import check_config, save_config
@@ -106,6 +107,12 @@ def evaluate(eval_step, variables, data, mesh, task, return_sums: bool = False):
 
 
 def train(config, workdir: str, log=print) -> dict:
+    """Trains ``config`` in ``workdir`` (resuming what is there); the final metrics."""
+    with lowering.using(config.get("conv_lowering", "")):
+        return _train(config, workdir, log)
+
+
+def _train(config, workdir: str, log) -> dict:
     check_config(config)
     checkpoint.make_workdir(workdir)
     data = build_data(config.data, config.model.name, task_name(config))

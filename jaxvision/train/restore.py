@@ -37,6 +37,9 @@ def load_task_run(workdir: str, log=None):
         raise FileNotFoundError(f"{path}: no such file; is {workdir} a jaxvision train workdir?")
     with open(path) as f:
         config = ml_collections.ConfigDict(json.load(f))
+    from jaxvision.layers import lowering
+
+    lowering.set_mode(config.get("conv_lowering", ""))
     # the best metric is a class attribute of the task: no class count needed yet
     mgr = checkpoint.manager(workdir, config.checkpoint.keep,
                              *best_metric(config, TASKS[task_name(config)]), read_only=True)
