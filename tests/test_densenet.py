@@ -80,7 +80,10 @@ def test_deeper_variants_small_forward(name):
     tmodel = nonzero_tv_model(name, calib_size=(64, 64))
     model = jv.create_model(name)
     variables = jv.load_pretrained(name, tmodel.state_dict(), model=model)
-    check_eval(name, tmodel, variables, model, [(64, 64)])
+    errs = {"eval": check_eval(name, tmodel, variables, model, [(64, 64)]),
+            "train": check_train(name, tmodel, variables, model, (64, 64)),
+            "grad": check_input_grad(name, tmodel, variables, model, (64, 64))}
+    print(f"PARITY {name} max abs error: " + ", ".join(f"{k} {v:.2e}" for k, v in errs.items()))
 
 
 def test_drop_rate_draws_from_the_dropout_rng():

@@ -107,8 +107,9 @@ def test_every_variant_matches_torchvision(name):
     model = jv.create_model(name, **NO_DROP)
     variables = jv.load_pretrained(name, tmodel.state_dict(), model=model)
     errs = {"eval": check_eval(name, tmodel, variables, model, [(65, 97)]),
-            "train": check_train(name, tmodel, variables, model, (65, 97))}  # B5-B7: momentum
-    print(f"{name} max abs error: " + ", ".join(f"{k} {v:.2e}" for k, v in errs.items()))
+            "train": check_train(name, tmodel, variables, model, (65, 97)),  # B5-B7: momentum
+            "grad": check_input_grad(name, tmodel, variables, model, (65, 97))}
+    print(f"PARITY {name} max abs error: " + ", ".join(f"{k} {v:.2e}" for k, v in errs.items()))
 
 
 # A small net of both block kinds, residual and not, for what needs no full-size model

@@ -34,6 +34,9 @@ def assert_parity(what, got, want, truth_fn, tol=TOL) -> float:
         return err
     truth = truth_fn()
     ours, theirs = max_err(got, truth), max_err(want, truth)
+    # the sweep's record (pytest -s): which bar a comparison met, and by what margin
+    print(f"BAR {what}: {err:.3g} from torch float32 > {tol:g}; from float64 ours {ours:.3g}, "
+          f"torch float32 {theirs:.3g} (bar 2x)")
     assert ours <= max(tol, 2 * theirs), (
         f"{what}: max abs error {err:.3g} vs torch float32; {ours:.3g} from float64, where "
         f"torch float32 is {theirs:.3g} from float64")
@@ -259,6 +262,8 @@ def check_input_grad(name, tmodel, variables, model, size, tol=TOL):
         return err
     truth = _input_grad_torch(copy.deepcopy(tmodel).double(), x, torch.float64)
     ours, theirs = rel_l2(g, truth), rel_l2(want, truth)
+    print(f"BAR {name} input gradient: {err:.3g} from torch float32 > {tol:g}; relative L2 "
+          f"from float64 ours {ours:.3g}, torch float32 {theirs:.3g} (bar 4x)")
     if ours <= 4 * theirs + 1e-7:
         return err
     with jax.enable_x64(True):

@@ -126,6 +126,8 @@ def check_train_and_grad_no_bn(name, tmodel, variables, model, size, tol=1e-4):
         g_err = max_err(g, want_g) / np.abs(want_g).max()
         if g_err > tol:
             ours, theirs = rel_l2(g, truth()[1]), rel_l2(want_g, truth()[1])
+            print(f"BAR {name} input gradient: {g_err:.3g} (max abs over max) > {tol:g}; "
+                  f"relative L2 from float64 ours {ours:.3g}, torch float32 {theirs:.3g}")
             assert ours <= 4 * theirs + 1e-7, (
                 f"{name} input gradient: {g_err:.3g} (max abs over max) from torch float32; "
                 f"relative L2 {ours:.3g} from float64, where torch float32 is {theirs:.3g}")
@@ -294,6 +296,8 @@ def check_train_and_grad_bn(name, tmodel, variables, model, size, tol=1e-4):
     errs["grad"] = max_err(g, want_g) / np.abs(want_g).max()  # relative, as above
     if errs["grad"] > tol:
         ours, theirs_ = rel_l2(g, truth()["g"]), rel_l2(want_g, truth()["g"])
+        print(f"BAR {name} input gradient: {errs['grad']:.3g} (max abs over max) > {tol:g}; "
+              f"relative L2 from float64 ours {ours:.3g}, torch float32 {theirs_:.3g}")
         assert ours <= 4 * theirs_ + 1e-7, (
             f"{name} input gradient: {errs['grad']:.3g} (max abs over max) from torch float32; "
             f"relative L2 {ours:.3g} from float64, where torch float32 is {theirs_:.3g}")
