@@ -22,7 +22,7 @@ import numpy as np
 import jax.numpy as jnp
 import flax.linen as nn
 
-from jaxvision.layers import Linear, make_divisible, norm_factory
+from jaxvision.layers import Linear, check_nhwc, make_divisible, norm_factory
 from jaxvision.models._features import FeatureCollector
 from jaxvision.models._stages import StageLayout
 from jaxvision.models.efficientnet import SqueezeExcitation
@@ -167,8 +167,7 @@ class RegNet(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        if x.ndim != 4:
-            raise ValueError(f"RegNet expects NHWC images (N, H, W, 3), got shape {x.shape}")
+        check_nhwc(x, "RegNet")
         stages = self._stages()
         info = self.feature_info
         feats = FeatureCollector(info, self.features_only, self.out_indices)

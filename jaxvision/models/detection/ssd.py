@@ -20,7 +20,7 @@ import flax.linen as nn
 
 from jaxvision import ops
 from jaxvision.heads.ssd import SSDHead, ssd_loss, ssd_postprocess
-from jaxvision.layers import Conv2d, kaiming_normal_fan_out, max_pool2d
+from jaxvision.layers import Conv2d, check_nhwc, kaiming_normal_fan_out, max_pool2d
 from jaxvision.models._stages import StageLayout, block_range
 from jaxvision.models.vgg import CFGS
 from jaxvision.registry import register_model
@@ -104,8 +104,7 @@ class SSD(nn.Module):
                             self.dtype)
 
     def head_outputs(self, x, train: bool = False):
-        if x.ndim != 4 or x.shape[-1] != 3:
-            raise ValueError(f"SSD expects NHWC images (N, H, W, 3), got shape {x.shape}")
+        check_nhwc(x, "SSD", channels=3)
         feats = self.backbone(x.astype(self.dtype))
         out = self.head(feats)
         out["anchors"] = jnp.concatenate(DEFAULT_BOXES(
