@@ -13,9 +13,8 @@ import torchvision
 
 import jaxvision as jv
 from tv_parity import (as_float64, assert_parity, check_eval, check_features, check_input_grad,
-                       check_train, images, nchw)
-from zoo_checks import (check_dropout, check_feature_shapes, check_param_count, check_stages,
-                        nonzero_tv_model)
+                       check_train, images, nchw, tv_model)
+from zoo_checks import check_dropout, check_feature_shapes, check_param_count, check_stages
 
 NAMES = ["densenet121", "densenet161", "densenet169", "densenet201"]
 NODES = {"features.relu0": "relu0", "features.denseblock1": "denseblock1",
@@ -38,7 +37,7 @@ def test_param_count_equals_torchvision(name):
 
 
 def test_parity_reduced_depth():
-    tmodel = nonzero_tv_model(lambda: torchvision.models.DenseNet(**MINI))
+    tmodel = tv_model(lambda: torchvision.models.DenseNet(**MINI), nonzero=True)
     model = jv.create_model("densenet121", **MINI)
     variables = jv.load_pretrained("densenet121", tmodel.state_dict(), model=model)
     check_eval("densenet mini", tmodel, variables, model, [(224, 224), (193, 257)])
@@ -64,7 +63,7 @@ def test_parity_reduced_depth():
 
 @pytest.mark.sweep
 def test_densenet121_full_parity():
-    tmodel = nonzero_tv_model("densenet121")
+    tmodel = tv_model("densenet121", nonzero=True)
     model = jv.create_model("densenet121")
     # torchvision's published checkpoints have the legacy keys
     variables = jv.load_pretrained("densenet121", legacy(tmodel.state_dict()), model=model)
@@ -77,7 +76,7 @@ def test_densenet121_full_parity():
 @pytest.mark.sweep
 @pytest.mark.parametrize("name", NAMES[1:])
 def test_deeper_variants_small_forward(name):
-    tmodel = nonzero_tv_model(name, calib_size=(64, 64))
+    tmodel = tv_model(name, nonzero=True, calib_size=(64, 64))
     model = jv.create_model(name)
     variables = jv.load_pretrained(name, tmodel.state_dict(), model=model)
     errs = {"eval": check_eval(name, tmodel, variables, model, [(64, 64)]),
