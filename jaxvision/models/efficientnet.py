@@ -253,13 +253,9 @@ def _register(arch, num_params, crop, resize, interpolation):
     build.__doc__ = f"torchvision's ``{name}``."
     # V2-L's weights were ported from TF with inputs scaled to [-1, 1]
     stats = dict(mean=(0.5,) * 3, std=(0.5,) * 3) if arch == "v2_l" else {}
-    recipe = ("https://github.com/pytorch/vision/issues/3995#new-recipe-with-lr-wd-crop-tuning"
-              if arch == "b1" else "https://github.com/pytorch/vision/tree/main/references/"
-              f"classification#efficientnet-{'v2' if arch.startswith('v2') else 'v1'}")
     register_model(name, family="efficientnet", torch_name=name, num_params=num_params,
                    input_size=(crop, crop), resize_size=resize, crop_size=crop,
                    interpolation=interpolation, features=EfficientNet(arch=arch).feature_info,
-                   notes=f"torchvision's DEFAULT weights' training recipe: {recipe}",
                    **stats)(build)
 
 
