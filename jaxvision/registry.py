@@ -4,6 +4,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import fnmatch
+import functools
+import json
+import os
 from typing import Any, Callable, Mapping, Optional
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -17,6 +20,35 @@ class FeatureInfo:
     name: str
     channels: int
     reduction: int  # input size / feature size (for the default, non-dilated model)
+
+
+@dataclasses.dataclass(frozen=True)
+class TorchvisionWeights:
+    """torchvision's DEFAULT ImageNet-1K weights of a classification model, as their ``meta``
+    publishes them (tv_weights.json, written from the installed torchvision by
+    scripts/gen_tv_weights.py).  torchvision publishes the recipe's URL, not its
+    hyper-parameters (epochs, learning rate, batch size, augmentation): follow ``recipe``."""
+
+    weights: str  # the enum member, e.g. "ConvNeXt_Tiny_Weights.IMAGENET1K_V1"
+    recipe: str  # meta["recipe"]
+    acc1: float  # meta["_metrics"]["ImageNet-1K"]["acc@1"], at the weights' own preset
+    acc5: float
+    gflops: float  # meta["_ops"]
+    file_size_mb: float  # meta["_file_size"]
+    docs: str  # meta["_docs"], whitespace collapsed
+
+
+@functools.lru_cache(maxsize=None)
+def _default_weights() -> dict:
+    path = os.path.join(os.path.dirname(__file__), "tv_weights.json")
+    with open(path) as f:
+        return json.load(f)["default_weights"]
+
+
+def torchvision_weights(torch_name: Optional[str]) -> Optional[TorchvisionWeights]:
+    """The published meta of ``torch_name``'s DEFAULT classification weights, or None."""
+    row = _default_weights().get(torch_name) if torch_name else None
+    return TorchvisionWeights(**row) if row else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +74,12 @@ class ModelSpec:
     def has_torchvision_weights(self) -> bool:
         return self.torch_name is not None
 
+    @property
+    def torchvision_weights(self) -> Optional[TorchvisionWeights]:
+        """torchvision's DEFAULT weights: recipe URL, published accuracy, GFLOPS (the
+        classification models; None for the others)."""
+        return torchvision_weights(self.torch_name)
+
     def describe(self) -> dict:
         return {
             "name": self.name,
@@ -55,6 +93,8 @@ class ModelSpec:
             "crop_size": self.crop_size,
             "interpolation": self.interpolation,
             "features": [dataclasses.asdict(f) for f in self.features],
+            "torchvision_weights": (dataclasses.asdict(self.torchvision_weights)
+                                    if self.torchvision_weights else None),
             "notes": self.notes,
         }
 

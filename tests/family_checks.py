@@ -49,7 +49,8 @@ def assert_registry_matches_default_weights(name):
         t.crop_size[0], t.resize_size[0], t.interpolation.value)
     assert info.input_size == (t.crop_size[0],) * 2
     assert (list(info.mean), list(info.std)) == (t.mean, t.std)
-    assert weights.meta["recipe"] in info.notes
+    published = info.torchvision_weights
+    assert published.weights == str(weights) and published.recipe == weights.meta["recipe"]
 
 
 def assert_bfloat16_compute_keeps_float32_params(name):

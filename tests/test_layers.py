@@ -72,3 +72,20 @@ def test_make_divisible_like_torchvision():
     for v in [3, 8, 15.5, 16, 24 * 0.75, 32 * 1.4, 96 * 0.35, 1280 * 1.3, 7]:
         for d in (4, 8):
             assert make_divisible(v, d) == _make_divisible(v, d), (v, d)
+
+
+def test_batchnorm_normalises_in_at_least_float32():
+    """bfloat16 compute normalises in float32; float64 (the parity tests' exact reference run)
+    stays float64 instead of being rounded to float32 on the way."""
+    import jax
+
+    bn = BatchNorm()
+    v = bn.init(jax.random.key(0), jnp.zeros((1, 2, 2, 3)))
+    v = {"params": v["params"], "batch_stats": {"mean": jnp.full(3, 0.1), "var": jnp.full(3, 3.0)}}
+    assert bn.apply(v, jnp.ones((1, 2, 2, 3), jnp.bfloat16)).dtype == jnp.bfloat16
+    with jax.enable_x64(True):
+        v64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), v)
+        y = BatchNorm(dtype=jnp.float64).apply(v64, jnp.full((1, 2, 2, 3), 1 / 3, jnp.float64))
+        assert y.dtype == jnp.float64
+        want = (1 / 3 - np.float64(np.float32(0.1))) / np.sqrt(3.0 + 1e-5)
+        np.testing.assert_allclose(np.asarray(y), want, rtol=1e-13)  # float32: 1e-8 off

@@ -8,9 +8,9 @@ import torchvision
 
 import jaxvision as jv
 from jaxvision.convert.merge import ConversionError
-from tv_parity import check_eval, check_features, check_input_grad, check_train
+from tv_parity import check_eval, check_features, check_input_grad, check_train, tv_model
 from zoo_checks import (check_dropout, check_embedding, check_feature_shapes, check_param_count,
-                        check_stages, nonzero_tv_model)
+                        check_stages)
 
 NAMES = ["mnasnet0_5", "mnasnet0_75", "mnasnet1_0", "mnasnet1_3"]
 NODES = {f"layers.{i}": f"layers_{i}" for i in (7, 8, 9, 11, 16)}
@@ -24,7 +24,7 @@ def test_param_count_equals_torchvision(name):
 def test_parity_with_torchvision():
     name = "mnasnet0_5"
     # dropout 0 on both sides: train mode is then deterministic (torch and jax RNGs differ)
-    tmodel = nonzero_tv_model(lambda: torchvision.models.mnasnet0_5(dropout=0.0))
+    tmodel = tv_model(lambda: torchvision.models.mnasnet0_5(dropout=0.0), nonzero=True)
     model = jv.create_model(name, dropout=0.0)
     variables = jv.load_pretrained(name, tmodel.state_dict(), model=model)
     check_eval(name, tmodel, variables, model, [(224, 224), (193, 257)])
@@ -55,7 +55,7 @@ def _version1_model():
     with pytest.warns(UserWarning, match="previous version"), \
             pytest.raises(RuntimeError, match="size mismatch"):
         tmodel.load_state_dict(sd)
-    return nonzero_tv_model(tmodel, calib_size=(64, 64))
+    return tv_model(tmodel, nonzero=True, calib_size=(64, 64))
 
 
 def test_version1_stem():

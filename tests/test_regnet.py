@@ -89,16 +89,25 @@ def test_y_400mf_matches_torchvision_fully():
     _parity("regnet_y_400mf", full=True)
 
 
-# regnet_y_128gf (645M parameters) needs ~6 GB for torch's copy, ours and a float64 truth: its
-# widths and parameter count are checked above, its blocks are regnet_y_32gf's kind
+# regnet_y_128gf (645M parameters) needs ~6 GB for torch's copy, ours and a float64 truth: it
+# has its own sweep case below, to be run alone
 @pytest.mark.sweep
 @pytest.mark.parametrize("name", [n for n in NAMES if n not in SMALLEST + ["regnet_y_128gf"]])
 def test_every_variant_matches_torchvision(name):
+    _small_forward(name)
+
+
+@pytest.mark.sweep  # run alone: ~2.6 GB a float32 copy, two of them and a float64 truth
+def test_y_128gf_forward_matches_torchvision():
+    _small_forward("regnet_y_128gf")
+
+
+def _small_forward(name):
     tmodel = tv_model(name, nonzero=True, calib_size=(64, 64))
     model = jv.create_model(name)
     variables = jv.load_pretrained(name, tmodel.state_dict(), model=model)
     err = check_eval(name, tmodel, variables, model, [(65, 97)])
-    print(f"{name} max abs error: eval {err:.2e}")
+    print(f"PARITY {name} max abs error: eval {err:.2e}")
 
 
 # a small RegNetY: three stages of 1-2 blocks, grouped convs and squeeze-excitation

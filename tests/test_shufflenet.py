@@ -10,9 +10,8 @@ from torchvision.models.shufflenetv2 import channel_shuffle as torch_shuffle
 import jaxvision as jv
 from jaxvision.models.shufflenetv2 import channel_shuffle
 from tv_parity import (as_float64, assert_parity, check_eval, check_features, check_input_grad,
-                       check_train, images, nchw, to_nhwc)
-from zoo_checks import (check_embedding, check_feature_shapes, check_param_count, check_stages,
-                        nonzero_tv_model)
+                       check_train, images, nchw, to_nhwc, tv_model)
+from zoo_checks import check_embedding, check_feature_shapes, check_param_count, check_stages
 
 NAMES = ["shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "shufflenet_v2_x1_5", "shufflenet_v2_x2_0"]
 NODES = {"conv1": "conv1", "maxpool": "maxpool", "stage2": "stage2", "stage3": "stage3",
@@ -33,7 +32,7 @@ def test_channel_shuffle_is_torchs():
 
 def test_parity_with_torchvision():
     name = "shufflenet_v2_x0_5"
-    tmodel = nonzero_tv_model(name)
+    tmodel = tv_model(name, nonzero=True)
     model = jv.create_model(name)
     variables = jv.load_pretrained(name, tmodel.state_dict(), model=model)
     check_eval(name, tmodel, variables, model, [(224, 224), (193, 257)])
@@ -68,7 +67,7 @@ def test_frozen_stages_and_linear_probe():
 
 def test_frozen_batchnorm_keeps_its_statistics():
     # torchvision's ShuffleNetV2 takes no norm_layer: its eval mode is FrozenBatchNorm2d's output
-    ref = nonzero_tv_model("shufflenet_v2_x0_5", calib_size=(64, 64))
+    ref = tv_model("shufflenet_v2_x0_5", nonzero=True, calib_size=(64, 64))
     model = jv.create_model("shufflenet_v2_x0_5", norm="frozen")
     variables = jv.load_pretrained("shufflenet_v2_x0_5", ref.state_dict(), model=model)
     x = jnp.asarray(images((2, 64, 64, 3)))

@@ -9,9 +9,8 @@ import torch
 import torchvision
 
 import jaxvision as jv
-from tv_parity import check_eval, check_features, check_input_grad
-from zoo_checks import (check_dropout, check_embedding, check_param_count, check_stages,
-                        nonzero_tv_model)
+from tv_parity import check_eval, check_features, check_input_grad, tv_model
+from zoo_checks import check_dropout, check_embedding, check_param_count, check_stages
 
 NODES = {
     "squeezenet1_0": {f"features.{i}": f"features_{i}" for i in (1, 5, 10, 12)},
@@ -30,7 +29,7 @@ def test_parity_with_torchvision(name):
     # SqueezeNet: every bias is zero-initialised by torchvision, re-randomised here.
     # 193x257 hits ceil_mode pooling windows that hang over the edge (SqueezeNet) and uneven
     # adaptive 6x6 bins (AlexNet's 5x7 map)
-    tmodel = nonzero_tv_model(lambda: getattr(torchvision.models, name)(dropout=0.0))
+    tmodel = tv_model(lambda: getattr(torchvision.models, name)(dropout=0.0), nonzero=True)
     model = jv.create_model(name, dropout=0.0)
     variables = jv.load_pretrained(name, tmodel.state_dict(), model=model)
     check_eval(name, tmodel, variables, model, [(224, 224), (193, 257)])
@@ -39,7 +38,7 @@ def test_parity_with_torchvision(name):
 
 
 def test_squeezenet1_0_small_forward():
-    tmodel = nonzero_tv_model("squeezenet1_0")
+    tmodel = tv_model("squeezenet1_0", nonzero=True)
     model = jv.create_model("squeezenet1_0")
     variables = jv.load_pretrained("squeezenet1_0", tmodel.state_dict(), model=model)
     check_eval("squeezenet1_0", tmodel, variables, model, [(65, 97)])

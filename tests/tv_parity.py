@@ -34,6 +34,13 @@ def assert_parity(what, got, want, truth_fn, tol=TOL) -> float:
         return err
     truth = truth_fn()
     ours, theirs = max_err(got, truth), max_err(want, truth)
+    assert theirs <= 1e-3 * np.abs(np.asarray(truth)).max(), (
+        f"{what}: torch float32 itself is {theirs:.3g} from float64 (values up to "
+        f"{np.abs(np.asarray(truth)).max():.3g}): these random weights are too unstable for a "
+        "parity check to mean anything; calibrate BatchNorm at another size")
+    # the sweep's record (pytest -s): which bar a comparison met, and by what margin
+    print(f"BAR {what}: {err:.3g} from torch float32 > {tol:g}; from float64 ours {ours:.3g}, "
+          f"torch float32 {theirs:.3g} (bar 2x)")
     assert ours <= max(tol, 2 * theirs), (
         f"{what}: max abs error {err:.3g} vs torch float32; {ours:.3g} from float64, where "
         f"torch float32 is {theirs:.3g} from float64")
@@ -86,15 +93,21 @@ def fill_zero_params_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 
 def assert_no_zero_tensor(state_dict):
     zero = [k for k, v in state_dict.items()
-            if not k.endswith("num_batches_tracked") and not torch.any(v)]
+            if v.is_floating_point() and v.numel() and not torch.any(v)]
     assert not zero, f"all-zero tensors would make the parity check blind: {zero}"
 
 
-def tv_model(torch_name: str, seed: int = 0, calib_size=(128, 128), nonzero: bool = False,
+def tv_model(torch_model, seed: int = 0, calib_size=(128, 128), nonzero: bool = False,
              **kwargs) -> torch.nn.Module:
-    """``nonzero=True``: no all-zero tensor is left (``fill_zero_params_``), and that is checked."""
+    """A torch model (a torchvision builder's name, a zero-argument constructor, or a module)
+    with random weights and calibrated, perturbed BatchNorm statistics.  Names and constructors
+    are built after seeding, so the weights do not depend on which tests ran before.
+    ``nonzero=True``: no all-zero tensor is left (``fill_zero_params_``), and that is checked."""
     torch.manual_seed(seed)
-    model = getattr(torchvision.models, torch_name)(weights=None, **kwargs)
+    if isinstance(torch_model, str):
+        model = getattr(torchvision.models, torch_model)(weights=None, **kwargs)
+    else:
+        model = torch_model if isinstance(torch_model, torch.nn.Module) else torch_model()
     if nonzero:
         fill_zero_params_(model, seed)
     model = randomize_(model, seed, calib_size).eval()
@@ -136,16 +149,42 @@ def torch_param_count(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def forward_float64(model, variables, x):
+    """The model computed in float64 throughout (float32 variables promoted), eval mode."""
+    with jax.enable_x64(True):
+        m64 = getattr(model, "_module", model).clone(dtype=jnp.float64)
+        v64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), variables)
+        return np.asarray(jax.jit(lambda v, x: m64.apply(v, x, train=False))(
+            v64, jnp.asarray(x, jnp.float64)))
+
+
 def check_eval(name, tmodel, variables, model, sizes, tol=TOL):
+    """Eval logits at each size: ``assert_parity``'s bar; failing its 2x, the function itself is
+    checked: ours computed in float64 equals torch's float64 to 1e-9 (relative to the largest
+    logit) and our float32 is within 4x torch float32's distance from it.  XLA:CPU's long float32
+    dot reductions round more than torch's (measured on a 1x1 conv 816 -> 136: mean error 1.7x
+    torch's), which EfficientNet-V1's wide 1x1 projections compound to 2-4x at the logits."""
     errs = []
     fwd = jax.jit(lambda v, x: model.apply(v, x, train=False))
     for size in sizes:
         x = images((2, *size, 3), seed=size[0])
         with torch.no_grad():
             want = tmodel(nchw(x))
-        truth = lambda: as_float64(tmodel)(nchw(x).double()).detach()
-        errs.append(assert_parity(f"{name} eval logits at {size}", fwd(variables, jnp.asarray(x)),
-                                  want, torch.no_grad()(truth), tol))
+        truth = torch.no_grad()(lambda: as_float64(tmodel)(nchw(x).double()).detach())
+        got = fwd(variables, jnp.asarray(x))
+        what = f"{name} eval logits at {size}"
+        try:
+            errs.append(assert_parity(what, got, want, truth, tol))
+        except AssertionError:
+            t64 = truth().numpy()
+            exact = max_err(forward_float64(model, variables, x), t64) / np.abs(t64).max()
+            ours, theirs = max_err(got, t64), max_err(want, t64)
+            print(f"BAR {what}: ours in float64 {exact:.3g} (relative) from torch float64; "
+                  f"float32 from float64: ours {ours:.3g}, torch {theirs:.3g} (bar 4x)")
+            assert exact <= 1e-9 and ours <= 4 * theirs, (
+                f"{what}: computed in float64, {exact:.3g} (relative) from torch float64; in "
+                f"float32 {ours:.3g} from float64, where torch float32 is {theirs:.3g}")
+            errs.append(max_err(got, want))
     return max(errs)
 
 
@@ -244,8 +283,8 @@ def check_input_grad(name, tmodel, variables, model, size, tol=TOL):
 
     The flip can be ours as well as torch's (measured on regnet_x_400mf at 65x97: one of the two
     images 0.35% from float64 in ours, 5e-6 in torch).  Then ours must stay within 1% of float64
-    and the same function computed with ``dtype=float64`` (BatchNorm statistics stay float32 by
-    design) must meet torch float32's bar: the gradient is torch's, the gap float32 rounding.
+    and the same function computed in float64 (``dtype=float64``, float64 variables)
+    must meet torch float32's bar: the gradient is torch's, the gap float32 rounding.
     """
     import copy
 
@@ -259,13 +298,23 @@ def check_input_grad(name, tmodel, variables, model, size, tol=TOL):
         return err
     truth = _input_grad_torch(copy.deepcopy(tmodel).double(), x, torch.float64)
     ours, theirs = rel_l2(g, truth), rel_l2(want, truth)
+    assert theirs <= 0.1, (f"{name} input gradient: torch float32 itself is {theirs:.3g} (relative "
+                           "L2) from float64: too unstable to compare; calibrate BatchNorm "
+                           "at another size")
+    print(f"BAR {name} input gradient: {err:.3g} from torch float32 > {tol:g}; relative L2 "
+          f"from float64 ours {ours:.3g}, torch float32 {theirs:.3g} (bar 4x)")
     if ours <= 4 * theirs + 1e-7:
         return err
     with jax.enable_x64(True):
+        # float64 variables too: with float32 ones each BatchNorm's scale / sqrt(var + eps)
+        # rounds to float32, enough to flip what torch float64 does not (densenet201: 0.6%)
         m64 = getattr(model, "_module", model).clone(dtype=jnp.float64)
-        g64 = jax.jit(jax.grad(lambda x: jnp.mean(m64.apply(variables, x, train=False) ** 2)))(
+        v64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), variables)
+        g64 = jax.jit(jax.grad(lambda x: jnp.mean(m64.apply(v64, x, train=False) ** 2)))(
             jnp.asarray(x, jnp.float64))
         ours64 = rel_l2(g64, truth)
+    print(f"BAR {name} input gradient computed in float64: relative L2 {ours64:.3g} from torch "
+          f"float64 (bar: ours float32 within 1%, float64 within 4x torch float32)")
     assert ours <= 1e-2 and ours64 <= 4 * theirs + 1e-7, (
         f"{name} input gradient: max abs {err:.3g} from torch float32; relative L2 {ours:.3g} "
         f"from float64 ({ours64:.3g} computed in float64), where torch float32 is {theirs:.3g}")

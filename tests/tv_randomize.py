@@ -14,6 +14,7 @@ from jaxvision.convert.torchvision import module_path
 from jaxvision.train import freeze, optim
 from torchvision.models.feature_extraction import create_feature_extractor
 
+from family_checks import frozen
 from tv_parity import assert_parity, as_float64, images, max_err, nchw, rel_l2, to_nhwc
 
 
@@ -126,6 +127,8 @@ def check_train_and_grad_no_bn(name, tmodel, variables, model, size, tol=1e-4):
         g_err = max_err(g, want_g) / np.abs(want_g).max()
         if g_err > tol:
             ours, theirs = rel_l2(g, truth()[1]), rel_l2(want_g, truth()[1])
+            print(f"BAR {name} input gradient: {g_err:.3g} (max abs over max) > {tol:g}; "
+                  f"relative L2 from float64 ours {ours:.3g}, torch float32 {theirs:.3g}")
             assert ours <= 4 * theirs + 1e-7, (
                 f"{name} input gradient: {g_err:.3g} (max abs over max) from torch float32; "
                 f"relative L2 {ours:.3g} from float64, where torch float32 is {theirs:.3g}")
@@ -145,14 +148,6 @@ def check_bfloat16(tmodel, model, variables, x):
     err = max_err(got, want)
     assert err <= 0.05 * np.abs(want).max(), err
     return err
-
-
-def frozen_paths(params, model_name, model, **kw):
-    cfg = freeze.default_freeze_config()
-    cfg.update(kw)
-    mask = freeze.trainable_mask(params, cfg, model_name, model)
-    paths = jax.tree.leaves(freeze.param_paths(params))
-    return {p for p, t in zip(paths, jax.tree.leaves(mask)) if not t}
 
 
 def torch_path(key: str) -> str:
@@ -179,12 +174,12 @@ def check_freezing(model_name, model, params, tmodel, stage_of_torch_key, head_o
             s = stage_of_torch_key(key)
             if s is not None and s <= k:
                 want |= by_mod[mod(torch_path(key))]
-        assert frozen_paths(params, model_name, model, frozen_stages=k) == want, k
+        assert frozen(model_name, params, model, frozen_stages=k) == want, k
     head = set()
     for key in keys:
         if head_of_torch_key(key):
             head |= by_mod[mod(torch_path(key))]
-    assert head and frozen_paths(params, model_name, model, linear_probe=True) == ours - head
+    assert head and frozen(model_name, params, model, linear_probe=True) == ours - head
     return n
 
 
@@ -236,15 +231,21 @@ def meta_param_count(torch_name, **kwargs):
     return sum(p.numel() for p in model.parameters())
 
 
-def sd_differs(model, x, variables):
-    """Stochastic depth: eval deterministic; in train two 'dropout' keys differ, one key repeats."""
+def check_stochastic_depth(tmodel, model, variables, x):
+    """Stochastic depth draws from the 'dropout' rng: in train mode one key repeats, two keys
+    differ, and both differ from eval; eval is deterministic and equals torch's eval, which
+    ignores stochastic depth as well."""
     run = jax.jit(lambda key: model.apply(variables, x, train=True, rngs={"dropout": key},
                                           mutable=[c for c in variables if c != "params"]))
     first = lambda out: out[0] if isinstance(out, tuple) else out
     a, b, a2 = (np.asarray(first(run(jax.random.key(s)))) for s in (1, 2, 1))
     ev = jax.jit(lambda v: model.apply(v, x, train=False))
     e1, e2 = np.asarray(ev(variables)), np.asarray(ev(variables))
-    return a, b, a2, e1, e2
+    np.testing.assert_array_equal(a, a2)
+    np.testing.assert_array_equal(e1, e2)
+    assert max_err(a, b) > 1e-3 and max_err(a, e1) > 1e-3
+    with torch.no_grad():
+        assert max_err(e1, tmodel(nchw(np.asarray(x))).numpy()) < 1e-4
 
 
 STAGE_RX = re.compile(r"^features\.(\d+)\.")
@@ -294,6 +295,8 @@ def check_train_and_grad_bn(name, tmodel, variables, model, size, tol=1e-4):
     errs["grad"] = max_err(g, want_g) / np.abs(want_g).max()  # relative, as above
     if errs["grad"] > tol:
         ours, theirs_ = rel_l2(g, truth()["g"]), rel_l2(want_g, truth()["g"])
+        print(f"BAR {name} input gradient: {errs['grad']:.3g} (max abs over max) > {tol:g}; "
+              f"relative L2 from float64 ours {ours:.3g}, torch float32 {theirs_:.3g}")
         assert ours <= 4 * theirs_ + 1e-7, (
             f"{name} input gradient: {errs['grad']:.3g} (max abs over max) from torch float32; "
             f"relative L2 {ours:.3g} from float64, where torch float32 is {theirs_:.3g}")

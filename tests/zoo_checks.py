@@ -1,58 +1,19 @@
-"""Checks shared by the DenseNet, ShuffleNet, MNASNet, SqueezeNet and AlexNet tests: weights with
-no all-zero tensor, and the declared stages against torchvision's module names."""
+"""Checks shared by the DenseNet, ShuffleNet, MNASNet, SqueezeNet and AlexNet tests: the declared
+stages against torchvision's module names, counts, embeddings, feature shapes, dropout."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 import torch
 import torchvision
 
 import jaxvision as jv
 from jaxvision.convert.torchvision import module_path
-from jaxvision.train import freeze, optim
-from tv_parity import (as_float64, assert_parity, images, nchw, param_count, randomize_,
+from jaxvision.train import freeze
+from family_checks import assert_step_keeps_frozen, frozen
+from tv_parity import (as_float64, assert_parity, images, nchw, param_count, tv_model,
                        torch_param_count)
-
-
-def fill_zero_params_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """torchvision zero-initialises DenseNet's and MNASNet's classifier bias and every SqueezeNet
-    bias: a parity test comparing zeros with zeros proves nothing about those tensors."""
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for p in model.parameters():
-            if not torch.any(p):
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-    return model
-
-
-def assert_no_zero_tensor(state_dict):
-    zero = [k for k, v in state_dict.items()
-            if v.is_floating_point() and v.numel() and not torch.any(v)]
-    assert not zero, f"all-zero tensors would hide layout bugs: {zero}"
-
-
-def nonzero_tv_model(torch_model, seed=0, calib_size=(128, 128)):
-    """A torch model (a name, a zero-argument constructor, or a module) with random weights and
-    calibrated, perturbed BatchNorm statistics, and no all-zero tensor.  Names and constructors
-    are built after seeding, so the weights do not depend on which tests ran before."""
-    torch.manual_seed(seed)
-    if isinstance(torch_model, str):
-        torch_model = getattr(torchvision.models, torch_model)(weights=None)
-    elif not isinstance(torch_model, torch.nn.Module):
-        torch_model = torch_model()
-    model = randomize_(fill_zero_params_(torch_model, seed), seed, calib_size).eval()
-    assert_no_zero_tensor(model.state_dict())
-    return model
-
-
-def _frozen(params, name, model, **kw):
-    cfg = freeze.default_freeze_config()
-    cfg.update(kw)
-    mask = freeze.trainable_mask(params, cfg, name, model)
-    paths = jax.tree.leaves(freeze.param_paths(params))
-    return {p for p, t in zip(paths, jax.tree.leaves(mask)) if not t}
 
 
 def check_stages(name, groups, head, size=64, **model_kwargs):
@@ -81,34 +42,14 @@ def check_stages(name, groups, head, size=64, **model_kwargs):
 
     n = len(groups) - 1
     for k in range(n + 1):
-        assert _frozen(params, name, model, frozen_stages=k) == {
+        assert frozen(name, params, model, frozen_stages=k) == {
             p for p in paths if group(p) is not None and group(p) <= k}, k
     with pytest.raises(ValueError, match=f"has {n} stages"):
-        _frozen(params, name, model, frozen_stages=n + 1)
-    assert _frozen(params, name, model, linear_probe=True) == {
+        frozen(name, params, model, frozen_stages=n + 1)
+    assert frozen(name, params, model, linear_probe=True) == {
         p for p in paths if not module_key[p.rsplit("/", 1)[0]].startswith(head)}
 
-    # one SGD step (momentum, weight decay) with stage 1 and the stem frozen
-    cfg = freeze.default_freeze_config()
-    cfg.frozen_stages = 1
-    trainable = freeze.trainable_mask(params, cfg, name, model)
-    # the tree matters, not the sizes: 4 random numbers a leaf keep this fast for densenet121
-    leaves, tree = jax.tree.flatten(params)
-    values = jax.tree.unflatten(tree, list(jax.random.normal(jax.random.key(1),
-                                                             (len(leaves), 4))))
-    ocfg = optim.default_optimizer_config()
-    ocfg.weight_decay = 0.1
-    tx = optim.build_optimizer(ocfg, 0.1, values, trainable)
-
-    @jax.jit
-    def step(values):
-        grads = jax.tree.map(jnp.ones_like, values)
-        updates, _ = tx.update(grads, tx.init(values), values)
-        return optax.apply_updates(values, updates)
-
-    new = step(values)
-    for t, a, b in zip(jax.tree.leaves(trainable), jax.tree.leaves(values), jax.tree.leaves(new)):
-        assert np.array_equal(np.asarray(a), np.asarray(b)) == (not t)
+    assert_step_keeps_frozen(name, params, model, 1)
 
 
 def check_param_count(name):
@@ -123,7 +64,7 @@ def check_param_count(name):
 def check_embedding(name, embed, size=(64, 64)):
     """``num_classes=0`` against ``embed(torch_model, nchw_input)``, torch's own trunk output
     (typically the model with its head replaced by Identity), on random nonzero weights."""
-    tmodel = nonzero_tv_model(name, calib_size=size)
+    tmodel = tv_model(name, nonzero=True, calib_size=size)
     model = jv.create_model(name, num_classes=0)
     variables = jv.load_pretrained(name, tmodel.state_dict(), model=model, strict=False)
     x = images((2, *size, 3))

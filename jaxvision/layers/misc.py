@@ -11,8 +11,9 @@ def make_divisible(v: float, divisor: int, min_value: Optional[int] = None) -> i
     return new_v
 
 
-def check_nhwc(x, model: str = "model"):
-    """Models take NHWC images; torch's NCHW is the usual mistake, so name it.
+def check_nhwc(x, model: str = "model", channels: Optional[int] = None):
+    """Models take NHWC images; torch's NCHW is the usual mistake, so name it.  ``channels``:
+    the number of channels the model's weights expect (torchvision's stems take 3), if fixed.
 
     Shapes are static, so this costs nothing under jit.  A model entry point calls it first.
     """
@@ -24,3 +25,6 @@ def check_nhwc(x, model: str = "model"):
         raise ValueError(f"{model}: expected NHWC images (batch, height, width, channels), got "
                          f"shape {shape}, which looks like NCHW (torch's layout); use "
                          "x.transpose(0, 2, 3, 1)")
+    if channels is not None and shape[-1] != channels:
+        raise ValueError(f"{model}: expected NHWC images with {channels} channels (batch, height, "
+                         f"width, {channels}), got shape {shape}")

@@ -15,8 +15,10 @@ import flax.linen as nn
 
 
 def _normalize(x, mean, var, scale, bias, eps, dtype):
+    # at least float32 (bfloat16 compute normalises in float32); float64 stays float64, so a
+    # model computed in float64 is that function in float64 (parity tests compare it to torch's)
     mul = scale * jnp.reciprocal(jnp.sqrt(var + eps))
-    y = (x.astype(jnp.float32) - mean) * mul + bias
+    y = (x.astype(jnp.promote_types(x.dtype, jnp.float32)) - mean) * mul + bias
     return y.astype(dtype or x.dtype)
 
 

@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from jaxvision.layers import Conv2d, Linear, adaptive_avg_pool2d, kaiming_normal_fan_out, norm_factory
+from jaxvision.layers import (Conv2d, Linear, adaptive_avg_pool2d, check_nhwc,
+                              kaiming_normal_fan_out, norm_factory)
 from jaxvision.models._features import FeatureCollector
 from jaxvision.models._stages import StageLayout
 from jaxvision.registry import FeatureInfo, register_model
@@ -151,9 +152,7 @@ class Darknet(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        if x.ndim != 4 or x.shape[-1] != 3:
-            raise ValueError(f"{type(self).__name__} expects NHWC images (N, H, W, 3), got shape "
-                             f"{x.shape}")
+        check_nhwc(x, type(self).__name__, channels=3)
         act = _activation(self.act, self.negative_slope)
         feats = FeatureCollector(self.feature_info, self.features_only, self.out_indices)
         if len(self.channels) != len(CHANNELS) or len(self.depths) != len(DEPTHS) or any(

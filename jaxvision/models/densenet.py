@@ -33,20 +33,32 @@ def _conv(features, k, stride=1, padding=0, name=None, dtype=None):
                   name=name)
 
 
+def _bottleneck(layer, x, train):
+    """BN-ReLU-1x1 on the concatenation of every earlier map: the activations that grow with
+    depth, which torchvision's ``memory_efficient`` recomputes in the backward pass."""
+    y = nn.relu(norm_factory(layer.norm, layer.dtype)(name="norm1")(x, train))
+    return _conv(layer.bn_size * layer.growth_rate, 1, name="conv1", dtype=layer.dtype)(y)
+
+
 class DenseLayer(nn.Module):
-    """BN-ReLU-1x1 (to ``bn_size * growth_rate``) then BN-ReLU-3x3 (to ``growth_rate``)."""
+    """BN-ReLU-1x1 (to ``bn_size * growth_rate``) then BN-ReLU-3x3 (to ``growth_rate``).
+
+    ``memory_efficient``: the bottleneck is rematerialised (``nn.remat``) like torchvision's
+    ``checkpoint``: same parameters, same numbers, less memory for a second forward of it."""
 
     growth_rate: int
     bn_size: int
     drop_rate: float = 0.0
     norm: str = "batch"
     dtype: Any = jnp.float32
+    memory_efficient: bool = False
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         norm = norm_factory(self.norm, self.dtype)
-        y = nn.relu(norm(name="norm1")(x, train))
-        y = _conv(self.bn_size * self.growth_rate, 1, name="conv1", dtype=self.dtype)(y)
+        bottleneck = (nn.remat(_bottleneck, static_argnums=(2,)) if self.memory_efficient
+                      else _bottleneck)
+        y = bottleneck(self, x, train)
         y = nn.relu(norm(name="norm2")(y, train))
         y = _conv(self.growth_rate, 3, padding=1, name="conv2", dtype=self.dtype)(y)
         if self.drop_rate > 0:
@@ -61,6 +73,7 @@ class DenseBlock(nn.Module):
     drop_rate: float = 0.0
     norm: str = "batch"
     dtype: Any = jnp.float32
+    memory_efficient: bool = False
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -68,7 +81,7 @@ class DenseBlock(nn.Module):
         # new map to the running concatenation gives the same tensor, channel for channel
         for i in range(self.num_layers):
             y = DenseLayer(self.growth_rate, self.bn_size, self.drop_rate, self.norm, self.dtype,
-                           name=f"denselayer{i + 1}")(x, train)
+                           self.memory_efficient, name=f"denselayer{i + 1}")(x, train)
             x = jnp.concatenate([x, y], axis=-1)
         return x
 
@@ -95,6 +108,7 @@ class Features(nn.Module):
     drop_rate: float
     norm: str
     dtype: Any
+    memory_efficient: bool = False
 
     @nn.compact
     def __call__(self, x, train: bool, feats: FeatureCollector):
@@ -108,7 +122,7 @@ class Features(nn.Module):
         c = self.num_init_features
         for i, n in enumerate(self.block_config):
             x = DenseBlock(n, self.growth_rate, self.bn_size, self.drop_rate, self.norm,
-                           self.dtype, name=f"denseblock{i + 1}")(x, train)
+                           self.dtype, self.memory_efficient, name=f"denseblock{i + 1}")(x, train)
             c += n * self.growth_rate
             if i == len(self.block_config) - 1:
                 break
@@ -134,6 +148,7 @@ class DenseNet(nn.Module):
     dtype: Any = jnp.float32
     features_only: bool = False
     out_indices: Optional[Sequence[int]] = None
+    memory_efficient: bool = False  # torchvision's option: rematerialise each bottleneck
 
     def _channels(self):
         """Channels after each dense block (transitions halve them)."""
@@ -166,7 +181,8 @@ class DenseNet(nn.Module):
     def __call__(self, x, train: bool = False):
         feats = FeatureCollector(self.feature_info, self.features_only, self.out_indices)
         x = Features(self.growth_rate, tuple(self.block_config), self.num_init_features,
-                     self.bn_size, self.drop_rate, self.norm, self.dtype, name="features")(
+                     self.bn_size, self.drop_rate, self.norm, self.dtype, self.memory_efficient,
+                     name="features")(
             x.astype(self.dtype), train, feats)
         if self.features_only:
             return feats.maps

@@ -24,11 +24,11 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from jaxvision.layers import (Conv2d, Linear, kaiming_normal_fan_out, make_divisible,
-                              norm_factory)
+from jaxvision.layers import (Conv2d, Linear, check_nhwc, conv_norm_act, kaiming_normal_fan_out,
+                              make_divisible)
 from jaxvision.models._features import FeatureCollector
 from jaxvision.models._stages import StageLayout
-from jaxvision.models.mobilenet import _feature_info, conv_norm_act
+from jaxvision.models.mobilenet import _feature_info
 from jaxvision.registry import register_model
 
 # (block, expand ratio, kernel, stride, input channels, output channels, layers): the paper's
@@ -104,6 +104,14 @@ class SqueezeExcitation(nn.Module):
         return jax.nn.sigmoid(s) * x
 
 
+def _cna(x, train, features, k, name, norm, bn, act, stride=1, groups=1, dtype=None):
+    """torchvision's Conv2dNormActivation with EfficientNet's BatchNorm (eps, momentum) and
+    its convs' kaiming_normal_(mode="fan_out") init."""
+    return conv_norm_act(x, train, features, k, name, norm=norm, act=act, stride=stride,
+                         groups=groups, norm_kwargs=dict(epsilon=bn[0], momentum=bn[1]),
+                         kernel_init=kaiming_normal_fan_out, dtype=dtype)
+
+
 class MBConv(nn.Module):
     """MBConv (expand 1x1, depthwise, SE, project 1x1) or FusedMBConv (fused expand kxk,
     project 1x1), with stochastic depth on the residual branch."""
@@ -118,9 +126,8 @@ class MBConv(nn.Module):
         kind, ratio, k, stride, inp, out, sd_prob = self.cnf
         if stride not in (1, 2):
             raise ValueError(f"illegal stride value {stride}")
-        norm = norm_factory(self.norm, self.dtype, epsilon=self.bn[0], momentum=self.bn[1])
-        cna = lambda y, c, kernel, name, act=nn.silu, s=1, g=1: conv_norm_act(
-            y, train, c, kernel, name, norm, act, s, g, dtype=self.dtype)
+        cna = lambda y, c, kernel, name, act=nn.silu, s=1, g=1: _cna(
+            y, train, c, kernel, name, self.norm, self.bn, act, s, g, self.dtype)
         expanded = make_divisible(inp * ratio, 8)
         y = x
         if kind == "mb":
@@ -197,13 +204,11 @@ class EfficientNet(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        if x.ndim != 4:
-            raise ValueError(f"EfficientNet expects NHWC images (N, H, W, 3), got shape {x.shape}")
+        check_nhwc(x, "EfficientNet")
         stem, stages, last, bn = self._plan()
         feats = FeatureCollector(self.feature_info, self.features_only, self.out_indices)
-        norm = norm_factory(self.norm, self.dtype, epsilon=bn[0], momentum=bn[1])
         x = x.astype(self.dtype)
-        x = conv_norm_act(x, train, stem, 3, "features_0", norm, nn.silu, 2, dtype=self.dtype)
+        x = _cna(x, train, stem, 3, "features_0", self.norm, bn, nn.silu, 2, dtype=self.dtype)
         if feats.add("features_0", x):
             return feats.maps
         for s, stage in enumerate(stages, 1):
@@ -212,7 +217,7 @@ class EfficientNet(nn.Module):
             if feats.add(f"features_{s}", x):
                 return feats.maps
         s = len(stages) + 1
-        x = conv_norm_act(x, train, last, 1, f"features_{s}", norm, nn.silu, dtype=self.dtype)
+        x = _cna(x, train, last, 1, f"features_{s}", self.norm, bn, nn.silu, dtype=self.dtype)
         if feats.add(f"features_{s}", x):
             return feats.maps
         x = jnp.mean(x, axis=(1, 2))
@@ -248,13 +253,9 @@ def _register(arch, num_params, crop, resize, interpolation):
     build.__doc__ = f"torchvision's ``{name}``."
     # V2-L's weights were ported from TF with inputs scaled to [-1, 1]
     stats = dict(mean=(0.5,) * 3, std=(0.5,) * 3) if arch == "v2_l" else {}
-    recipe = ("https://github.com/pytorch/vision/issues/3995#new-recipe-with-lr-wd-crop-tuning"
-              if arch == "b1" else "https://github.com/pytorch/vision/tree/main/references/"
-              f"classification#efficientnet-{'v2' if arch.startswith('v2') else 'v1'}")
     register_model(name, family="efficientnet", torch_name=name, num_params=num_params,
                    input_size=(crop, crop), resize_size=resize, crop_size=crop,
                    interpolation=interpolation, features=EfficientNet(arch=arch).feature_info,
-                   notes=f"torchvision's DEFAULT weights' training recipe: {recipe}",
                    **stats)(build)
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import jax.numpy as jnp
 import flax.linen as nn
 
-from jaxvision.layers import Linear, make_divisible, norm_factory
+from jaxvision.layers import Linear, check_nhwc, make_divisible, norm_factory
 from jaxvision.models._features import FeatureCollector
 from jaxvision.models._stages import StageLayout
 from jaxvision.models.efficientnet import SqueezeExcitation
@@ -167,8 +167,7 @@ class RegNet(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        if x.ndim != 4:
-            raise ValueError(f"RegNet expects NHWC images (N, H, W, 3), got shape {x.shape}")
+        check_nhwc(x, "RegNet")
         stages = self._stages()
         info = self.feature_info
         feats = FeatureCollector(info, self.features_only, self.out_indices)
@@ -226,16 +225,11 @@ def _register(name, depth, w_0, w_a, w_m, group_width, num_params, se_ratio):
     # DEFAULT weights: IMAGENET1K_V2 (resize 232, crop 224), except regnet_y_128gf's SWAG
     # end-to-end weights at 384
     big = name == "regnet_y_128gf"
-    fixres = name in ("regnet_x_400mf", "regnet_x_800mf", "regnet_x_1_6gf")
-    recipe = ("https://github.com/facebookresearch/SWAG" if big else
-              "https://github.com/pytorch/vision/issues/3995#new-recipe"
-              + ("-with-fixres" if fixres else ""))
     register_model(name, family="regnet", torch_name=name, num_params=num_params,
                    input_size=(384, 384) if big else (224, 224),
                    resize_size=384 if big else 232, crop_size=384 if big else 224,
                    interpolation="bicubic" if big else "bilinear",
-                   features=RegNet(**fixed).feature_info,
-                   notes=f"torchvision's DEFAULT weights' training recipe: {recipe}")(build)
+                   features=RegNet(**fixed).feature_info)(build)
 
 
 for _size, _p in _X.items():

@@ -199,7 +199,10 @@ def _register(name, block, layers, groups, width, num_params):
 
     build.__name__ = name
     build.__doc__ = f"torchvision's ``{name}``."
+    # the registry keeps the IMAGENET1K_V1 preset (resize 256); resnext101_64x4d's only weights
+    # were trained with the new recipe and resize to 232
     register_model(name, family="resnet", torch_name=name, num_params=num_params,
+                   resize_size=232 if name == "resnext101_64x4d" else 256,
                    features=ResNet(block=block, layers=layers).feature_info)(build)
 
 

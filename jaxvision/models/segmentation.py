@@ -21,6 +21,7 @@ import flax.linen as nn
 
 from jaxvision.heads.segmentation import (DeepLabV3PlusHead, LRASPPHead, deeplab_head,
                                           fcn_head)
+from jaxvision.layers import check_nhwc
 from jaxvision.layers.interpolate import interpolate
 from jaxvision.models._stages import StageLayout, block_range
 from jaxvision.models.mobilenet import MobileNetV2, MobileNetV3
@@ -31,11 +32,10 @@ HEADS = ("fcn", "deeplabv3", "deeplabv3plus", "lraspp")
 HEAD_PATHS = r"(aux_)?classifier"  # what linear_probe trains: the heads
 
 
-def check_input(x, num_classes):
+def check_input(x, num_classes, model: str = "segmenter"):
     if num_classes <= 0:
         raise ValueError(f"a segmenter needs num_classes >= 1, got {num_classes}")
-    if x.ndim != 4 or x.shape[-1] != 3:
-        raise ValueError(f"expected NHWC images (N, H, W, 3), got shape {tuple(x.shape)}")
+    check_nhwc(x, model, channels=3)
 
 
 def backbone_stages(backbone, prefix: str = "backbone/") -> StageLayout:
@@ -81,7 +81,7 @@ class Segmenter(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        check_input(x, self.num_classes)
+        check_input(x, self.num_classes, type(self).__name__)
         if self.head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
         if self.aux_loss and self.aux is None:

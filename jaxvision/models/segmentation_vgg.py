@@ -49,7 +49,7 @@ class FCNVGG(nn.Module):
     def __call__(self, x, train: bool = False):
         if self.output_stride not in _SKIPS:
             raise ValueError(f"output_stride must be 32, 16 or 8, got {self.output_stride}")
-        check_input(x, self.num_classes)
+        check_input(x, self.num_classes, type(self).__name__)
         feats = VGG(CFGS["D"], dtype=self.dtype, features_only=True, out_indices=(2, 3, 4),
                     name="backbone")(x, train)
         conv = lambda c, k, name, p=0: Conv2d(c, k, padding=p, bias=True, dtype=self.dtype,

@@ -23,6 +23,7 @@ import flax.linen as nn
 from jaxvision import ops
 from jaxvision.heads.fcos import FCOSHead, fcos_loss, fcos_postprocess
 from jaxvision.heads.retinanet import RetinaNetHead, retinanet_loss, retinanet_postprocess
+from jaxvision.layers import check_nhwc
 from jaxvision.models._stages import StageLayout
 from jaxvision.models.resnet import ResNet
 from jaxvision.necks.fpn import FPN
@@ -126,8 +127,7 @@ class FPNDetector(nn.Module):
                                       num_convs=self.head_convs, dtype=self.dtype)
 
     def head_outputs(self, x, train: bool = False):
-        if x.ndim != 4 or x.shape[-1] != 3:
-            raise ValueError(f"{self.kind} expects NHWC images (N, H, W, 3), got shape {x.shape}")
+        check_nhwc(x, self.kind, channels=3)
         feats = self.features(x.astype(self.dtype), train)
         out = self.head(feats)
         gen = FCOS_ANCHORS if self.kind == "fcos" else RETINANET_ANCHORS

@@ -22,7 +22,7 @@ import flax.linen as nn
 
 from jaxvision import ops
 from jaxvision.heads.ssd import SSDHead, ssd_loss, ssd_postprocess
-from jaxvision.layers import Conv2d, kaiming_normal_fan_out, max_pool2d
+from jaxvision.layers import Conv2d, check_nhwc, kaiming_normal_fan_out, max_pool2d
 from jaxvision.models._stages import StageLayout, block_range
 from jaxvision.models.vgg import CFGS
 from jaxvision.registry import register_model
@@ -111,9 +111,7 @@ class SSD(nn.Module):
         self.backbone, self.head, self.default_boxes = self.parts()
 
     def head_outputs(self, x, train: bool = False):
-        if x.ndim != 4 or x.shape[-1] != 3:
-            raise ValueError(f"{type(self).__name__} expects NHWC images (N, H, W, 3), got "
-                             f"shape {x.shape}")
+        check_nhwc(x, type(self).__name__, channels=3)
         feats = self.backbone(x.astype(self.dtype), train)
         out = self.head(feats, train)
         out["anchors"] = jnp.concatenate(self.default_boxes(

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from jaxvision.heads.yolo import YOLOHead, anchor_table, yolo_loss, yolo_postprocess
+from jaxvision.layers import check_nhwc
 from jaxvision.layers.blocks import conv_norm_act
 from jaxvision.models._stages import StageLayout
 from jaxvision.models.darknet import CHANNELS, DEPTHS, Darknet, darknet_stage_layout
@@ -98,8 +99,7 @@ class YOLO(nn.Module):
 
     def head_outputs(self, x, train: bool = False) -> dict:
         """``{"preds": [(N, H/s, W/s, 3, 5 + C) raw for s = 8, 16, 32], "anchors": (3, 3, 2)}``."""
-        if x.ndim != 4 or x.shape[-1] != 3:
-            raise ValueError(f"YOLO expects NHWC images (N, H, W, 3), got shape {x.shape}")
+        check_nhwc(x, "YOLO", channels=3)
         if x.shape[1] % 32 or x.shape[2] % 32:
             raise ValueError(f"YOLO: image height and width must be multiples of 32 (the "
                              f"coarsest stride), got {x.shape[1:3]}")
