@@ -139,7 +139,7 @@ def tfds_sources(cfg, task: str = "classification"):
                             f"feature (features: {list(features)})")
         names = list(cfg.class_names)
         if not names:
-            raise DataError(f"data.tfds.class_names is empty: a segmentation mask feature "
+            raise DataError("data.tfds.class_names is empty: a segmentation mask feature "
                             f"carries no class names; list them (mask value i is name i)")
     else:
         names = (getattr(features[cfg.label_key], "names", None)
