@@ -143,7 +143,10 @@ def test_loss_padding_perfect_and_random():
     loss = _compiled(lambda p, b, l, v: head.yolo_loss(p, anchors, b, l, v, 3),
                      perfect, boxes, labels, valid)
     good = loss(perfect, boxes, labels, valid)
-    assert all(float(v) < 1e-4 for v in good.values()), good
+    # logit -12 leaves BCE 6e-6 per negative anchor; objectness sums the batch's ~500 of them
+    # per positive, so "perfect" sits near 1e-3 there and below 1e-4 elsewhere
+    assert float(good["objectness"]) < 2e-3, good
+    assert float(good["bbox_regression"]) < 1e-4 and float(good["classification"]) < 1e-4, good
     rng = np.random.default_rng(1)
     noisy = [rng.normal(size=p.shape).astype(np.float32) for p in perfect]
     bad = loss(noisy, boxes, labels, valid)
