@@ -18,7 +18,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from jaxvision.data.errors import DataError
+from jaxvision.data.errors import DataError, require_root
 from jaxvision.data.transforms import to_rgb
 
 _KEYS = ("images", "annotations", "categories")
@@ -209,11 +209,8 @@ class CocoSource:
 
 def coco_sources(cfg):
     """(train, val, class_names) from ``data.coco``: train skips images without boxes."""
-    if not cfg.root:
-        raise DataError("data.coco.root is empty: give --config.data.coco.root=DIR (holding "
-                        "annotations/instances_*.json and the image folders)")
-    if not os.path.isdir(cfg.root):
-        raise DataError(f"{cfg.root}: no such directory (data.coco.root)")
+    require_root(cfg.root, "data.coco.root",
+                 "holding annotations/instances_*.json and the image folders")
     at = lambda p: os.path.join(cfg.root, p)  # noqa: E731
     train = CocoSource(at(cfg.train_ann), at(cfg.train_images), skip_empty=True,
                        contiguous=cfg.contiguous)

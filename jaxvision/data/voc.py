@@ -13,7 +13,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from jaxvision.data.errors import DataError
+from jaxvision.data.errors import DataError, require_root
 from jaxvision.data.transforms import check_mask, to_rgb
 
 CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
@@ -69,11 +69,8 @@ class VocSource:
 
 
 def voc_sources(cfg):
-    if not cfg.root:
-        raise DataError("data.voc.root is empty: give --config.data.voc.root=DIR (a folder "
-                        "holding JPEGImages/, SegmentationClass/, ImageSets/Segmentation/)")
-    if not os.path.isdir(cfg.root):
-        raise DataError(f"{cfg.root}: no such directory (data.voc.root)")
+    require_root(cfg.root, "data.voc.root",
+                 "a folder holding JPEGImages/, SegmentationClass/, ImageSets/Segmentation/")
     n = int(cfg.num_classes)
     names = list(CLASSES) if n == len(CLASSES) else [f"class_{i}" for i in range(n)]
     return (VocSource(cfg.root, cfg.train_split, n), VocSource(cfg.root, cfg.val_split, n),

@@ -63,13 +63,12 @@ class Detection(Task):
         s = jax.device_get(sums)
         total = total if total is not None else {"gts": [], "dets": []}
         for i in np.nonzero(np.asarray(s["valid"]))[0]:
-            sy, sx = (float(v) for v in s["scale"][i])
-            back = np.array([sx, sy, sx, sy], np.float32)
             n, m = int(s["det_count"][i]), int(s["gt_count"][i])
-            total["dets"].append({"boxes": np.asarray(s["det_boxes"][i, :n]) / back,
+            scale = s["scale"][i]
+            total["dets"].append({"boxes": boxes_to_original(s["det_boxes"][i, :n], scale),
                                   "scores": np.asarray(s["det_scores"][i, :n]),
                                   "labels": np.asarray(s["det_labels"][i, :n])})
-            total["gts"].append({"boxes": np.asarray(s["gt_boxes"][i, :m]) / back,
+            total["gts"].append({"boxes": boxes_to_original(s["gt_boxes"][i, :m], scale),
                                  "labels": np.asarray(s["gt_classes"][i, :m])})
         return total
 
@@ -123,8 +122,7 @@ class Detection(Task):
                            "classes": np.zeros((0,), np.int32), "num_boxes": 0})
             out = jax.device_get(fwd(variables, {k: np.asarray(v)[None] for k, v in ex.items()}))
             n = int(out["count"][0])
-            sy, sx = (float(v) for v in ex["scale"])
-            boxes = np.asarray(out["boxes"][0, :n]) / np.array([sx, sy, sx, sy], np.float32)
+            boxes = boxes_to_original(out["boxes"][0, :n], ex["scale"])
             labels, scores = np.asarray(out["labels"][0, :n]), np.asarray(out["scores"][0, :n])
             keep = scores >= self.draw_score
             dst = os.path.join(out_dir, os.path.splitext(os.path.basename(path))[0] + ".png")
@@ -134,6 +132,13 @@ class Detection(Task):
                               for b, c, s in zip(boxes[keep], labels[keep], scores[keep]))
             lines.append(f"{path} -> {dst}: {found or 'nothing above ' + str(self.draw_score)}")
         return lines
+
+
+def boxes_to_original(boxes, scale) -> np.ndarray:
+    """xyxy boxes of a resized image back in the original's pixels; ``scale`` is the
+    transform's (y, x) factor."""
+    sy, sx = (float(v) for v in scale)
+    return np.asarray(boxes) / np.array([sx, sy, sx, sy], np.float32)
 
 
 def _name(class_names, c) -> str:
