@@ -46,6 +46,11 @@ CASES = [
     ("taps", 2, 13, 8, 8, 5, 2, 2, 1, 8),       # mobilenet_v3's 5x5
     ("taps", 2, 11, 8, 8, 3, 1, 2, 2, 8),       # dilated depthwise (deeplab-style)
     ("taps", 2, 6, 4, 8, 3, 1, 1, 1, 4),        # channel multiplier 2
+    ("xla_tapgrad", 2, 19, 16, 8, 3, 1, 1, 1, 1),   # a large map: per-tap kernel gradient
+    ("xla_tapgrad", 2, 20, 16, 8, 3, 2, 1, 1, 1),   # stride 2
+    ("xla_tapgrad", 2, 17, 16, 8, 3, 1, 2, 2, 1),   # dilation
+    ("xla_tapgrad", 2, 23, 3, 8, 7, 2, 3, 1, 1),    # a stem (few channels: one im2col GEMM)
+    ("xla_tapgrad", 1, 12, 16, 8, (1, 7), 1, (0, 3), 1, 1),  # inception's 1x7
 ]
 
 
@@ -81,7 +86,8 @@ def test_choice_per_shape(monkeypatch):
     choose = lambda x, k, s=1, p=1, g=1, backend="cpu": lowering.choose(  # noqa: E731
         x, k, (s, s), (p, p), (1, 1), g, backend)
     assert choose((8, 2, 2, 512), (3, 3, 512, 512)) == "im2col"
-    assert choose((8, 56, 56, 64), (3, 3, 64, 64)) == "xla"
+    assert choose((8, 56, 56, 64), (3, 3, 64, 64)) == "xla_tapgrad"
+    assert choose((8, 56, 56, 64), (3, 3, 2, 64), g=32) == "xla"  # grouped, large map
     assert choose((8, 56, 56, 64), (1, 1, 64, 256), p=0) == "einsum"
     assert choose((8, 56, 56, 144), (3, 3, 1, 144), g=144) == "taps"
     assert choose((8, 2, 2, 512), (3, 3, 512, 512), backend="gpu") == "xla"
@@ -100,6 +106,8 @@ def test_wrong_lowering_for_the_shape_is_refused():
         lowering.conv2d(x, jnp.zeros((3, 3, 4, 4)), impl="einsum")
     with pytest.raises(ValueError, match="depthwise"):
         lowering.conv2d(x, jnp.zeros((3, 3, 4, 4)), impl="taps")
+    with pytest.raises(ValueError, match="ungrouped"):
+        lowering.conv2d(x, jnp.zeros((3, 3, 2, 4)), groups=2, impl="xla_tapgrad")
 
 
 # (input H, W, kernel, stride, padding, ceil_mode)
