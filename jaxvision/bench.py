@@ -60,6 +60,9 @@ def parse_args(argv=None):
                         "the compile time is a cold one)")
     p.add_argument("--compile-only", action="store_true",
                    help="jax side only: build and compile the train step, report its time, stop")
+    p.add_argument("--lowering", choices=("auto", "xla"), default="auto",
+                   help="jaxvision's CPU convolution lowering (a run's config.conv_lowering; "
+                        "'xla' is XLA's own convolution everywhere, the library default)")
     p.add_argument("--json", default="", help="also write the results to this JSON file")
     a = p.parse_args(argv)
     for field in ("batch", "image_size", "steps", "num_classes"):
@@ -116,6 +119,9 @@ def bench_jax(a):
     from jaxvision.train.state import TrainState
     from jaxvision.train.step import make_mesh, make_train_step, shard_batch
 
+    from jaxvision.layers import lowering
+
+    lowering.set_mode(a.lowering)
     device = jax.devices("cpu" if a.device == "cpu" else None)[0]
     dtype = jnp.bfloat16 if a.dtype == "bfloat16" else jnp.float32
     spec = jv.model_info(a.model)
@@ -253,7 +259,7 @@ def run(a) -> dict:
     if a.model not in jv.list_models():
         raise SystemExit(f"--model {a.model!r}: not a jaxvision model (see `jaxvision list`)")
     res = {"config": {k: getattr(a, k) for k in ("model", "batch", "image_size", "dtype",
-                                                 "device", "steps", "warmup")},
+                                                 "device", "steps", "warmup", "lowering")},
            "load_average": list(os.getloadavg()), "torch": {}, "ratio": {}}
     if a.only != "torch":
         res["jax"] = bench_jax(a)
@@ -271,7 +277,8 @@ def run(a) -> dict:
 def report(res) -> str:
     c = res["config"]
     lines = [f"{c['model']}  batch {c['batch']}  {c['image_size']}px  {c['dtype']}  "
-             f"device {c['device']}  steps {c['steps']} (+{c['warmup']} warm-up)  "
+             f"device {c['device']}  lowering {c.get('lowering', 'xla')}  "
+             f"steps {c['steps']} (+{c['warmup']} warm-up)  "
              f"load average {' '.join(f'{v:.2f}' for v in res['load_average'])}"]
     cols = (["jaxvision"] if "jax" in res else []) + [f"torch {v}" for v in res["torch"]]
     lines.append(f"{'images/s':<12}" + "".join(f"{h:>22}" for h in cols))

@@ -39,6 +39,7 @@ def test_bench_runs_both_sides_and_imports_no_data_stack(tmp_path):
     assert abs(ratio["train"] - jax_side["train"] / torch_side["train"]) < 1e-9
     assert abs(ratio["infer"] - jax_side["infer"] / torch_side["infer"]) < 1e-9
     assert "train step" in stdout and "(" in stdout  # the printed table with its ratios
+    assert res["config"]["lowering"] == "auto" and "lowering auto" in stdout  # the bench's default
 
 
 def test_second_process_hits_the_compile_cache(tmp_path):
