@@ -80,6 +80,7 @@ def predict(weights_dir, paths, topk: int = 5):
 
     import jaxvision as jv
     from jaxvision.convert import store
+    from jaxvision.data.device import normalize
     from jaxvision.data.transforms import eval_image
 
     meta = store.read_meta(weights_dir)
@@ -89,11 +90,12 @@ def predict(weights_dir, paths, topk: int = 5):
     for path in paths:
         try:
             with Image.open(path) as img:
-                images.append(eval_image(img, p["crop_size"], p["resize_size"], p["mean"],
-                                         p["std"], p["interpolation"]))
+                images.append(eval_image(img, p["crop_size"], p["resize_size"],
+                                         p["interpolation"]))
         except (OSError, ValueError, Image.DecompressionBombError) as e:
             raise ValueError(f"{path}: not a readable image ({e})") from e
-    logits = model.apply(variables, np.stack(images), train=False)
+    logits = model.apply(variables, normalize(np.stack(images), p["mean"], p["std"]),
+                         train=False)
     probs = np.asarray(jax.nn.softmax(logits, -1))
     names = meta.get("categories") or [str(i) for i in range(probs.shape[-1])]
     k = min(topk, probs.shape[-1])

@@ -3,7 +3,8 @@
 torchvision's detectors resize inside the model (``GeneralizedRCNNTransform``: shorter side to
 ``min_size``, longer side at most ``max_size``) and pad each batch to its own largest image; a
 jitted step needs one shape, so here every image is resized the same way and padded at the
-bottom/right to a fixed ``canvas`` square (with 0 after normalising, as torchvision pads), and
+bottom/right to a fixed ``canvas`` square (uint8 zeros here; the device normalises and zeroes
+what lies outside ``image_size``, so the padding is 0 after normalising as torchvision's), and
 the boxes are padded to ``max_boxes`` rows with a count. ``image_size`` carries the resized
 image's (h, w) so the detector clips its boxes there, and ``scale`` the (y, x) factors from the
 original image, so evaluation can report boxes in the original pixels.
@@ -15,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from jaxvision.data.box_ops import crop_boxes, hflip_boxes, resize_boxes
-from jaxvision.data.transforms import _RESAMPLE, normalize, to_rgb
+from jaxvision.data.transforms import _RESAMPLE, to_rgb
 from jaxvision.models.detection.transform import resized_size
 
 
@@ -25,12 +26,12 @@ def _boxes(example):
     return boxes, np.asarray(example["classes"], np.int32).reshape(-1)[:n]
 
 
-def pack(image, boxes, classes, canvas: int, max_boxes: int, mean, std, scale):
-    """Normalised image padded to ``canvas`` and boxes padded to ``max_boxes`` (the first
+def pack(image, boxes, classes, canvas: int, max_boxes: int, scale):
+    """uint8 image padded to ``canvas`` and boxes padded to ``max_boxes`` (the first
     ``max_boxes`` are kept: an image holding more is truncated)."""
     h, w = image.shape[:2]
-    out = np.zeros((canvas, canvas, 3), np.float32)
-    out[:h, :w] = normalize(image, mean, std)
+    out = np.zeros((canvas, canvas, 3), np.uint8)
+    out[:h, :w] = image
     n = min(len(boxes), max_boxes)
     padded = np.zeros((max_boxes, 4), np.float32)
     padded[:n] = boxes[:n]
@@ -53,10 +54,10 @@ class DetTrainTransform(grain.transforms.RandomMap):
     ``max_size`` scaled alike), horizontal flip, a random ``canvas`` crop when the image
     outgrows it (boxes clipped; those left thinner than ``min_box`` px dropped), pad."""
 
-    def __init__(self, min_size, max_size, canvas, mean, std, scale_range=(1.0, 1.0),
-                 hflip=True, max_boxes=100, min_box=1.0, interpolation="bilinear"):
+    def __init__(self, min_size, max_size, canvas, scale_range=(1.0, 1.0), hflip=True,
+                 max_boxes=100, min_box=1.0, interpolation="bilinear"):
         self.min_size, self.max_size, self.canvas = int(min_size), int(max_size), int(canvas)
-        self.mean, self.std, self.scale_range, self.hflip = mean, std, scale_range, hflip
+        self.scale_range, self.hflip = scale_range, hflip
         self.max_boxes, self.min_box, self.interpolation = max_boxes, min_box, interpolation
 
     def random_map(self, example, rng: np.random.Generator):
@@ -76,18 +77,16 @@ class DetTrainTransform(grain.transforms.RandomMap):
             top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
             image = image[top:top + ch, left:left + cw]
             boxes, classes, _ = crop_boxes(boxes, classes, top, left, ch, cw, self.min_box)
-        return pack(image, boxes, classes, self.canvas, self.max_boxes, self.mean, self.std,
-                    (1.0, 1.0))
+        return pack(image, boxes, classes, self.canvas, self.max_boxes, (1.0, 1.0))
 
 
 class DetEvalTransform(grain.transforms.Map):
     """torchvision's eval resize (shorter side ``min_size``, longer at most ``max_size``), pad
     to ``canvas``; ``scale`` maps the boxes back to the original image."""
 
-    def __init__(self, min_size, max_size, canvas, mean, std, max_boxes=100,
-                 interpolation="bilinear"):
+    def __init__(self, min_size, max_size, canvas, max_boxes=100, interpolation="bilinear"):
         self.min_size, self.max_size, self.canvas = int(min_size), int(max_size), int(canvas)
-        self.mean, self.std, self.max_boxes = mean, std, max_boxes
+        self.max_boxes = max_boxes
         self.interpolation = interpolation
 
     def map(self, example):
@@ -97,5 +96,4 @@ class DetEvalTransform(grain.transforms.Map):
         if max(img.height, img.width) > self.canvas:
             raise ValueError(f"eval image resized to {img.height}x{img.width} outgrows the "
                              f"{self.canvas} px canvas (data.detection.canvas)")
-        return pack(np.asarray(img), boxes, classes, self.canvas, self.max_boxes, self.mean,
-                    self.std, scale)
+        return pack(np.asarray(img), boxes, classes, self.canvas, self.max_boxes, scale)

@@ -56,7 +56,7 @@ class Data:
         sampler = grain.samplers.IndexSampler(
             self.num_train, grain.sharding.ShardOptions(process_index, process_count, True),
             shuffle=True, num_epochs=None, seed=seed)
-        ops = [self._train_transform(),
+        ops = [self.train_transform(),
                grain.transforms.Batch(self._local_batch(c.batch_size, process_count),
                                       drop_remainder=True)]
         if c.num_workers:
@@ -75,32 +75,29 @@ class Data:
                             f"{max_size}: an eval image would not fit")
         return min_size, max_size, canvas
 
-    def _train_transform(self):
+    def train_transform(self):
         c = self.cfg
         if self.task == "detection":
             d = c.detection
-            return DetTrainTransform(*self.detection_sizes(), self.mean, self.std,
-                                     tuple(d.scale_range), d.hflip, d.max_boxes,
-                                     interpolation=c.interpolation)
+            return DetTrainTransform(*self.detection_sizes(), tuple(d.scale_range), d.hflip,
+                                     d.max_boxes, interpolation=c.interpolation)
         if self.task == "segmentation":
             s = c.segmentation
-            return T.SegTrainTransform(c.image_size, self.resize_size, self.mean, self.std,
-                                       tuple(s.scale_range), s.hflip, c.interpolation)
+            return T.SegTrainTransform(c.image_size, self.resize_size, tuple(s.scale_range),
+                                       s.hflip, c.interpolation)
         a = c.augment
-        return T.TrainTransform(c.image_size, self.mean, self.std, a.random_resized_crop,
-                                tuple(a.scale), tuple(a.ratio), a.hflip, c.interpolation)
+        return T.TrainTransform(c.image_size, a.random_resized_crop, tuple(a.scale),
+                                tuple(a.ratio), a.hflip, c.interpolation)
 
     def eval_transform(self):
         c = self.cfg
         if self.task == "detection":
-            return DetEvalTransform(*self.detection_sizes(), self.mean, self.std,
-                                    c.detection.max_boxes, c.interpolation)
+            return DetEvalTransform(*self.detection_sizes(), c.detection.max_boxes,
+                                    c.interpolation)
         if self.task == "segmentation":
             canvas = c.segmentation.eval_size or max(c.image_size, self.resize_size)
-            return T.SegEvalTransform(self.resize_size, canvas, self.mean, self.std,
-                                      c.interpolation)
-        return T.EvalTransform(c.image_size, self.resize_size, self.mean, self.std,
-                               c.interpolation)
+            return T.SegEvalTransform(self.resize_size, canvas, c.interpolation)
+        return T.EvalTransform(c.image_size, self.resize_size, c.interpolation)
 
     def eval_loader(self, process_index: int = 0, process_count: int = 1):
         """Every example exactly once; the last batch is padded and ``valid`` marks real ones.
@@ -108,6 +105,11 @@ class Data:
         The index range is padded to a multiple of the GLOBAL eval batch, so every process
         gets the same number of batches (a jitted multi-host eval step needs that) and
         process ``p`` takes examples ``p, p + P, ...``.
+
+        With ``data.num_workers`` > 0 that many threads decode and transform examples (PIL
+        lets go of the GIL while it decodes and resamples), at most two batches ahead; grain
+        returns them in index order, so the batches are those of ``num_workers=0``. Threads,
+        not processes: an eval pass starts no workers and pickles nothing.
         """
         c = self.cfg
         batch = self._local_batch(c.eval_batch_size, process_count)
@@ -121,7 +123,13 @@ class Data:
             return {**ex, "valid": np.bool_(i < n)}
 
         indices = np.arange(process_index, n_pad, process_count)
-        return grain.MapDataset.source(indices).map(load).batch(batch, drop_remainder=False)
+        # explicit options: iterating a MapDataset takes grain's defaults (16 threads, 500
+        # elements ahead), which on batches held the whole split in memory at once
+        workers = c.num_workers
+        read = grain.ReadOptions(num_threads=workers,
+                                 prefetch_buffer_size=2 * batch if workers else 0)
+        return (grain.MapDataset.source(indices).map(load).to_iter_dataset(read)
+                .batch(batch, drop_remainder=False))
 
 
 def _absl_flags_ready():

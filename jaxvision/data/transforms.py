@@ -1,4 +1,7 @@
-"""Per-example transforms with torchvision's semantics, as grain transforms (numpy + PIL)."""
+"""Per-example transforms with torchvision's semantics, as grain transforms (numpy + PIL).
+
+Images leave them as uint8 HWC; normalisation happens on the device (``data/device.py``).
+"""
 from __future__ import annotations
 
 import math
@@ -58,15 +61,10 @@ def center_crop(img: Image.Image, size: int) -> Image.Image:
     return img.crop((left, top, left + size, top + size))
 
 
-def normalize(image: np.ndarray, mean, std) -> np.ndarray:
-    x = np.asarray(image, np.float32) / 255.0
-    return (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-
-
-def eval_image(img, image_size, resize_size, mean, std, interpolation="bilinear") -> np.ndarray:
-    """Resize (shorter side) + centre crop + normalise: float32 [H, W, 3]."""
+def eval_image(img, image_size, resize_size, interpolation="bilinear") -> np.ndarray:
+    """Resize (shorter side) + centre crop: uint8 [H, W, 3]."""
     img = center_crop(resize_shorter(to_rgb(img), resize_size, interpolation), image_size)
-    return normalize(np.asarray(img), mean, std)
+    return np.asarray(img)
 
 
 def random_resized_crop_box(rng: np.random.Generator, w: int, h: int, scale, ratio):
@@ -91,9 +89,9 @@ def random_resized_crop_box(rng: np.random.Generator, w: int, h: int, scale, rat
 
 
 class TrainTransform(grain.transforms.RandomMap):
-    def __init__(self, image_size, mean, std, random_resized_crop=True, scale=(0.08, 1.0),
+    def __init__(self, image_size, random_resized_crop=True, scale=(0.08, 1.0),
                  ratio=(3 / 4, 4 / 3), hflip=True, interpolation="bilinear"):
-        self.size, self.mean, self.std = image_size, mean, std
+        self.size = image_size
         self.rrc, self.scale, self.ratio, self.hflip = random_resized_crop, scale, ratio, hflip
         self.interpolation = interpolation
 
@@ -109,13 +107,13 @@ class TrainTransform(grain.transforms.RandomMap):
             img = img.resize((self.size, self.size), _RESAMPLE[self.interpolation])
         image = np.asarray(img)
         if self.hflip and rng.random() < 0.5:
-            image = image[:, ::-1]
-        return {"image": normalize(image, self.mean, self.std), "label": example["label"]}
+            image = np.ascontiguousarray(image[:, ::-1])
+        return {"image": image, "label": example["label"]}
 
 
 class EvalTransform(grain.transforms.Map):
-    def __init__(self, image_size, resize_size, mean, std, interpolation="bilinear"):
-        self.args = (image_size, resize_size, mean, std, interpolation)
+    def __init__(self, image_size, resize_size, interpolation="bilinear"):
+        self.args = (image_size, resize_size, interpolation)
 
     def map(self, example):
         return {"image": eval_image(_pil(example["image"]), *self.args),
@@ -162,11 +160,12 @@ def pad_pair(img: Image.Image, mask: Image.Image, height: int, width: int):
 
 class SegTrainTransform(grain.transforms.RandomMap):
     """torchvision's segmentation training transform: RandomResize(min, max) of the shorter side,
-    RandomHorizontalFlip(0.5), RandomCrop(crop) with padding, normalise."""
+    RandomHorizontalFlip(0.5), RandomCrop(crop) with padding (the image with black, which
+    normalises to -mean/std as in torchvision)."""
 
-    def __init__(self, crop_size, base_size, mean, std, scale_range=(0.5, 2.0), hflip=True,
+    def __init__(self, crop_size, base_size, scale_range=(0.5, 2.0), hflip=True,
                  interpolation="bilinear"):
-        self.crop, self.mean, self.std, self.hflip = crop_size, mean, std, hflip
+        self.crop, self.hflip = crop_size, hflip
         self.min_size = int(scale_range[0] * base_size)
         self.max_size = int(scale_range[1] * base_size)
         self.interpolation = interpolation
@@ -182,25 +181,25 @@ class SegTrainTransform(grain.transforms.RandomMap):
         w, h = img.size
         top, left = int(rng.integers(0, h - self.crop + 1)), int(rng.integers(0, w - self.crop + 1))
         box = (left, top, left + self.crop, top + self.crop)
-        return {"image": normalize(np.asarray(img.crop(box)), self.mean, self.std),
+        return {"image": np.asarray(img.crop(box)),
                 "mask": np.asarray(mask.crop(box), np.int32)}
 
 
 class SegEvalTransform(grain.transforms.Map):
     """torchvision's segmentation eval: the shorter side to ``resize_size`` (the longer one
     capped at ``canvas``), then padded right/bottom to a fixed ``canvas`` square so batches have
-    one shape; padding is ignored (mask 255), so every pixel of the resized mask counts once."""
+    one shape; padding is ignored (mask 255), so every pixel of the resized mask counts once.
+    The image pads with black before normalising, as torchvision's ``pad_if_smaller``."""
 
-    def __init__(self, resize_size, canvas, mean, std, interpolation="bilinear"):
-        self.resize, self.canvas, self.mean, self.std = resize_size, canvas, mean, std
+    def __init__(self, resize_size, canvas, interpolation="bilinear"):
+        self.resize, self.canvas = resize_size, canvas
         self.interpolation = interpolation
 
     def map(self, example):
         img, mask = to_rgb(example["image"]), mask_pil(example["mask"])
         img, mask = resize_pair(img, mask, self.resize, self.interpolation, self.canvas)
         img, mask = pad_pair(img, mask, self.canvas, self.canvas)
-        return {"image": normalize(np.asarray(img), self.mean, self.std),
-                "mask": np.asarray(mask, np.int32)}
+        return {"image": np.asarray(img), "mask": np.asarray(mask, np.int32)}
 
 
 def check_mask(image: np.ndarray, mask: np.ndarray, num_classes: int, where: str) -> np.ndarray:

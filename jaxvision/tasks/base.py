@@ -78,12 +78,6 @@ class Task:
         raise NotImplementedError
 
 
-def denormalize(images, mean, std) -> np.ndarray:
-    """Normalised float images back to uint8 RGB, for pictures."""
-    x = np.asarray(images) * np.asarray(std) + np.asarray(mean)
-    return np.clip(x * 255, 0, 255).astype(np.uint8)
-
-
 def grid(tiles, cols: int = 8) -> np.ndarray:
     """Equal-sized HWC tiles -> one image, white where a row is short."""
     n = len(tiles)

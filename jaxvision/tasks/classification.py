@@ -87,12 +87,14 @@ class Classification(Task):
 
     def predict(self, model, variables, paths, data, topk: int = 5, **_):
         """``path: name prob, ...`` for the top-k classes of each image."""
+        from jaxvision.data.device import normalize
         from jaxvision.data.transforms import eval_image
 
         c = data.cfg
-        images = [eval_image(read_image(p), c.image_size, data.resize_size, data.mean, data.std,
-                             c.interpolation) for p in paths]
-        outputs = model.apply(variables, jnp.asarray(np.stack(images)), train=False)
+        images = [eval_image(read_image(p), c.image_size, data.resize_size, c.interpolation)
+                  for p in paths]
+        outputs = model.apply(variables, normalize(np.stack(images), data.mean, data.std),
+                              train=False)
         probs = np.asarray(jax.nn.softmax(split_outputs(outputs)[0], -1))
         k = min(topk, probs.shape[-1])
         names = data.class_names

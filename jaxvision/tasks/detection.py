@@ -112,9 +112,12 @@ class Detection(Task):
     def predict(self, model, variables, paths, data, out_dir="predictions", **_):
         """Writes ``<out_dir>/<name>.png`` per image with its detections drawn; a line per
         image lists them (class, score, box in the image's pixels)."""
+        from jaxvision.data.device import normalize_batch
+
         os.makedirs(out_dir, exist_ok=True)
         prep = data.eval_transform()
-        fwd = jax.jit(lambda v, b: self.forward(model, v, b, False))
+        norm = (data.mean, data.std)
+        fwd = jax.jit(lambda v, b: self.forward(model, v, normalize_batch(b, norm), False))
         lines = []
         for path in paths:
             img = np.asarray(read_image(path))

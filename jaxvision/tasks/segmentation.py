@@ -152,16 +152,17 @@ class Segmentation(Task):
         a legend of the classes present beside it. Returns a line per image."""
         import os
 
-        from jaxvision.data.transforms import normalize, resize_shorter
+        from jaxvision.data.device import normalize
+        from jaxvision.data.transforms import resize_shorter
 
         os.makedirs(out_dir, exist_ok=True)
         names, lines = data.class_names, []
-        fwd = jax.jit(lambda v, x: split_outputs(model.apply(v, x, train=False))[0].argmax(-1))
+        fwd = jax.jit(lambda v, x: split_outputs(model.apply(
+            v, normalize(x, data.mean, data.std), train=False))[0].argmax(-1))
         for path in paths:
             img = read_image(path)
-            x = resize_shorter(img, data.resize_size, data.cfg.interpolation)
-            x = normalize(np.asarray(x), data.mean, data.std)[None]
-            pred = np.asarray(fwd(variables, jnp.asarray(x)))[0].astype(np.uint8)
+            x = np.asarray(resize_shorter(img, data.resize_size, data.cfg.interpolation))[None]
+            pred = np.asarray(fwd(variables, x))[0].astype(np.uint8)
             # back to the image's own size, nearest as every mask resize
             pred = np.asarray(Image.fromarray(pred).resize(img.size, Image.NEAREST))
             out = os.path.join(out_dir, os.path.splitext(os.path.basename(path))[0] + ".png")

@@ -17,6 +17,7 @@ from jaxvision.train import checkpoint, freeze, guards, optim
 from jaxvision.train.config import check_config, save_config
 from jaxvision.train.guards import NonFiniteLoss  # noqa: F401  (re-exported: cli, tests)
 from jaxvision.train.metrics_log import Logger
+from jaxvision.train.prefetch import DevicePrefetch
 from jaxvision.train.preempt import StopSignal
 from jaxvision.train.state import TrainState
 from jaxvision.train.step import (add_metrics, jit_steps, make_eval_step, make_mesh,
@@ -93,10 +94,13 @@ def evaluate(eval_step, variables, data, mesh, task, return_sums: bool = False):
     """The task's summary of its eval sums over every example of the split once.
 
     The task adds the sums up on the host (``Task.accumulate``); fetching batch i-1's sums
-    after dispatching batch i keeps the device busy meanwhile."""
+    after dispatching batch i keeps the device busy meanwhile, and batch i+1 is on its way to
+    the device then."""
     total, pending = None, None
-    for batch in data.eval_loader(jax.process_index(), jax.process_count()):
-        nxt = eval_step(variables, shard_batch(mesh, batch))
+    batches = DevicePrefetch(iter(data.eval_loader(jax.process_index(), jax.process_count())),
+                             lambda b: shard_batch(mesh, b), track_state=False)
+    for batch in batches:
+        nxt = eval_step(variables, batch)
         if pending is not None:
             total = task.accumulate(total, pending)
         pending = nxt
@@ -137,15 +141,18 @@ def _train(config, workdir: str, log) -> dict:
     mesh = make_mesh()
     train_step, eval_step = jit_steps(
         mesh, make_train_step(model, tx, task, ema_decay=t.ema_decay,
-                              accum_steps=t.grad_accum_steps),
-        make_eval_step(model, task))
-    it = iter(data.train_loader(config.data.seed, jax.process_index(), jax.process_count()))
+                              accum_steps=t.grad_accum_steps, norm=(data.mean, data.std)),
+        make_eval_step(model, task, norm=(data.mean, data.std)))
+    loader_it = iter(data.train_loader(config.data.seed, jax.process_index(),
+                                       jax.process_count()))
     if start:
         abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state)
         checkpoint.check_resume(mgr, start, abstract, config, workdir)
         state, data_state, _ = checkpoint.restore_for_train(mgr, start, abstract, workdir)
-        it.set_state(data_state)
+        loader_it.set_state(data_state)
         log(f"resumed from step {start} in {workdir}")
+    # set_state first: the prefetch pulls its first batches from the restored position
+    it = DevicePrefetch(loader_it, lambda b: shard_batch(mesh, b))
     # only now is the run known to start: a refused resume leaves the old config.json
     checkpoint.write_run_file(save_config, config, os.path.join(workdir, "config.json"))
     state = jax.device_put(state, NamedSharding(mesh, P()))
@@ -158,7 +165,7 @@ def _train(config, workdir: str, log) -> dict:
 
     with StopSignal(t.log_every) as stop, logger:
         for step in range(start, total):
-            state, metrics = train_step(state, shard_batch(mesh, next(it)))
+            state, metrics = train_step(state, next(it))
             # on device, summed with the metrics: a NaN at any step is seen at the next log point
             acc = add_metrics(acc, {**metrics, "nonfinite": guards.nonfinite_flag(metrics)})
             done = step + 1

@@ -12,11 +12,11 @@ import sys
 import time
 
 import jax
-import numpy as np
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 
-from jaxvision.tasks.base import denormalize, grid
+from jaxvision.data.device import normalize_batch
+from jaxvision.tasks.base import grid
 
 
 class Logger:
@@ -30,7 +30,7 @@ class Logger:
         self.bar_visible = bool(config.logging.progress_bar) and sys.stdout.isatty()
         self.total, self.start, self.t_start = total, start, time.perf_counter()
         self.last_train: dict = {}
-        self.class_names, self.mean, self.std = class_names, np.array(mean), np.array(std)
+        self.class_names, self.norm = class_names, (tuple(mean), tuple(std))
         self.num_images = config.logging.num_images
         self.progress = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
@@ -85,7 +85,8 @@ class Logger:
         batch = next(iter(data.eval_loader()))
         n = min(self.num_images, int(batch["valid"].sum()))
         batch = {k: v[:n] for k, v in batch.items()}
-        outputs = jax.device_get(task.forward(model, variables, batch, False))
-        images = denormalize(batch["image"], self.mean, self.std)
-        tiles = task.draw(images, batch, outputs, self.class_names)
+        outputs = jax.device_get(task.forward(model, variables,
+                                              normalize_batch(batch, self.norm), False))
+        # the loader's uint8 pixels: drawn as they are, nothing to undo
+        tiles = task.draw(batch["image"], batch, outputs, self.class_names)
         self.writer.add_image("val/predictions", grid(tiles), step, dataformats="HWC")

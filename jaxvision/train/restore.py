@@ -11,6 +11,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxvision.data import build_data
+from jaxvision.data.device import normalize
 from jaxvision.train import checkpoint
 
 
@@ -82,9 +83,9 @@ def evaluate_run(workdir: str) -> dict:
     from jaxvision.train.step import make_eval_step, make_mesh
 
     config, meta, task, model, variables, step = load_task_run(workdir)
-    eval_step = jax.jit(make_eval_step(model, task))
-    result, sums = evaluate(eval_step, variables, _data(config), make_mesh(), task,
-                            return_sums=True)
+    data = _data(config)
+    eval_step = jax.jit(make_eval_step(model, task, norm=(data.mean, data.std)))
+    result, sums = evaluate(eval_step, variables, data, make_mesh(), task, return_sums=True)
     return {**result, **task.details(sums, meta["class_names"]), "step": step}
 
 
@@ -108,7 +109,8 @@ def extract(workdir: str, split: str, out: str) -> int:
     if split == "train":  # every training example once, without augmentation
         data = data.__class__(data.val_source, data.train_source, data.class_names, data.cfg,
                               data.mean, data.std, data.resize_size)
-    fwd = jax.jit(lambda v, x: backbone.apply(v, x, train=False))
+    mean, std = data.mean, data.std
+    fwd = jax.jit(lambda v, x: backbone.apply(v, normalize(x, mean, std), train=False))
     feats, labels = [], []
     for batch in data.eval_loader():
         keep = batch["valid"]

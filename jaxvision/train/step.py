@@ -12,6 +12,9 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from jaxvision.data.device import normalize_batch
+
+
 def make_mesh(devices=None) -> Mesh:
     devices = np.asarray(jax.devices() if devices is None else devices)
     return Mesh(devices.reshape(-1), ("data",))
@@ -34,9 +37,10 @@ def as_task(task, label_smoothing: float = 0.0):
 
 
 def make_train_step(model, tx, task, label_smoothing: float = 0.0, ema_decay=None,
-                    accum_steps: int = 1):
+                    accum_steps: int = 1, norm=None):
     """``step(state, batch) -> (state, metric sums)``; ``task`` supplies the loss and its sums
-    (an int is a classification task with that many classes and ``label_smoothing``)."""
+    (an int is a classification task with that many classes and ``label_smoothing``).
+    ``norm = (mean, std)`` normalises the loader's uint8 images on the device."""
     task = as_task(task, label_smoothing)
 
     def micro(params, batch_stats, batch, rng):
@@ -50,6 +54,7 @@ def make_train_step(model, tx, task, label_smoothing: float = 0.0, ema_decay=Non
         return grads, stats, loss, sums
 
     def step(state, batch):
+        batch = normalize_batch(batch, norm)
         rng, step_rng = jax.random.split(jax.random.wrap_key_data(state.rng))
         if accum_steps == 1:
             grads, stats, loss, sums = micro(state.params, state.batch_stats, batch, step_rng)
@@ -90,11 +95,13 @@ def make_train_step(model, tx, task, label_smoothing: float = 0.0, ema_decay=Non
     return step
 
 
-def make_eval_step(model, task):
-    """``step(variables, batch) -> metric sums`` of the task over the batch's valid examples."""
+def make_eval_step(model, task, norm=None):
+    """``step(variables, batch) -> metric sums`` of the task over the batch's valid examples
+    (``norm`` as in :func:`make_train_step`)."""
     task = as_task(task)
 
     def step(variables, batch):
+        batch = normalize_batch(batch, norm)
         return task.eval_sums(task.forward(model, variables, batch, False), batch)
 
     return step
