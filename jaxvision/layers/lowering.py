@@ -38,6 +38,9 @@ IMPLS = ("xla", "im2col", "einsum", "taps", "xla_tapgrad")
 # where the 9x patch matrix's memory traffic dominates.
 IM2COL_MAX_POSITIONS_PER_TAP = 6
 
+# the kernel gradient as per-tap GEMMs from output maps of this many positions up (20x20)
+TAPGRAD_MIN_POSITIONS = 400
+
 
 def _pair(v):
     return (v, v) if isinstance(v, int) else tuple(v)
@@ -98,10 +101,12 @@ def choose(x_shape, kernel_shape, stride, padding, dilation, groups, backend=Non
     ow = out_size(x_shape[2], kw, stride[1], padding[1], dilation[1])
     if oh * ow <= IM2COL_MAX_POSITIONS_PER_TAP * kh * kw:
         return "im2col"
-    if groups == 1:
+    if groups == 1 and oh * ow >= TAPGRAD_MIN_POSITIONS:
         # XLA:CPU's kernel gradient is 3-5x its forward; per-tap GEMMs cut it 1.5-3x (batch 16,
         # 56x56 64->64: 435 -> 157 ms; 28x28 128->128: 157 -> 75; resnet stem 7x7 3->64 at
-        # 224: 624 -> 194 via im2col); forward and input gradient stay XLA's
+        # 224: 624 -> 194 via im2col; 14x14 256->256 only 101 -> 96, and a resnet18 step at
+        # 32 px, whose 3x3s are 8x8 and smaller, gained nothing); forward and input gradient
+        # stay XLA's
         return "xla_tapgrad"
     return "xla"
 
