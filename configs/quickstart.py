@@ -16,7 +16,10 @@ def get_config():
     c.data.augment.update(random_resized_crop=False, hflip=True)
     c.data.batch_size = 32
     c.data.eval_batch_size = 256
-    c.data.num_workers = 1
+    # 32-px shapes are cheap to make: a worker process only adds its ~3 s start-up before the
+    # first step (warm compile cache: first step 5.9 s with 1 worker, 2.7-4.6 s without; the
+    # whole run 118 s either way)
+    c.data.num_workers = 0
     c.optimizer.update(name="adamw", lr=0.002, weight_decay=1e-4, wd_exclude_norm_bias=True)
     c.schedule.update(name="cosine", unit="step")
     c.schedule.warmup.update(length=30, unit="step", method="linear", start_factor=0.1)

@@ -166,6 +166,10 @@ def _train(config, workdir: str, log) -> dict:
     with StopSignal(t.log_every) as stop, logger:
         for step in range(start, total):
             state, metrics = train_step(state, next(it))
+            if step == start:  # compile (or a compile-cache read) + the first batch: one wait
+                jax.block_until_ready(metrics)
+                log(f"first train step done {time.perf_counter() - t0:.1f} s after the loop "
+                    "started (compilation or compile-cache read included)")
             # on device, summed with the metrics: a NaN at any step is seen at the next log point
             acc = add_metrics(acc, {**metrics, "nonfinite": guards.nonfinite_flag(metrics)})
             done = step + 1
