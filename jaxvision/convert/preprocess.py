@@ -80,7 +80,7 @@ def predict(weights_dir, paths, topk: int = 5):
 
     import jaxvision as jv
     from jaxvision.convert import store
-    from jaxvision.data.device import normalize
+    from jaxvision.train.normalize import normalize
     from jaxvision.data.transforms import eval_image
 
     meta = store.read_meta(weights_dir)

@@ -87,7 +87,7 @@ class Classification(Task):
 
     def predict(self, model, variables, paths, data, topk: int = 5, **_):
         """``path: name prob, ...`` for the top-k classes of each image."""
-        from jaxvision.data.device import normalize
+        from jaxvision.train.normalize import normalize
         from jaxvision.data.transforms import eval_image
 
         c = data.cfg

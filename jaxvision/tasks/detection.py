@@ -112,7 +112,7 @@ class Detection(Task):
     def predict(self, model, variables, paths, data, out_dir="predictions", **_):
         """Writes ``<out_dir>/<name>.png`` per image with its detections drawn; a line per
         image lists them (class, score, box in the image's pixels)."""
-        from jaxvision.data.device import normalize_batch
+        from jaxvision.train.normalize import normalize_batch
 
         os.makedirs(out_dir, exist_ok=True)
         prep = data.eval_transform()

@@ -152,7 +152,7 @@ class Segmentation(Task):
         a legend of the classes present beside it. Returns a line per image."""
         import os
 
-        from jaxvision.data.device import normalize
+        from jaxvision.train.normalize import normalize
         from jaxvision.data.transforms import resize_shorter
 
         os.makedirs(out_dir, exist_ok=True)

@@ -15,7 +15,7 @@ import jax
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 
-from jaxvision.data.device import normalize_batch
+from jaxvision.train.normalize import normalize_batch
 from jaxvision.tasks.base import grid
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxvision.data import build_data
-from jaxvision.data.device import normalize
+from jaxvision.train.normalize import normalize
 from jaxvision.train import checkpoint
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from jaxvision.data.device import normalize_batch
+from jaxvision.train.normalize import normalize_batch
 
 
 def make_mesh(devices=None) -> Mesh:
