@@ -80,8 +80,8 @@ def predict(weights_dir, paths, topk: int = 5):
 
     import jaxvision as jv
     from jaxvision.convert import store
-    from jaxvision.train.normalize import normalize
     from jaxvision.data.transforms import eval_image
+    from jaxvision.train.normalize import normalize
 
     meta = store.read_meta(weights_dir)
     model, variables = jv.create_model(meta["model"], pretrained=weights_dir)

@@ -87,8 +87,8 @@ class Classification(Task):
 
     def predict(self, model, variables, paths, data, topk: int = 5, **_):
         """``path: name prob, ...`` for the top-k classes of each image."""
-        from jaxvision.train.normalize import normalize
         from jaxvision.data.transforms import eval_image
+        from jaxvision.train.normalize import normalize
 
         c = data.cfg
         images = [eval_image(read_image(p), c.image_size, data.resize_size, c.interpolation)

@@ -152,8 +152,8 @@ class Segmentation(Task):
         a legend of the classes present beside it. Returns a line per image."""
         import os
 
-        from jaxvision.train.normalize import normalize
         from jaxvision.data.transforms import resize_shorter
+        from jaxvision.train.normalize import normalize
 
         os.makedirs(out_dir, exist_ok=True)
         names, lines = data.class_names, []

@@ -15,8 +15,8 @@ import jax
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 
-from jaxvision.train.normalize import normalize_batch
 from jaxvision.tasks.base import grid
+from jaxvision.train.normalize import normalize_batch
 
 
 class Logger:

@@ -11,8 +11,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxvision.data import build_data
-from jaxvision.train.normalize import normalize
 from jaxvision.train import checkpoint
+from jaxvision.train.normalize import normalize
 
 
 def load_run(workdir: str, log=None):
