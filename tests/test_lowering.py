@@ -112,7 +112,8 @@ def test_wrong_lowering_for_the_shape_is_refused():
 
 # (input H, W, kernel, stride, padding, ceil_mode)
 POOLS = [(9, 9, 3, 2, 1, False), (9, 10, 3, 2, 0, True), (8, 8, 2, 2, 0, False),
-         (7, 7, 3, 1, 1, True), (6, 6, 3, 3, 1, False)]
+         (7, 7, 3, 1, 1, True), (6, 6, 3, 3, 1, False), (11, 13, 3, 2, 0, False),
+         (5, 6, 1, 2, 0, False)]
 
 
 @pytest.mark.parametrize("pool", POOLS, ids=lambda c: "-".join(map(str, c)))
@@ -141,9 +142,19 @@ def test_max_pool_first_matches_xla_path():
     f = lambda x: jnp.sum(jnp.sin(max_pool2d_first(x, 3, 2, 1, True)))  # noqa: E731
     y, g = jax.jit(jax.value_and_grad(f))(x)
     f0 = lambda x: jnp.sum(jnp.sin(max_pool2d(x, 3, 2, 1, True)))  # noqa: E731
-    y0, g0 = jax.jit(jax.value_and_grad(f0))(x)
+    with lowering.using("xla"):
+        y0, g0 = jax.jit(jax.value_and_grad(f0))(x)
     np.testing.assert_array_equal(np.asarray(y), np.asarray(y0))
     np.testing.assert_allclose(np.asarray(g), np.asarray(g0), rtol=0, atol=1e-6)
+
+
+def test_max_pool_takes_the_first_maximum_gradient_where_rewrites_are_on():
+    x = jnp.zeros((1, 8, 8, 2))
+    with lowering.using("auto"):
+        auto = str(jax.make_jaxpr(lambda x: max_pool2d(x, 3, 2, 1))(x))
+    with lowering.using("xla"):
+        xla = str(jax.make_jaxpr(lambda x: max_pool2d(x, 3, 2, 1))(x))
+    assert "custom_vjp_call" in auto and "custom_vjp_call" not in xla
 
 
 def test_set_mode_overrides_the_environment_and_names_a_bad_value(monkeypatch):

@@ -15,8 +15,8 @@ multiply-add per kernel tap). On GPU every convolution stays ``lax.conv_general_
 (cuDNN).  The rewrites are opt-in for now (``JAXVISION_LOWERING=auto``, or a run's
 ``config.conv_lowering="auto"`` as the quickstarts set; the default ``xla`` keeps XLA's
 convolution everywhere): they pass the ResNet, Inception and layer parity tests but
-have not yet been run against every model family's.  (The first-maximum max-pool
-gradient, ``pool.max_pool2d_first``, is not used by the models yet: see its docstring.)
+have not yet been run against every model family's.  Where they are on, ``pool.max_pool2d``
+takes its gradient from ``pool.max_pool2d_first`` too.
 """
 from __future__ import annotations
 

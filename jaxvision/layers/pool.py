@@ -38,18 +38,17 @@ def _windows(x, init, op, k, s, p, ceil_mode, pad_value):
 
 
 def max_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False):
+    """torch's ``max_pool2d``; where the CPU rewrites are on (``lowering.rewrites_on``) its
+    gradient is :func:`max_pool2d_first`'s, XLA's otherwise (the same values either way)."""
+    if lowering.rewrites_on():
+        return max_pool2d_first(x, kernel_size, stride, padding, ceil_mode)
     # python-scalar init values let lax recognise the max/add monoid, which has a gradient
     y, _, _ = _windows(x, -jnp.inf, lax.max, kernel_size, stride, padding, ceil_mode, -jnp.inf)
     return y
 
 
 def max_pool2d_first(x, kernel_size, stride=None, padding=0, ceil_mode=False):
-    """``max_pool2d`` whose gradient is the hand-written first-maximum scatter below.
-
-    Not wired into the models yet: with it, inception_v3's input gradient left torch's by a
-    relative L2 of 4.1e-3 (the XLA path: within torch's own 1.7e-6), a difference not yet
-    explained; the small-case tests against torch's gradient pass.
-    """
+    """``max_pool2d`` whose gradient is the hand-written first-maximum scatter below."""
     stride = kernel_size if stride is None else stride
     (kh, kw), (sh, sw), (ph, pw) = _pair(kernel_size), _pair(stride), _pair(padding)
     oh = _out_size(x.shape[1], kh, sh, ph, ceil_mode)
@@ -63,16 +62,14 @@ def max_pool2d_first(x, kernel_size, stride=None, padding=0, ceil_mode=False):
 
 # XLA:CPU lowers reduce_window-max's gradient (select_and_scatter) to a variadic reduce-window
 # over index arrays: ~85 ms a resnet18 step at 32 px, ~250 ms for resnet50 at 224. This
-# backward is kh*kw compares, selects and interior-padded adds, all fused element-wise.
+# backward is kh*kw compares and selects on the output grid, then one add per tap into the
+# stride phase that tap lands in, all element-wise, and one interleave of the phases.
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
 def _max_pool_first(k, s, out, x):
-    """Max over VALID windows of an already padded ``x``; the gradient goes to the first
-    maximum of each window in row-major order (torch's tie rule)."""
-    views = lowering.tap_views(x, *k, s, (0, 0), (1, 1), *out)
-    y = views[0]
-    for v in views[1:]:
-        y = jnp.maximum(y, v)
-    return y
+    """Max over VALID windows of an already padded ``x`` (cropped to ``out``); the gradient goes
+    to the first maximum of each window in row-major order (torch's tie rule)."""
+    y = lax.reduce_window(x, -jnp.inf, lax.max, (1, *k, 1), (1, *s, 1), "VALID")
+    return y[:, :out[0], :out[1]]
 
 
 def _max_pool_fwd(k, s, out, x):
@@ -82,22 +79,28 @@ def _max_pool_fwd(k, s, out, x):
 
 def _max_pool_bwd(k, s, out, res, g):
     x, y = res
-    (sh, sw), (oh, ow) = s, out
-    h, w = x.shape[1], x.shape[2]
-    dx, taken = None, None
+    (kh, kw), (sh, sw), (oh, ow) = k, s, out
+    n, h, w, c = x.shape
+    # input row o*sh + i is row o + i // sh of stride phase i % sh; each phase has hr rows
+    hr, wr = -(-h // sh), -(-w // sw)
+    phases = {}
+    taken = None
     zero = jnp.zeros((), g.dtype)
-    for t, v in enumerate(lowering.tap_views(x, *k, s, (0, 0), (1, 1), *out)):
-        i, j = divmod(t, k[1])
+    for t, v in enumerate(lowering.tap_views(x, kh, kw, s, (0, 0), (1, 1), oh, ow)):
+        i, j = divmod(t, kw)
         hit = v == y
         if taken is not None:
             hit = hit & ~taken
         taken = hit if taken is None else taken | hit
-        # the transpose of the strided slice: interior padding puts each value at its pixel
-        part = lax.pad(jnp.where(hit, g, zero), zero,
-                       ((0, 0, 0), (i, h - i - (oh - 1) * sh - 1, sh - 1),
-                        (j, w - j - (ow - 1) * sw - 1, sw - 1), (0, 0, 0)))
-        dx = part if dx is None else dx + part
-    return (dx,)
+        qi, qj = i // sh, j // sw
+        part = jnp.pad(jnp.where(hit, g, zero),
+                       ((0, 0), (qi, hr - oh - qi), (qj, wr - ow - qj), (0, 0)))
+        key = (i % sh, j % sw)
+        phases[key] = part if key not in phases else phases[key] + part
+    grid = [[phases.get((a, b), jnp.zeros((n, hr, wr, c), g.dtype)) for b in range(sw)]
+            for a in range(sh)]
+    dx = jnp.stack([jnp.stack(row, axis=3) for row in grid], axis=2)  # (n, hr, sh, wr, sw, c)
+    return (dx.reshape(n, hr * sh, wr * sw, c)[:, :h, :w],)
 
 
 _max_pool_first.defvjp(_max_pool_fwd, _max_pool_bwd)

@@ -1,0 +1,40 @@
+"""One persistent XLA compilation cache for the whole test session.
+
+Dozens of tests compile the same tiny resnet18 train and eval steps, in this process, in the
+other xdist worker and in the CLI and multi-process subprocesses they start. A cache shared by
+all of them, new for each session (a fresh clone's CI run compiles everything once, as a user's
+first run does), turns the repeats into cache reads.
+
+It is set up before collection, because jax decides once per process, at its first compilation,
+whether a cache is in use. Workers and subprocesses find it through the environment:
+``XDG_CACHE_HOME`` (the CLI's default ``config.compile_cache``) and ``JAX_COMPILATION_CACHE_DIR``
+(a process that calls ``train`` directly).
+"""
+import os
+import shutil
+import tempfile
+
+ENV = "JAXVISION_TEST_CACHE_ROOT"
+
+
+def pytest_configure(config):
+    if os.environ.get(ENV):  # an xdist worker: the controller made it
+        root = os.environ[ENV]
+    else:
+        root = tempfile.mkdtemp(prefix="jaxvision-test-cache-")
+        os.environ[ENV] = root
+        config._jaxvision_cache_owner = root
+    os.environ["XDG_CACHE_HOME"] = root
+    path = os.path.join(root, "jaxvision", "xla")
+    os.makedirs(path, exist_ok=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = path
+    import jax  # noqa: PLC0415 (in case a plugin imported it before the variable was set)
+
+    jax.config.update("jax_compilation_cache_dir", path)
+
+
+def pytest_unconfigure(config):
+    root = getattr(config, "_jaxvision_cache_owner", None)
+    if root:
+        shutil.rmtree(root, ignore_errors=True)
+        os.environ.pop(ENV, None)
