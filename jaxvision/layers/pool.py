@@ -24,8 +24,8 @@ def _out_size(size, k, s, p, ceil_mode):
     return out
 
 
-def _windows(x, init, op, k, s, p, ceil_mode, pad_value):
-    """Pad (left p, right p plus what ceil_mode needs), reduce, and crop to torch's size."""
+def _pad_windows(x, k, s, p, ceil_mode, pad_value):
+    """Pad left p, right p plus what ceil_mode needs: (padded x, torch's (oh, ow), (rh, rw))."""
     (kh, kw), (sh, sw), (ph, pw) = _pair(k), _pair(s), _pair(p)
     oh = _out_size(x.shape[1], kh, sh, ph, ceil_mode)
     ow = _out_size(x.shape[2], kw, sw, pw, ceil_mode)
@@ -33,8 +33,15 @@ def _windows(x, init, op, k, s, p, ceil_mode, pad_value):
     rw = max((ow - 1) * sw + kw - x.shape[2] - pw, 0)
     padding = ((0, 0), (ph, rh), (pw, rw), (0, 0))
     x = jnp.pad(x, padding, constant_values=pad_value) if any(map(any, padding)) else x
+    return x, (oh, ow), (rh, rw)
+
+
+def _windows(x, init, op, k, s, p, ceil_mode, pad_value):
+    """Pad, reduce, and crop to torch's size."""
+    (kh, kw), (sh, sw) = _pair(k), _pair(s)
+    x, (oh, ow), r = _pad_windows(x, k, s, p, ceil_mode, pad_value)
     y = lax.reduce_window(x, init, op, (1, kh, kw, 1), (1, sh, sw, 1), "VALID")
-    return y[:, :oh, :ow], (oh, ow), (rh, rw)
+    return y[:, :oh, :ow], (oh, ow), r
 
 
 def max_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False):
@@ -50,14 +57,8 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False):
 def max_pool2d_first(x, kernel_size, stride=None, padding=0, ceil_mode=False):
     """``max_pool2d`` whose gradient is the hand-written first-maximum scatter below."""
     stride = kernel_size if stride is None else stride
-    (kh, kw), (sh, sw), (ph, pw) = _pair(kernel_size), _pair(stride), _pair(padding)
-    oh = _out_size(x.shape[1], kh, sh, ph, ceil_mode)
-    ow = _out_size(x.shape[2], kw, sw, pw, ceil_mode)
-    rh = max((oh - 1) * sh + kh - x.shape[1] - ph, 0)
-    rw = max((ow - 1) * sw + kw - x.shape[2] - pw, 0)
-    if ph or pw or rh or rw:
-        x = jnp.pad(x, ((0, 0), (ph, rh), (pw, rw), (0, 0)), constant_values=-jnp.inf)
-    return _max_pool_first((kh, kw), (sh, sw), (oh, ow), x)
+    x, out, _ = _pad_windows(x, kernel_size, stride, padding, ceil_mode, -jnp.inf)
+    return _max_pool_first(_pair(kernel_size), _pair(stride), out, x)
 
 
 # XLA:CPU lowers reduce_window-max's gradient (select_and_scatter) to a variadic reduce-window
