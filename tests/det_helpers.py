@@ -45,3 +45,22 @@ def random_targets(rng, counts, slots, span, min_size, extent, first_label=1, nu
         targets.append({"boxes": torch.from_numpy(b), "labels": torch.from_numpy(l)})
         boxes[i, :n], labels[i, :n], valid[i, :n] = b, l, True
     return targets, boxes, labels, valid
+
+
+def assert_detections_match(got, want, score_atol, box_tol):
+    """One image's detections (dicts of numpy ``scores``, ``boxes``, ``labels``; ``want`` may be
+    torch) equal up to the order of near-tied scores: both sides sort by score, and two boxes
+    whose scores differ by float32 rounding may come out in either order on the two sides."""
+    want = {k: np.asarray(v) for k, v in want.items()}
+    assert len(got["scores"]) == len(want["scores"]) > 0
+    np.testing.assert_allclose(got["scores"], want["scores"], atol=score_atol)
+    free = np.ones(len(want["scores"]), bool)
+    for i, (score, box, label) in enumerate(zip(got["scores"], got["boxes"], got["labels"])):
+        peers = np.flatnonzero(free & (np.abs(want["scores"] - score) <= score_atol)
+                               & (want["labels"] == label))
+        assert len(peers), f"detection {i} (score {score}, label {label}) has no counterpart"
+        dist = np.abs(want["boxes"][peers] - box).max(axis=1)
+        j = peers[np.argmin(dist)]
+        assert dist.min() <= box_tol, (
+            f"detection {i}: box {box} vs the nearest of its near-tied peers {want['boxes'][j]}")
+        free[j] = False

@@ -18,7 +18,7 @@ import jaxvision as jv
 from jaxvision.models.detection import transform
 from jaxvision.tasks import detection
 
-from det_helpers import nchw
+from det_helpers import assert_detections_match, nchw
 from tv_parity import as_float64, assert_parity, randomize_
 
 SIZES = dict(min_size=224, max_size=352)
@@ -139,10 +139,7 @@ def test_detections_equal_torchvision(pair):
     # image (measured): v2 1.1e-2 px, FCOS 6.8e-3 px; there 1e-3 would test float32 rounding
     box_tol = 1e-3 if name == "retinanet_resnet50_fpn" else 1e-2
     for g, w in zip(got, want):
-        assert len(g["scores"]) == len(w["scores"]) > 0
-        np.testing.assert_allclose(g["scores"], w["scores"].numpy(), atol=2e-5)
-        np.testing.assert_allclose(g["boxes"], w["boxes"].numpy(), atol=box_tol)
-        np.testing.assert_array_equal(g["labels"], w["labels"].numpy())
+        assert_detections_match(g, w, score_atol=2e-5, box_tol=box_tol)
 
 
 def test_frozen_stages_follow_trainable_backbone_layers():
