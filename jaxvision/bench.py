@@ -140,8 +140,9 @@ def bench_jax(a):
                                              train=False), out_shardings=repl)(
         jax.random.key(0))
     state = TrainState.create(variables, tx, seed=0, ema=False)
+    opts = lowering.compiler_options(device.platform)
     step = jax.jit(make_train_step(model, tx, a.num_classes), in_shardings=(repl, data),
-                   out_shardings=(repl, repl), donate_argnums=0)
+                   out_shardings=(repl, repl), donate_argnums=0, compiler_options=opts)
 
     t = time.perf_counter()
     lowered = step.lower(state, batch)
@@ -160,7 +161,7 @@ def bench_jax(a):
     cores = {}
     train_s = _timed(train_once, max(a.warmup, 1), a.steps, sync, cores, "train_cores_busy")
 
-    infer = jax.jit(lambda v, x: model.apply(v, x, train=False))
+    infer = jax.jit(lambda v, x: model.apply(v, x, train=False), compiler_options=opts)
     v = {"params": holder[0].params, "batch_stats": holder[0].batch_stats}
     if not v["batch_stats"]:
         v.pop("batch_stats")

@@ -157,6 +157,38 @@ def test_max_pool_takes_the_first_maximum_gradient_where_rewrites_are_on():
     assert "custom_vjp_call" in auto and "custom_vjp_call" not in xla
 
 
+def _conv(x, k):
+    return jax.lax.conv_general_dilated(x, k, (1, 1), [(1, 1)] * 2,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def test_compiler_options_send_convolutions_past_ynnpack_where_rewrites_are_on():
+    with lowering.using("xla"):
+        assert lowering.compiler_options("cpu") == {}
+    with lowering.using("auto"):
+        assert lowering.compiler_options("gpu") == {}
+        opts = lowering.compiler_options("cpu")
+    r = np.random.default_rng(0)
+    x = jnp.asarray(r.standard_normal((2, 9, 9, 64), np.float32))
+    k = jnp.asarray(r.standard_normal((3, 3, 64, 64), np.float32) / 24)
+    default = jax.jit(_conv).lower(x, k).compile()
+    if "__ynn_fusion" not in default.as_text():  # an XLA or CPU that keeps convolutions to itself
+        assert opts == {}
+        return
+    # jaxlib 0.10.2 on an AVX-512 CPU: its default list, less convolutions
+    assert opts == {"xla_cpu_experimental_ynn_fusion_type":
+                    "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
+    eigen = jax.jit(_conv, compiler_options=opts).lower(x, k).compile()
+    assert "__ynn_fusion" not in eigen.as_text()
+    np.testing.assert_allclose(eigen(x, k), default(x, k), rtol=1e-5, atol=1e-5)
+
+
+def test_fusion_list_is_passed_only_where_it_is_the_default():
+    assert not lowering._is_default_ynn_list("LIBRARY_FUSION_TYPE_NO_SUCH_THING", "cpu")
+    assert not lowering._is_default_ynn_list("LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT", "cpu")
+    assert lowering._compiled_text("cpu", (("xla_cpu_no_such_option", "1"),)) is None
+
+
 def test_set_mode_overrides_the_environment_and_names_a_bad_value(monkeypatch):
     monkeypatch.setenv("JAXVISION_LOWERING", "xla")
     try:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -81,6 +82,53 @@ def rewrites_on(backend=None) -> bool:
     if mode not in ("auto", "xla"):
         raise ValueError(f"JAXVISION_LOWERING must be 'auto' or 'xla', got {mode!r}")
     return mode == "auto" and (backend or jax.default_backend()) == "cpu"
+
+
+# jaxlib 0.10.2's XLA:CPU hands each convolution to YNNPACK on the AVX-512 CPU measured here (on
+# an AVX-only one measured earlier it apparently did not), and YNNPACK keeps one core busy for any
+# convolution of up to 80 output channels (1.5 cores at 96, 2 at 128): ResNet's stem and layer1.
+# Eigen's convolution, what XLA runs without that fusion, keeps both busy (batch 16: 3x3 56x56
+# 64->64 18.6 -> 11.7 ms, stem 7x7/2 3->64 39.7 -> 29.3 ms, 3x3 14x14 256->256 17.7 -> 8.7 ms;
+# none of the seven resnet50 shapes measured was slower, forward or with gradients). The option
+# takes a whole list, not a change to the default, so it is passed only where the default is
+# known to be this list (a probe compiles the same either way), and then without convolutions.
+_YNN_OPTION = "xla_cpu_experimental_ynn_fusion_type"
+_YNN_DEFAULT = ("LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT", "LIBRARY_FUSION_TYPE_REDUCE",
+                "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION")
+
+
+def _probe(x, k, w):
+    y = jax.nn.relu(_lax_conv(x, k, (1, 1), (1, 1), (1, 1)) * 1.5 + 0.1)
+    z = jnp.einsum("nhwc,cf->nhwf", y, w)
+    return z.sum(axis=(1, 2)), jnp.tanh(z).max()
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_text(backend: str, opts: tuple):
+    """The probe's optimized HLO (metadata dropped) under these options; None if refused."""
+    args = (jnp.zeros((2, 9, 9, 64)), jnp.zeros((3, 3, 64, 64)), jnp.zeros((64, 128)))
+    try:
+        text = jax.jit(_probe, backend=backend, compiler_options=dict(opts)).lower(
+            *args).compile().as_text()
+    except Exception:  # noqa: BLE001  (an unknown option or enum value, a backend without one)
+        return None
+    return re.sub(r"metadata=\{[^}]*\}", "", text)
+
+
+def _is_default_ynn_list(value: str, backend: str) -> bool:
+    """Whether XLA compiles the probe with ``value`` as it does with no option at all."""
+    default = _compiled_text(backend, ())
+    return default is not None and default == _compiled_text(backend, ((_YNN_OPTION, value),))
+
+
+def compiler_options(backend=None) -> dict:
+    """``jax.jit(..., compiler_options=...)`` for jaxvision's steps: where the CPU rewrites are on
+    (``rewrites_on``) and XLA sends convolutions to YNNPACK by default, the same fusions less
+    convolutions; otherwise nothing."""
+    backend = backend or jax.default_backend()
+    if not rewrites_on(backend) or not _is_default_ynn_list(",".join(_YNN_DEFAULT), backend):
+        return {}
+    return {_YNN_OPTION: ",".join(_YNN_DEFAULT[:-1])}
 
 
 def choose(x_shape, kernel_shape, stride, padding, dilation, groups, backend=None):

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image, ImageDraw
 
+from jaxvision.layers import lowering
 from jaxvision.models.detection import transform
 from jaxvision.registry import get_spec
 from jaxvision.tasks.base import Task, read_image
@@ -117,7 +118,8 @@ class Detection(Task):
         os.makedirs(out_dir, exist_ok=True)
         prep = data.eval_transform()
         norm = (data.mean, data.std)
-        fwd = jax.jit(lambda v, b: self.forward(model, v, normalize_batch(b, norm), False))
+        fwd = jax.jit(lambda v, b: self.forward(model, v, normalize_batch(b, norm), False),
+                      compiler_options=lowering.compiler_options())
         lines = []
         for path in paths:
             img = np.asarray(read_image(path))
@@ -183,7 +185,8 @@ def predict(model, variables, images: Sequence[np.ndarray], name: str | None = N
     fixed = tuple(spec.input_size) if spec and spec.family == "ssd" else None
     min_size = getattr(model, "min_size", 800)
     max_size = getattr(model, "max_size", 1333)
-    apply = jax.jit(lambda v, x, s: model.apply(v, x, image_sizes=s))
+    apply = jax.jit(lambda v, x, s: model.apply(v, x, image_sizes=s),
+                    compiler_options=lowering.compiler_options())
     results = []
     for start in range(0, len(images), batch_size):
         chunk = list(images[start:start + batch_size])

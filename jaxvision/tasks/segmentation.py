@@ -8,6 +8,7 @@ import numpy as np
 import optax
 from PIL import Image, ImageDraw
 
+from jaxvision.layers import lowering
 from jaxvision.tasks.base import Task, read_image
 
 IGNORE = 255
@@ -158,7 +159,8 @@ class Segmentation(Task):
         os.makedirs(out_dir, exist_ok=True)
         names, lines = data.class_names, []
         fwd = jax.jit(lambda v, x: split_outputs(model.apply(
-            v, normalize(x, data.mean, data.std), train=False))[0].argmax(-1))
+            v, normalize(x, data.mean, data.std), train=False))[0].argmax(-1),
+            compiler_options=lowering.compiler_options())
         for path in paths:
             img = read_image(path)
             x = np.asarray(resize_shorter(img, data.resize_size, data.cfg.interpolation))[None]

@@ -11,6 +11,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxvision.data import build_data
+from jaxvision.layers import lowering
 from jaxvision.train import checkpoint
 from jaxvision.train.normalize import normalize
 
@@ -37,8 +38,6 @@ def load_task_run(workdir: str, log=None):
         raise FileNotFoundError(f"{path}: no such file; is {workdir} a jaxvision train workdir?")
     with open(path) as f:
         config = ml_collections.ConfigDict(json.load(f))
-    from jaxvision.layers import lowering
-
     lowering.set_mode(config.get("conv_lowering", ""))
     # the best metric is a class attribute of the task: no class count needed yet
     mgr = checkpoint.manager(workdir, config.checkpoint.keep,
@@ -84,7 +83,8 @@ def evaluate_run(workdir: str) -> dict:
 
     config, meta, task, model, variables, step = load_task_run(workdir)
     data = _data(config)
-    eval_step = jax.jit(make_eval_step(model, task, norm=(data.mean, data.std)))
+    eval_step = jax.jit(make_eval_step(model, task, norm=(data.mean, data.std)),
+                        compiler_options=lowering.compiler_options())
     result, sums = evaluate(eval_step, variables, data, make_mesh(), task, return_sums=True)
     return {**result, **task.details(sums, meta["class_names"]), "step": step}
 
@@ -110,7 +110,8 @@ def extract(workdir: str, split: str, out: str) -> int:
         data = data.__class__(data.val_source, data.train_source, data.class_names, data.cfg,
                               data.mean, data.std, data.resize_size)
     mean, std = data.mean, data.std
-    fwd = jax.jit(lambda v, x: backbone.apply(v, normalize(x, mean, std), train=False))
+    fwd = jax.jit(lambda v, x: backbone.apply(v, normalize(x, mean, std), train=False),
+                  compiler_options=lowering.compiler_options())
     feats, labels = [], []
     for batch in data.eval_loader():
         keep = batch["valid"]

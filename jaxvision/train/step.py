@@ -12,6 +12,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from jaxvision.layers import lowering
 from jaxvision.train.normalize import normalize_batch
 
 
@@ -110,9 +111,11 @@ def make_eval_step(model, task, norm=None):
 def jit_steps(mesh: Mesh, train_step, eval_step):
     repl = NamedSharding(mesh, P())
     data = NamedSharding(mesh, P("data"))
+    opts = lowering.compiler_options()
     train = jax.jit(train_step, in_shardings=(repl, data), out_shardings=(repl, repl),
-                    donate_argnums=0)
-    evaluate = jax.jit(eval_step, in_shardings=(repl, data), out_shardings=repl)
+                    donate_argnums=0, compiler_options=opts)
+    evaluate = jax.jit(eval_step, in_shardings=(repl, data), out_shardings=repl,
+                       compiler_options=opts)
     return train, evaluate
 
 
