@@ -31,13 +31,21 @@ from jax import lax
 
 IMPLS = ("xla", "im2col", "einsum", "taps", "xla_tapgrad")
 
-# im2col when the output map has at most this many positions per kernel tap (3x3: maps up to
-# 7x7). Measured on the shared 2-core CPU (jit of forward + input and kernel gradients, 3x3,
-# batch 64, load ~7): 1x1 map 512ch xla 101 ms / im2col 14 ms; 2x2 512ch 6228 / 155 (the naive
-# loop); 4x4 256ch 150 / 115; 4x4 out stride 2 512ch 3653 / 152; batch 16 7x7 512ch 660 / 460;
-# even at 8x8 128ch (179 / 197); from 16x16 up im2col loses 1.3-2.4x (16x16 64ch 159 / 209)
-# where the 9x patch matrix's memory traffic dominates.
+# im2col, measured on the shared 2-core AVX-512 CPU (jit of forward + input and kernel gradients,
+# 3x3, XLA's convolution run by Eigen as compiler_options() asks):
+# * always when the output map has at most half a position per kernel tap (3x3: 2x2 and 1x1),
+#   where XLA's convolution falls into its naive loop: batch 64, 2x2 256->256 107 ms / im2col
+#   3.3; 4x4 -> 2x2 stride 2 128->256 23.3 / 2.0;
+# * up to this many positions per tap (3x3: maps up to 7x7) only from IM2COL_MIN_CHANNELS input
+#   channels: batch 16, 7x7 512->512 34.3 / 31.8; 14x14 -> 7x7 stride 2 256->512 18.8 / 16.7;
+#   4x4 512 15.1 / 10.7; but batch 64, 4x4 128->128 3.9 / 4.2 and 8x8 -> 4x4 stride 2
+#   64->128 2.4 / 3.4 (a resnet18 train step at 32 px, batch 64: 93 ms with them through
+#   im2col, 74-78 without); from 14x14 up im2col loses 2x (256 ch: 31 / 54).
+# (An AVX-only CPU measured earlier, whose XLA kept convolutions from YNNPACK, had im2col ahead
+# from 8x8 down at any width.)
+IM2COL_ALWAYS_POSITIONS_PER_TAP = 0.5
 IM2COL_MAX_POSITIONS_PER_TAP = 6
+IM2COL_MIN_CHANNELS = 256
 
 # the kernel gradient as per-tap GEMMs from output maps of this many positions up (20x20)
 TAPGRAD_MIN_POSITIONS = 400
@@ -147,7 +155,8 @@ def choose(x_shape, kernel_shape, stride, padding, dilation, groups, backend=Non
         return "taps"
     oh = out_size(x_shape[1], kh, stride[0], padding[0], dilation[0])
     ow = out_size(x_shape[2], kw, stride[1], padding[1], dilation[1])
-    if oh * ow <= IM2COL_MAX_POSITIONS_PER_TAP * kh * kw:
+    if oh * ow <= IM2COL_ALWAYS_POSITIONS_PER_TAP * kh * kw or (
+            oh * ow <= IM2COL_MAX_POSITIONS_PER_TAP * kh * kw and cin >= IM2COL_MIN_CHANNELS):
         return "im2col"
     if groups == 1 and oh * ow >= TAPGRAD_MIN_POSITIONS:
         # XLA:CPU's kernel gradient is 3-5x its forward; per-tap GEMMs cut it 1.5-3x (batch 16,
