@@ -85,13 +85,18 @@ def test_choice_per_shape(monkeypatch):
     monkeypatch.setenv("JAXVISION_LOWERING", "auto")
     choose = lambda x, k, s=1, p=1, g=1, backend="cpu": lowering.choose(  # noqa: E731
         x, k, (s, s), (p, p), (1, 1), g, backend)
+    eigen = bool(lowering.compiler_options("cpu"))  # the AVX-512 CPU's choices, else AVX-only's
     assert choose((8, 2, 2, 512), (3, 3, 512, 512)) == "im2col"
     assert choose((8, 2, 2, 64), (3, 3, 64, 64)) == "im2col"  # 3x3 on 2x2: at any width
     assert choose((8, 7, 7, 512), (3, 3, 512, 512)) == "im2col"  # up to 7x7 from 256 channels
-    assert choose((8, 4, 4, 128), (3, 3, 128, 128)) == "xla"
-    assert choose((8, 8, 8, 64), (3, 3, 64, 128), s=2) == "xla"  # 8x8 -> 4x4
+    assert choose((8, 4, 4, 128), (3, 3, 128, 128)) == ("xla" if eigen else "im2col")
+    assert choose((8, 8, 8, 64), (3, 3, 64, 128), s=2) == ("xla" if eigen else "im2col")
     assert choose((8, 14, 14, 512), (3, 3, 512, 512)) == "xla"  # 14x14: im2col loses there
-    assert choose((8, 56, 56, 64), (3, 3, 64, 64)) == "xla_tapgrad"
+    assert choose((8, 56, 56, 64), (3, 3, 64, 64)) == ("xla" if eigen else "xla_tapgrad")
+    with monkeypatch.context() as m:  # the other CPU's choices
+        m.setattr(lowering, "_eigen_convolutions", lambda backend=None: not eigen)
+        assert choose((8, 4, 4, 128), (3, 3, 128, 128)) == ("im2col" if eigen else "xla")
+        assert choose((8, 56, 56, 64), (3, 3, 64, 64)) == ("xla_tapgrad" if eigen else "xla")
     assert choose((8, 56, 56, 64), (3, 3, 2, 64), g=32) == "xla"  # grouped, large map
     assert choose((8, 56, 56, 64), (1, 1, 64, 256), p=0) == "einsum"
     assert choose((8, 56, 56, 144), (3, 3, 1, 144), g=144) == "taps"

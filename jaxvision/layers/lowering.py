@@ -31,8 +31,10 @@ from jax import lax
 
 IMPLS = ("xla", "im2col", "einsum", "taps", "xla_tapgrad")
 
-# im2col, measured on the shared 2-core AVX-512 CPU (jit of forward + input and kernel gradients,
-# 3x3, XLA's convolution run by Eigen as compiler_options() asks):
+# Two CPUs were measured, and the choices below differ between them: an AVX-only one whose XLA
+# kept convolutions to itself, and the AVX-512 one whose XLA sends them to YNNPACK by default,
+# where compiler_options() hands them to Eigen instead ("eigen" below: _eigen_convolutions).
+# im2col on the AVX-512 CPU (jit of forward + input and kernel gradients, 3x3):
 # * always when the output map has at most half a position per kernel tap (3x3: 2x2 and 1x1),
 #   where XLA's convolution falls into its naive loop: batch 64, 2x2 256->256 107 ms / im2col
 #   3.3; 4x4 -> 2x2 stride 2 128->256 23.3 / 2.0;
@@ -41,13 +43,16 @@ IMPLS = ("xla", "im2col", "einsum", "taps", "xla_tapgrad")
 #   4x4 512 15.1 / 10.7; but batch 64, 4x4 128->128 3.9 / 4.2 and 8x8 -> 4x4 stride 2
 #   64->128 2.4 / 3.4 (a resnet18 train step at 32 px, batch 64: 93 ms with them through
 #   im2col, 74-78 without); from 14x14 up im2col loses 2x (256 ch: 31 / 54).
-# (An AVX-only CPU measured earlier, whose XLA kept convolutions from YNNPACK, had im2col ahead
-# from 8x8 down at any width.)
+# On the AVX-only CPU im2col was ahead from 8x8 down at any width (batch 64, 4x4 256ch xla 150
+# ms / im2col 115; 8x8 128ch 179 / 197, even; 16x16 64ch 159 / 209).
 IM2COL_ALWAYS_POSITIONS_PER_TAP = 0.5
 IM2COL_MAX_POSITIONS_PER_TAP = 6
 IM2COL_MIN_CHANNELS = 256
 
-# the kernel gradient as per-tap GEMMs from output maps of this many positions up (20x20)
+# the kernel gradient as per-tap GEMMs from output maps of this many positions up (20x20), on
+# the AVX-only CPU. With Eigen on the AVX-512 one XLA's own kernel gradient is 1.3-3x faster
+# (forward + kernel gradient, batch 16: 56x56 64->64 34.9 ms / per-tap 80.3; 28x28 128->128
+# 18.7 / 41.3; stem 7x7 3->64 at 224 61.8 / 127.3; batch 64 16x16 64->64 8.6 / 27.4).
 TAPGRAD_MIN_POSITIONS = 400
 
 
@@ -129,6 +134,11 @@ def _is_default_ynn_list(value: str, backend: str) -> bool:
     return default is not None and default == _compiled_text(backend, ((_YNN_OPTION, value),))
 
 
+def _eigen_convolutions(backend=None) -> bool:
+    """Whether compiler_options() moves this backend's convolutions from YNNPACK to Eigen."""
+    return bool(compiler_options(backend))
+
+
 def compiler_options(backend=None) -> dict:
     """``jax.jit(..., compiler_options=...)`` for jaxvision's steps: where the CPU rewrites are on
     (``rewrites_on``) and XLA sends convolutions to YNNPACK by default, the same fusions less
@@ -155,15 +165,17 @@ def choose(x_shape, kernel_shape, stride, padding, dilation, groups, backend=Non
         return "taps"
     oh = out_size(x_shape[1], kh, stride[0], padding[0], dilation[0])
     ow = out_size(x_shape[2], kw, stride[1], padding[1], dilation[1])
+    eigen = _eigen_convolutions(backend)
     if oh * ow <= IM2COL_ALWAYS_POSITIONS_PER_TAP * kh * kw or (
-            oh * ow <= IM2COL_MAX_POSITIONS_PER_TAP * kh * kw and cin >= IM2COL_MIN_CHANNELS):
+            oh * ow <= IM2COL_MAX_POSITIONS_PER_TAP * kh * kw
+            and (cin >= IM2COL_MIN_CHANNELS or not eigen)):
         return "im2col"
-    if groups == 1 and oh * ow >= TAPGRAD_MIN_POSITIONS:
-        # XLA:CPU's kernel gradient is 3-5x its forward; per-tap GEMMs cut it 1.5-3x (batch 16,
-        # 56x56 64->64: 435 -> 157 ms; 28x28 128->128: 157 -> 75; resnet stem 7x7 3->64 at
-        # 224: 624 -> 194 via im2col; 14x14 256->256 only 101 -> 96, and a resnet18 step at
-        # 32 px, whose 3x3s are 8x8 and smaller, gained nothing); forward and input gradient
-        # stay XLA's
+    if groups == 1 and oh * ow >= TAPGRAD_MIN_POSITIONS and not eigen:
+        # (AVX-only CPU) XLA's kernel gradient is 3-5x its forward; per-tap GEMMs cut it
+        # 1.5-3x (batch 16, 56x56 64->64: 435 -> 157 ms; 28x28 128->128: 157 -> 75; resnet
+        # stem 7x7 3->64 at 224: 624 -> 194 via im2col; 14x14 256->256 only 101 -> 96, and a
+        # resnet18 step at 32 px, whose 3x3s are 8x8 and smaller, gained nothing); forward and
+        # input gradient stay XLA's
         return "xla_tapgrad"
     return "xla"
 
