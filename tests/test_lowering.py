@@ -30,7 +30,9 @@ def _grads(impls, x, w, stride, padding, dilation, groups):
 
 # (impl, batch, map, cin, cout, kernel, stride, padding, dilation, groups)
 CASES = [
-    ("im2col", 2, 1, 8, 6, 3, 1, 1, 1, 1),      # 3x3 on a 1x1 map: XLA's naive-loop case
+    ("im2col", 2, 1, 8, 6, 3, 1, 1, 1, 1),      # 3x3 on a 1x2 map: XLA's naive-loop case
+    ("im2col", 2, 1, 8, 6, 3, 2, 1, 1, 1),      # 1x2 -> 1x1: dead taps in rows and columns
+    ("im2col", 2, 2, 8, 6, 3, 2, 1, 1, 1),      # 2x3 -> 1x2: the first row of taps is dead
     ("im2col", 2, 2, 8, 6, 3, 1, 1, 1, 1),
     ("im2col", 2, 4, 8, 6, 3, 2, 1, 1, 1),
     ("im2col", 2, 19, 6, 4, 3, 1, 1, 1, 1),     # a large map (the threshold picks xla there)
@@ -42,6 +44,7 @@ CASES = [
     ("einsum", 2, 7, 8, 6, 1, 1, 0, 1, 1),
     ("einsum", 2, 7, 8, 6, 1, 2, 0, 1, 1),      # strided 1x1 (a resnet downsample)
     ("taps", 2, 1, 8, 8, 3, 1, 1, 1, 8),
+    ("taps", 2, 1, 8, 8, 3, 2, 1, 1, 8),
     ("taps", 2, 15, 8, 8, 3, 2, 1, 1, 8),
     ("taps", 2, 13, 8, 8, 5, 2, 2, 1, 8),       # mobilenet_v3's 5x5
     ("taps", 2, 11, 8, 8, 3, 1, 2, 2, 8),       # dilated depthwise (deeplab-style)
@@ -68,6 +71,18 @@ def test_lowering_matches_lax_conv(case):
         scale = float(jnp.max(jnp.abs(want))) + 1.0
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=0,
                                    atol=2e-5 * scale)
+
+
+def test_taps_that_read_only_padding_are_skipped():
+    assert lowering.live_taps(1, 3, 1, 1, 1, 1) == (1, 2)  # 3x3 on a 1x1 map: the centre only
+    assert lowering.live_taps(2, 3, 1, 1, 1, 2) == (0, 3)  # 2x2: every tap reads something
+    assert lowering.live_taps(2, 3, 2, 1, 1, 1) == (1, 3)  # 2 -> 1 at stride 2
+    assert lowering.live_taps(1, 3, 1, 2, 2, 1) == (1, 2)  # dilation 2, padding 2
+    assert lowering.live_taps(56, 7, 2, 3, 1, 28) == (0, 7)
+    x, w = jnp.zeros((4, 1, 1, 32)), jnp.zeros((3, 3, 32, 16))
+    jaxpr = jax.make_jaxpr(lambda x, w: lowering.conv2d(x, w, 1, 1, impl="im2col"))(x, w)
+    (dot,) = [e for e in jaxpr.eqns if e.primitive.name == "dot_general"]
+    assert dot.invars[0].aval.shape == (4, 32) and dot.invars[1].aval.shape == (32, 16)
 
 
 def test_lowering_bfloat16_matches_lax_conv():

@@ -180,16 +180,26 @@ def choose(x_shape, kernel_shape, stride, padding, dilation, groups, backend=Non
     return "xla"
 
 
-def tap_views(x, kh, kw, stride, padding, dilation, oh, ow):
+def live_taps(size, k, stride, pad, dilation, out):
+    """The kernel taps ``(lo, hi)`` along one axis that read some input element (not only
+    padding) at some output position; ``(0, k)`` unless the dead ones are at the ends."""
+    live = [i for i in range(k)
+            if any(0 <= i * dilation + o * stride - pad < size for o in range(out))]
+    if not live or live != list(range(live[0], live[-1] + 1)):
+        return 0, k
+    return live[0], live[-1] + 1
+
+
+def tap_views(x, kh, kw, stride, padding, dilation, oh, ow, rows=None, cols=None):
     """The kernel-tap views of the padded input: kh*kw arrays of shape (N, oh, ow, C), in the
-    row-major order of the kernel."""
+    row-major order of the kernel (only taps ``rows`` x ``cols``, ranges, where given)."""
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
     if ph or pw:
         x = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
     n, _, _, c = x.shape
     views = []
-    for i in range(kh):
-        for j in range(kw):
+    for i in rows or range(kh):
+        for j in cols or range(kw):
             start = (0, i * dh, j * dw, 0)
             limit = (n, i * dh + (oh - 1) * sh + 1, j * dw + (ow - 1) * sw + 1, c)
             views.append(lax.slice(x, start, limit, (1, sh, sw, 1)))
@@ -215,7 +225,12 @@ def conv2d(x, kernel, stride=1, padding=0, dilation=1, groups=1, impl=None):
             raise ValueError("einsum lowering: ungrouped 1x1 convolutions only")
         (view,) = tap_views(x, 1, 1, stride, padding, dilation, oh, ow)
         return jnp.einsum("nhwc,cf->nhwf", view, kernel[0, 0])
-    views = tap_views(x, kh, kw, stride, padding, dilation, oh, ow)
+    (r0, r1) = live_taps(h, kh, stride[0], padding[0], dilation[0], oh)
+    (c0, c1) = live_taps(w, kw, stride[1], padding[1], dilation[1], ow)
+    if (r1 - r0, c1 - c0) != (kh, kw):
+        # taps that read only padding add exact zeros (a 3x3 on a 1x1 map: 8 of its 9): skip them
+        kernel, kh, kw = kernel[r0:r1, c0:c1], r1 - r0, c1 - c0
+    views = tap_views(x, kh, kw, stride, padding, dilation, oh, ow, range(r0, r1), range(c0, c1))
     if impl == "taps":
         if cin_g != 1 or groups != cin:
             raise ValueError("taps lowering: depthwise convolutions only (groups == channels)")
