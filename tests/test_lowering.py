@@ -214,6 +214,15 @@ def test_fusion_list_is_passed_only_where_it_is_the_default():
     assert lowering._compiled_text("cpu", (("xla_cpu_no_such_option", "1"),)) is None
 
 
+def test_the_probe_answers_alike_when_first_asked_inside_a_trace():
+    seen = []
+    with lowering.using("auto"):
+        outside = lowering.compiler_options("cpu")
+        lowering._compiled_text.cache_clear()  # choose() may first run while a model traces
+        jax.jit(lambda x: seen.append(lowering.compiler_options("cpu")) or x)(jnp.zeros(2))
+    assert seen == [outside]
+
+
 def test_set_mode_overrides_the_environment_and_names_a_bad_value(monkeypatch):
     monkeypatch.setenv("JAXVISION_LOWERING", "xla")
     try:

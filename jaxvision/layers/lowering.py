@@ -119,7 +119,8 @@ def _probe(x, k, w):
 @functools.lru_cache(maxsize=None)
 def _compiled_text(backend: str, opts: tuple):
     """The probe's optimized HLO (metadata dropped) under these options; None if refused."""
-    args = (jnp.zeros((2, 9, 9, 64)), jnp.zeros((3, 3, 64, 64)), jnp.zeros((64, 128)))
+    args = [jax.ShapeDtypeStruct(shape, jnp.float32)  # abstract: safe inside another trace
+            for shape in ((2, 9, 9, 64), (3, 3, 64, 64), (64, 128))]
     try:
         text = jax.jit(_probe, backend=backend, compiler_options=dict(opts)).lower(
             *args).compile().as_text()
