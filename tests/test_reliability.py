@@ -247,6 +247,20 @@ def test_user_mistakes_are_one_line_not_a_traceback(base_run, tmp_path, capsys, 
         model.init(jax.random.key(0), jnp.zeros((2, 3, 32, 32)))
 
 
+def test_a_model_the_task_cannot_train_is_one_line_before_the_workdir_is_written(tmp_path,
+                                                                               capsys):
+    workdir = tmp_path / "w"
+    for task in ("detection", "segmentation"):
+        code = train_cli("train", ["--config", CONFIG_FILE, "--workdir", str(workdir),
+                                   f"--config.task={task}"])
+        err = capsys.readouterr().err
+        assert code == 2 and err.startswith(
+            f"jaxvision train: error: task={task!r} cannot train model.name='resnet18': a "
+            f"classification model (family resnet); {task} takes e.g. "), err
+        assert len(err.splitlines()) == 1 and "Traceback" not in err
+        assert not workdir.exists() or os.listdir(workdir) == []
+
+
 def test_batch_job_prints_progress_lines_and_writes_metrics_jsonl(base_run):
     lines = [l for l in (base_run / "stdout.txt").read_text().splitlines() if "/12:" in l]
     assert [l.split(":")[0] for l in lines] == ["step 4/12", "step 8/12", "step 12/12"]

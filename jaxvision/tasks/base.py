@@ -18,6 +18,9 @@ class Task:
     best_mode: str = "max"  # "max" | "min"
     # checkpoint metadata a resumed run must share with the checkpoints in its workdir
     meta_keys: tuple[str, ...] = ("model", "num_classes")
+    # the registry families (ModelSpec.family) this task trains; classification's is empty: it
+    # takes every family that no other task claims (tasks.check_model)
+    model_families: tuple[str, ...] = ()
 
     def build_model(self, config, dtype):
         """The linen Module this task trains (``config.model`` names it)."""

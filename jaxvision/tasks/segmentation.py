@@ -74,6 +74,7 @@ class Segmentation(Task):
     best_metric = "val_miou"
     best_mode = "max"
     meta_keys = ("model", "num_classes", "task")
+    model_families = ("segmentation",)
 
     def __init__(self, num_classes: int, aux_weight: float = 0.5, aux_lr_mult: float = 10.0,
                  aux_loss: bool = False, ignore_index: int = IGNORE):

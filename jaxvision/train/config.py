@@ -142,6 +142,9 @@ def check_config(config):
                 raise ConfigError(f"config key {key!r}: expected an int >= {low}, got {node!r}")
     if not config.train.steps and not config.train.epochs:
         raise ConfigError("train.steps and train.epochs are both 0: nothing to train")
+    from jaxvision.tasks import check_model
+
+    check_model(config)
     if config.checkpoint.best_mode not in ("", "min", "max"):
         raise ConfigError(f"config key 'checkpoint.best_mode': expected 'min', 'max' or '' "
                           f"(inferred from the metric), got {config.checkpoint.best_mode!r}")
