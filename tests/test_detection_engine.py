@@ -16,7 +16,10 @@ from jaxvision.data.loader import build_data
 from jaxvision.tasks import Detection, build_task
 from jaxvision.train.cli import main as cli
 from jaxvision.train.defaults import default_config
-from jaxvision.train.loop import train
+from jaxvision.train.loop import evaluate, train
+from jaxvision.train.step import make_mesh
+from test_data_coco import _ann, _img, _write
+from test_segmentation_engine import seg_config
 
 
 
@@ -118,6 +121,80 @@ def det_config(**train_kw):
     c.logging.update(progress_bar=False, num_images=2)
     c.train.update(**train_kw)
     return c
+
+
+def coco_config(root, **train_kw):
+    """det_config() reading the COCO tree at ``root`` (train.json, val.json, img/)."""
+    c = det_config(**train_kw)
+    c.data.source = "coco"
+    c.data.coco.update(root=str(root), train_ann="train.json", val_ann="val.json",
+                       train_images="img", val_images="img")
+    return c
+
+
+def _row_of_boxes(image_id, n):
+    """``n`` disjoint 7x7 boxes side by side, classes 1, 2, 1, 2, ..."""
+    return [_ann(10 * image_id + k, image_id, 1 + k % 2, [2 + 9 * k, 3, 7, 7]) for k in range(n)]
+
+
+def test_eval_sees_every_box_whatever_max_boxes_and_training_says_what_it_drops(tmp_path):
+    cats = [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]
+    for name, ids in (("train.json", (1, 2, 3)), ("val.json", (4, 5, 6))):
+        _write(tmp_path, [_img(i) for i in ids],
+               [a for i, n in zip(ids, (4, 2, 1)) for a in _row_of_boxes(i, n)], cats, name)
+    task = Detection(num_classes=3)
+
+    def first_box_found(variables, batch):  # finds each image's first box, misses the rest
+        outputs = {"boxes": batch["boxes"][:, :1], "labels": batch["classes"][:, :1],
+                   "scores": jnp.ones(batch["classes"][:, :1].shape),
+                   "count": jnp.minimum(batch["num_boxes"], 1)}
+        return task.eval_sums(outputs, batch)
+
+    data, results, said = {}, {}, []
+    for cap in (1, 100):
+        c = coco_config(tmp_path)
+        c.data.detection.max_boxes = cap
+        data[cap] = build_data(c.data, c.model.name, "detection")
+        results[cap] = evaluate(jax.jit(first_box_found), {}, data[cap], make_mesh(), task)
+    # 3 of the 7 boxes found: scored against all 7, whatever max_boxes caps in training
+    np.testing.assert_equal(results[1], results[100])  # NaN (undefined) equals NaN here
+    assert results[100]["val_count"] == 3
+    assert 0.2 < results[100]["val_ap"] < 0.5
+    for cap in (1, 100):
+        data[cap].check_targets(3, said.append)
+    assert said == ["data.detection.max_boxes=1: training keeps the first 1 boxes of an image "
+                    "and drops 4 of the 7 boxes, from 2 of the 3 train images (up to 4 boxes); "
+                    "evaluation sees every box"]
+
+
+def _nothing_written(workdir):
+    return [p for p in ("config.json", "tb", "metrics.jsonl", "checkpoints")
+            if os.path.exists(os.path.join(workdir, p))]
+
+
+def test_a_head_smaller_than_the_data_is_refused_naming_the_ids(tmp_path):
+    cats = [{"id": k, "name": f"digit{k}"} for k in range(1, 11)]
+    _write(tmp_path, [_img(1)], _row_of_boxes(1, 2), cats, "train.json")
+    _write(tmp_path, [_img(2)], _row_of_boxes(2, 2), cats, "val.json")
+    c = coco_config(tmp_path)
+    c.data.update(batch_size=1, eval_batch_size=1)  # one image would train
+    c.model.num_classes = 5
+    workdir = str(tmp_path / "det")
+    with pytest.raises(DataError) as e:
+        train(c, workdir, log=lambda *_: None)
+    assert str(e.value) == (
+        f"model.num_classes=5 is smaller than the data's 11 classes: class ids 5, 6, 7, 8, 9, 10 "
+        f"of {tmp_path / 'train.json'} exceed a head of ids 0..4; set model.num_classes to 11 "
+        "(0 takes the data's count)")
+    assert _nothing_written(workdir) == []
+    c = seg_config()
+    c.data.shapes.num_classes = 6  # background + 6 shapes: 7 classes
+    c.model.num_classes = 5
+    workdir = str(tmp_path / "seg")
+    with pytest.raises(DataError, match=r"smaller than the data's 7 classes: class ids 5, 6 of "
+                                        r"data.shapes exceed a head of ids 0..4"):
+        train(c, workdir, log=lambda *_: None)
+    assert _nothing_written(workdir) == []
 
 
 def test_short_run_trains_evaluates_and_predicts_with_coco_metrics(tmp_path, capsys):

@@ -92,12 +92,37 @@ class Data:
     def eval_transform(self):
         c = self.cfg
         if self.task == "detection":
-            return DetEvalTransform(*self.detection_sizes(), c.detection.max_boxes,
+            # every box of the split: max_boxes caps what training matches, not the truth
+            counts = _box_counts(self.val_source)
+            most = int(counts.max()) if counts is not None and len(counts) else 0
+            return DetEvalTransform(*self.detection_sizes(), max(c.detection.max_boxes, most),
                                     c.interpolation)
         if self.task == "segmentation":
             canvas = c.segmentation.eval_size or max(c.image_size, self.resize_size)
             return T.SegEvalTransform(self.resize_size, canvas, c.interpolation)
         return T.EvalTransform(c.image_size, self.resize_size, c.interpolation)
+
+    def check_targets(self, num_classes: int, log=print) -> None:
+        """Before training: one DataError if the data holds class ids a head of
+        ``num_classes`` outputs cannot predict (which ids, which count); and, for detection,
+        one line saying how many boxes ``data.detection.max_boxes`` drops from training."""
+        over = [i for i, name in enumerate(self.class_names) if i >= num_classes and name != "N/A"]
+        if over:
+            where = getattr(self.train_source, "annotation_file", None) or f"data.{self.cfg.source}"
+            ids = (", ".join(map(str, over)) if len(over) <= 8
+                   else f"{', '.join(map(str, over[:4]))}, ... {over[-1]}")
+            raise DataError(f"model.num_classes={num_classes} is smaller than the data's "
+                            f"{self.num_classes} classes: class ids {ids} of {where} exceed a "
+                            f"head of ids 0..{num_classes - 1}; set model.num_classes to "
+                            f"{self.num_classes} (0 takes the data's count)")
+        counts = _box_counts(self.train_source) if self.task == "detection" else None
+        cap = self.cfg.detection.max_boxes
+        if counts is not None and (counts > cap).any():
+            more = counts > cap
+            log(f"data.detection.max_boxes={cap}: training keeps the first {cap} boxes of an "
+                f"image and drops {int((counts[more] - cap).sum())} of the "
+                f"{int(counts.sum())} boxes, from {int(more.sum())} of the {len(counts)} train "
+                f"images (up to {int(counts.max())} boxes); evaluation sees every box")
 
     def eval_loader(self, process_index: int = 0, process_count: int = 1):
         """Every example exactly once; the last batch is padded and ``valid`` marks real ones.
@@ -130,6 +155,12 @@ class Data:
                                  prefetch_buffer_size=2 * batch if workers else 0)
         return (grain.MapDataset.source(indices).map(load).to_iter_dataset(read)
                 .batch(batch, drop_remainder=False))
+
+
+def _box_counts(source):
+    """Each example's box count where the source knows it without reading images, else None."""
+    counts = getattr(source, "box_counts", None)
+    return None if counts is None else np.asarray(counts())
 
 
 def _absl_flags_ready():

@@ -120,6 +120,7 @@ def _train(config, workdir: str, log) -> dict:
     checkpoint.make_workdir(workdir)
     data = build_data(config.data, config.model.name, task_name(config))
     num_classes = config.model.num_classes or data.num_classes
+    data.check_targets(num_classes, log)
     task = build_task(config, num_classes)
     model = build_model(config, num_classes, task)
     meta = {"model": config.model.name, "num_classes": num_classes, "task": task.name,
