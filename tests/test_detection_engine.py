@@ -197,6 +197,22 @@ def test_a_head_smaller_than_the_data_is_refused_naming_the_ids(tmp_path):
     assert _nothing_written(workdir) == []
 
 
+def test_empty_annotations_are_named_before_any_checkpoint(tmp_path):
+    cats = [{"id": 1, "name": "a"}]
+    _write(tmp_path, [_img(1)], [], cats, "train.json")
+    _write(tmp_path, [_img(2)], _row_of_boxes(2, 1), cats, "val.json")
+    workdir = str(tmp_path / "run")
+    with pytest.raises(DataError) as e:
+        train(coco_config(tmp_path), workdir, log=lambda *_: None)
+    assert str(e.value) == (f"{tmp_path / 'train.json'}: holds no annotations to train on (its "
+                            "'annotations' list is empty)")
+    assert _nothing_written(workdir) == []
+    _write(tmp_path, [_img(1)], _row_of_boxes(1, 1), cats, "train.json")
+    _write(tmp_path, [_img(2)], [], cats, "val.json")
+    with pytest.raises(DataError, match=r"val.json: holds no annotations to evaluate against"):
+        build_data(coco_config(tmp_path).data, "fcos_resnet50_fpn", "detection")
+
+
 def test_short_run_trains_evaluates_and_predicts_with_coco_metrics(tmp_path, capsys):
     workdir = str(tmp_path / "run")
     config = det_config()

@@ -261,6 +261,16 @@ def test_a_model_the_task_cannot_train_is_one_line_before_the_workdir_is_written
         assert not workdir.exists() or os.listdir(workdir) == []
 
 
+def test_best_checkpoint_is_never_chosen_by_nan(tmp_path, capsys):
+    state = {"w": np.ones(3, np.float32)}
+    mgr = checkpoint.manager(str(tmp_path), keep=3, best_metric="val_ap")
+    for step in (1, 2):
+        checkpoint.save(mgr, step, state, b"{}", {}, {"val_ap": float("nan")})
+    step, why = checkpoint.best_or_latest(mgr)
+    mgr.close()
+    assert (step, why) == (2, "the latest (no checkpoint has a finite val_ap to rank by)")
+
+
 def test_batch_job_prints_progress_lines_and_writes_metrics_jsonl(base_run):
     lines = [l for l in (base_run / "stdout.txt").read_text().splitlines() if "/12:" in l]
     assert [l.split(":")[0] for l in lines] == ["step 4/12", "step 8/12", "step 12/12"]
