@@ -47,19 +47,18 @@ def _convert(args):
 def _export(args):
     """The best checkpoint's eval weights (EMA if used), loadable with create_model(pretrained=)."""
     from jaxvision.convert import store
-    from jaxvision.registry import get_spec
+    from jaxvision.data.loader import preprocessing as run_preprocessing
+    from jaxvision.tasks import task_name
     from jaxvision.train.restore import load_run
 
     store.check_destination(args.out_dir)
     config, meta, model, variables, step = load_run(args.workdir)
-    d, spec = config.data, get_spec(config.model.name)
-    # what the run's eval transform used (the data config, else the model's spec: build_data's
-    # rule) without reading the data, which may be gone by now
-    resize = d.resize_size or int(round(d.image_size * spec.resize_size / spec.crop_size))
+    d = config.data
+    # what the run's eval transform used, without reading the data, which may be gone by now
+    mean, std, resize = run_preprocessing(d, config.model.name, task_name(config))
     preprocessing = {"resize_size": int(resize), "crop_size": int(d.image_size),
                      "interpolation": d.interpolation,
-                     "mean": [float(m) for m in (d.mean or spec.mean)],
-                     "std": [float(s) for s in (d.std or spec.std)],
+                     "mean": [float(m) for m in mean], "std": [float(s) for s in std],
                      "from": f"the config of the run in {args.workdir}"}
     out = store.save(args.out_dir, config.model.name, variables,
                      {"num_classes": meta["num_classes"], **config.model.kwargs.to_dict()},

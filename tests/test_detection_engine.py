@@ -13,6 +13,7 @@ from PIL import Image
 from jaxvision.data.det_transforms import DetEvalTransform, DetTrainTransform
 from jaxvision.data.errors import DataError
 from jaxvision.data.loader import build_data
+from jaxvision.data.shapes import KINDS, ShapesSource
 from jaxvision.tasks import Detection, build_task
 from jaxvision.train.cli import main as cli
 from jaxvision.train.defaults import default_config
@@ -132,6 +133,26 @@ def coco_config(root, **train_kw):
     return c
 
 
+def shapes_as_coco(root, c):
+    """``c.data.shapes``' detection scenes written as a COCO tree at ``root``: the short run's
+    data, as a user's files bring it (a root that can be moved away)."""
+    s = c.data.shapes
+    cats = [{"id": k + 1, "name": name} for k, name in enumerate(KINDS[:s.num_classes])]
+    (root / "img").mkdir(parents=True)
+    first = 1
+    for split, n, seed in (("train", s.num_train, s.seed), ("val", s.num_val, s.seed + 1)):
+        src, images, anns = ShapesSource(n, s.num_classes, s.image_size, seed, 1), [], []
+        for i in range(n):
+            ex, iid = src[i], first + i
+            images.append(_img(iid, s.image_size, s.image_size))
+            Image.fromarray(ex["image"]).save(root / "img" / images[-1]["file_name"])
+            x1, y1, x2, y2 = ex["boxes"][0].tolist()
+            anns.append(_ann(iid, iid, int(ex["classes"][0]), [x1, y1, x2 - x1, y2 - y1]))
+        (root / f"{split}.json").write_text(json.dumps(
+            {"images": images, "annotations": anns, "categories": cats}))
+        first += n
+
+
 def _row_of_boxes(image_id, n):
     """``n`` disjoint 7x7 boxes side by side, classes 1, 2, 1, 2, ..."""
     return [_ann(10 * image_id + k, image_id, 1 + k % 2, [2 + 9 * k, 3, 7, 7]) for k in range(n)]
@@ -215,7 +236,8 @@ def test_empty_annotations_are_named_before_any_checkpoint(tmp_path):
 
 def test_short_run_trains_evaluates_and_predicts_with_coco_metrics(tmp_path, capsys):
     workdir = str(tmp_path / "run")
-    config = det_config()
+    config = coco_config(tmp_path / "coco")
+    shapes_as_coco(tmp_path / "coco", config)
     result = train(config, workdir, log=lambda *_: None)
     for k in ("val_ap", "val_ap50", "val_ap75", "val_ap_small", "val_ap_medium", "val_ap_large"):
         assert k in result and (np.isnan(result[k]) or 0.0 <= result[k] <= 1.0)
@@ -225,18 +247,34 @@ def test_short_run_trains_evaluates_and_predicts_with_coco_metrics(tmp_path, cap
     logged = {k for r in rows for k in r}
     assert {"train/classification", "train/bbox_regression", "train/bbox_ctrness",
             "val/ap"} <= logged
+    # 48 px scenes hold no box of COCO's large area range: its AP is undefined, not NaN
+    assert "val/ap_large" not in logged and np.isnan(result["val_ap_large"])
     # eval prints the COCO metrics of the best checkpoint (chosen by val_ap)
     assert cli("eval", ["--workdir", workdir]) == 0
     printed = capsys.readouterr().out
     assert "val_ap50" in printed and "val_ap_per_class" in printed
-    # predict draws the boxes on each image
-    src = tmp_path / "in.png"
+    # predict draws the boxes on each image, from the run alone: the data may be gone
+    os.rename(tmp_path / "coco", tmp_path / "elsewhere")
+    (tmp_path / "a").mkdir()
+    src = tmp_path / "a" / "in.png"
     Image.fromarray(painted(48, 72)["image"]).save(src)
     out_dir = tmp_path / "pred"
     assert cli("predict", ["--workdir", workdir, "--out", str(out_dir), str(src)]) == 0
     with Image.open(out_dir / "in.png") as pic:
         assert pic.size == (72, 48)
     assert str(src) in capsys.readouterr().out
+    # two inputs of one name would write one file: refused, naming both, nothing overwritten
+    (tmp_path / "b").mkdir()
+    Image.fromarray(painted(60, 90)["image"]).save(tmp_path / "b" / "in.png")
+    args = ["--workdir", workdir, "--out", str(out_dir), str(src), str(tmp_path / "b" / "in.png")]
+    assert cli("predict", args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (f"jaxvision predict: error: {src} and {tmp_path / 'b' / 'in.png'} would "
+                       f"both be written to {out_dir / 'in.png'}; predict them in separate runs "
+                       "(--out) or rename one")
+    assert "Traceback" not in "".join(err)
+    with Image.open(out_dir / "in.png") as pic:
+        assert pic.size == (72, 48)
 
 
 def test_bad_detection_settings_are_named():

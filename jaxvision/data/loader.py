@@ -171,8 +171,9 @@ def _absl_flags_ready():
         flags.FLAGS.mark_as_parsed()
 
 
-def build_data(cfg, model_name: str | None = None, task: str = "classification") -> Data:
-    """The train and val sources of ``cfg.source`` with the transforms ``task`` needs."""
+def preprocessing(cfg, model_name: str | None = None, task: str = "classification"):
+    """(mean, std, resize_size) of the data config ``cfg``, else the model's spec; reads no
+    data."""
     from jaxvision.registry import IMAGENET_MEAN, IMAGENET_STD, get_spec
 
     if task not in TASKS:
@@ -186,6 +187,18 @@ def build_data(cfg, model_name: str | None = None, task: str = "classification")
     elif resize is None:
         ratio = spec.resize_size / spec.crop_size if spec else 256 / 224
         resize = int(round(cfg.image_size * ratio))
+    return mean, std, resize
+
+
+def predict_data(cfg, model_name: str | None, task: str, class_names) -> Data:
+    """A ``Data`` without sources: the preprocessing and class names a trained model predicts
+    with, on a machine that need not hold the dataset."""
+    return Data(None, None, list(class_names), cfg, *preprocessing(cfg, model_name, task), task)
+
+
+def build_data(cfg, model_name: str | None = None, task: str = "classification") -> Data:
+    """The train and val sources of ``cfg.source`` with the transforms ``task`` needs."""
+    mean, std, resize = preprocessing(cfg, model_name, task)
     seg = task == "segmentation"
     if cfg.source == "shapes":
         s = cfg.shapes

@@ -101,3 +101,19 @@ def read_image(path):
             return to_rgb(img)
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise ValueError(f"{path}: not a readable image ({e})") from e
+
+
+def output_paths(paths, out_dir: str) -> list[str]:
+    """``<out_dir>/<name>.png`` per input path, or one ValueError naming two inputs that would
+    write the same file (a/x.jpg and b/x.jpg): no prediction overwrites another."""
+    import os
+
+    outs, first = [], {}
+    for path in paths:
+        dst = os.path.join(out_dir, os.path.splitext(os.path.basename(path))[0] + ".png")
+        other = first.setdefault(dst, path)
+        if os.path.realpath(other) != os.path.realpath(path):
+            raise ValueError(f"{other} and {path} would both be written to {dst}; predict them "
+                             "in separate runs (--out) or rename one")
+        outs.append(dst)
+    return outs

@@ -9,7 +9,7 @@ import optax
 from PIL import Image, ImageDraw
 
 from jaxvision.layers import lowering
-from jaxvision.tasks.base import Task, read_image
+from jaxvision.tasks.base import Task, output_paths, read_image
 
 IGNORE = 255
 
@@ -157,18 +157,18 @@ class Segmentation(Task):
         from jaxvision.data.transforms import resize_shorter
         from jaxvision.train.normalize import normalize
 
+        outs = output_paths(paths, out_dir)
         os.makedirs(out_dir, exist_ok=True)
         names, lines = data.class_names, []
         fwd = jax.jit(lambda v, x: split_outputs(model.apply(
             v, normalize(x, data.mean, data.std), train=False))[0].argmax(-1),
             compiler_options=lowering.compiler_options())
-        for path in paths:
+        for path, out in zip(paths, outs):
             img = read_image(path)
             x = np.asarray(resize_shorter(img, data.resize_size, data.cfg.interpolation))[None]
             pred = np.asarray(fwd(variables, x))[0].astype(np.uint8)
             # back to the image's own size, nearest as every mask resize
             pred = np.asarray(Image.fromarray(pred).resize(img.size, Image.NEAREST))
-            out = os.path.join(out_dir, os.path.splitext(os.path.basename(path))[0] + ".png")
             overlay(np.asarray(img), pred, names).save(out)
             present = np.bincount(pred.ravel(), minlength=len(names)) / pred.size
             lines.append(f"{path} -> {out}: " + ", ".join(
