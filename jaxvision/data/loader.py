@@ -9,7 +9,9 @@ import numpy as np
 
 from jaxvision.data import transforms as T
 from jaxvision.data.det_transforms import DetEvalTransform, DetTrainTransform
+from jaxvision.data.erasing import RandomErasing
 from jaxvision.data.errors import DataError
+from jaxvision.data.policies import build_policy
 from jaxvision.data.shapes import ShapesSource
 from jaxvision.data.workers import ExitWithParent
 
@@ -86,8 +88,16 @@ class Data:
             return T.SegTrainTransform(c.image_size, self.resize_size, tuple(s.scale_range),
                                        s.hflip, c.interpolation)
         a = c.augment
+        erasing = None
+        if a.random_erasing:
+            try:
+                erasing = RandomErasing(a.random_erasing, tuple(a.random_erasing_scale),
+                                        tuple(a.random_erasing_ratio))
+            except ValueError as e:
+                raise DataError(f"data.augment.random_erasing: {e}") from None
         return T.TrainTransform(c.image_size, a.random_resized_crop, tuple(a.scale),
-                                tuple(a.ratio), a.hflip, c.interpolation)
+                                tuple(a.ratio), a.hflip, c.interpolation,
+                                build_policy(a, c.interpolation), erasing)
 
     def eval_transform(self):
         c = self.cfg

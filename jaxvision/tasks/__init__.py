@@ -20,7 +20,16 @@ def task_name(config) -> str:
 
 
 def build_task(config, num_classes: int) -> Task:
-    return TASKS[task_name(config)].from_config(config, num_classes)
+    name = task_name(config)
+    if name != "classification":
+        a = config.data.augment
+        used = {"data.augment.policy": a.get("policy"),
+                "data.augment.random_erasing": a.get("random_erasing", 0.0)}
+        for field, value in used.items():
+            if value:
+                raise ValueError(f"{field}={value!r} is a classification augmentation; task "
+                                 f"{name!r} does not use it (set it to 0 / None)")
+    return TASKS[name].from_config(config, num_classes)
 
 
 __all__ = ["TASKS", "Task", "Classification", "Detection", "Segmentation", "build_task",

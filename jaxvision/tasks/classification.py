@@ -8,6 +8,7 @@ import optax
 from PIL import Image, ImageDraw
 
 from jaxvision.tasks.base import Task, read_image
+from jaxvision.tasks.batch_mix import erase
 
 # Aux-head loss weights of the models that have them, keyed by the outputs tuple they return in
 # train mode: GoogLeNet's paper (and torchvision's port) weighs its two aux heads 0.3 each,
@@ -34,12 +35,22 @@ class Classification(Task):
     best_mode = "max"
     meta_keys = ("model", "num_classes")
 
-    def __init__(self, num_classes: int, label_smoothing: float = 0.0):
+    def __init__(self, num_classes: int, label_smoothing: float = 0.0,
+                 erasing_noise: bool = False):
         self.num_classes, self.label_smoothing = int(num_classes), float(label_smoothing)
+        self.erasing_noise = bool(erasing_noise)
 
     @classmethod
     def from_config(cls, config, num_classes):
-        return cls(num_classes, config.train.label_smoothing)
+        return cls(num_classes, config.train.label_smoothing,
+                   config.data.augment.get("random_erasing_noise", False))
+
+    def train_batch(self, batch, key):
+        """After normalising: the RandomErasing boxes the workers drew."""
+        if "erase" not in batch:
+            return batch
+        return {**batch, "image": erase(batch["image"], batch["erase"],
+                                        key if self.erasing_noise else None)}
 
     def loss(self, outputs, batch):
         logits, aux = split_outputs(outputs)

@@ -57,6 +57,8 @@ def make_train_step(model, tx, task, label_smoothing: float = 0.0, ema_decay=Non
     def step(state, batch):
         batch = normalize_batch(batch, norm)
         rng, step_rng = jax.random.split(jax.random.wrap_key_data(state.rng))
+        # its own stream, so a task without batch augmentation draws the dropout it always did
+        batch = task.train_batch(batch, jax.random.fold_in(step_rng, 1))
         if accum_steps == 1:
             grads, stats, loss, sums = micro(state.params, state.batch_stats, batch, step_rng)
         else:
