@@ -22,8 +22,10 @@ def task_name(config) -> str:
 def build_task(config, num_classes: int) -> Task:
     name = task_name(config)
     if name != "classification":
-        a = config.data.augment
-        used = {"data.augment.policy": a.get("policy"),
+        t, a = config.train, config.data.augment
+        used = {"train.mixup_alpha": t.get("mixup_alpha", 0.0),
+                "train.cutmix_alpha": t.get("cutmix_alpha", 0.0),
+                "data.augment.policy": a.get("policy"),
                 "data.augment.random_erasing": a.get("random_erasing", 0.0)}
         for field, value in used.items():
             if value:
