@@ -12,6 +12,9 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.batch_size = 64  # global
     c.eval_batch_size = 128
     c.num_workers = 0
+    # classification: torchvision's repeated-augmentation sampler (--ra-sampler --ra-reps K):
+    # K copies of each image per epoch, spread over the processes; 0: off
+    c.repeated_augment = 0
     c.seed = 0
     # classification train transforms, in torchvision's order: RandomResizedCrop, flip, one
     # policy (None | autoaugment | randaugment | trivialaugment | augmix, its parameters below,

@@ -12,6 +12,7 @@ from jaxvision.data.det_transforms import DetEvalTransform, DetTrainTransform
 from jaxvision.data.erasing import RandomErasing
 from jaxvision.data.errors import DataError
 from jaxvision.data.policies import build_policy
+from jaxvision.data.repeated_sampler import RepeatedAugmentSampler
 from jaxvision.data.shapes import ShapesSource
 from jaxvision.data.workers import ExitWithParent
 
@@ -55,9 +56,16 @@ class Data:
         if c.batch_size > self.num_train:
             raise DataError(f"data.batch_size {c.batch_size} exceeds the {self.num_train} "
                             "training examples")
-        sampler = grain.samplers.IndexSampler(
-            self.num_train, grain.sharding.ShardOptions(process_index, process_count, True),
-            shuffle=True, num_epochs=None, seed=seed)
+        shards = grain.sharding.ShardOptions(process_index, process_count, True)
+        if c.get("repeated_augment", 0):
+            try:
+                sampler = RepeatedAugmentSampler(self.num_train, c.repeated_augment, shards,
+                                                 seed)
+            except ValueError as e:
+                raise DataError(f"data.repeated_augment: {e}") from None
+        else:
+            sampler = grain.samplers.IndexSampler(self.num_train, shards, shuffle=True,
+                                                  num_epochs=None, seed=seed)
         ops = [self.train_transform(),
                grain.transforms.Batch(self._local_batch(c.batch_size, process_count),
                                       drop_remainder=True)]
