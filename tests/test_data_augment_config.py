@@ -80,7 +80,8 @@ def test_bad_augment_values_name_their_field(update, field):
 
 @pytest.mark.parametrize("field,value", [("train.mixup_alpha", 0.2),
                                          ("data.augment.policy", "augmix"),
-                                         ("data.augment.random_erasing", 0.1)])
+                                         ("data.augment.random_erasing", 0.1),
+                                         ("data.repeated_augment", 3)])
 def test_classification_augmentations_refused_elsewhere(field, value):
     c = default_config()
     c.task = "segmentation"
@@ -111,3 +112,10 @@ def test_step_erases_after_normalising_as_torchvision():
     noisy = np.asarray(Classification(4, erasing_noise=True).train_batch(
         {**batch, "erase": np.array([[0, 0, 12, 10]] * 3, np.int32)}, jax.random.key(0))["image"])
     assert abs(noisy.std() - 1) < 0.15 and not np.allclose(noisy, x)
+
+
+def test_eval_crop_can_differ_from_the_train_crop():
+    c = _cfg(eval_image_size=16)  # torchvision's --val-crop-size
+    data = build_data(c, "resnet18")
+    assert next(iter(data.eval_loader()))["image"].shape[1:] == (16, 16, 3)
+    assert next(iter(data.train_loader(seed=0)))["image"].shape[1:] == (24, 24, 3)

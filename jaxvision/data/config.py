@@ -6,6 +6,8 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.source = "shapes"  # shapes | imagefolder | voc | coco | tfds
     c.image_size = 224
     c.resize_size = ml_collections.FieldReference(None, field_type=int)  # None: from the model
+    # classification's eval crop (torchvision's --val-crop-size); None: image_size
+    c.eval_image_size = ml_collections.FieldReference(None, field_type=int)
     c.mean = ml_collections.FieldReference(None, field_type=tuple)  # None: the model's
     c.std = ml_collections.FieldReference(None, field_type=tuple)
     c.interpolation = "bilinear"

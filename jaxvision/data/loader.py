@@ -45,6 +45,11 @@ class Data:
         """Corrupt image files skipped so far (image folders with skip_corrupt) in this process."""
         return sum(getattr(s, "num_skipped", 0) for s in (self.train_source, self.val_source))
 
+    @property
+    def eval_image_size(self) -> int:
+        """The classification eval crop: data.eval_image_size, else the train crop."""
+        return self.cfg.get("eval_image_size") or self.cfg.image_size
+
     def _local_batch(self, batch_size, process_count):
         if batch_size % process_count:
             raise DataError(f"data.batch_size {batch_size} is not divisible by the number of "
@@ -115,7 +120,7 @@ class Data:
         if self.task == "segmentation":
             canvas = c.segmentation.eval_size or max(c.image_size, self.resize_size)
             return T.SegEvalTransform(self.resize_size, canvas, c.interpolation)
-        return T.EvalTransform(c.image_size, self.resize_size, c.interpolation)
+        return T.EvalTransform(self.eval_image_size, self.resize_size, c.interpolation)
 
     def eval_loader(self, process_index: int = 0, process_count: int = 1):
         """Every example exactly once; the last batch is padded and ``valid`` marks real ones.

@@ -26,7 +26,8 @@ def build_task(config, num_classes: int) -> Task:
         used = {"train.mixup_alpha": t.get("mixup_alpha", 0.0),
                 "train.cutmix_alpha": t.get("cutmix_alpha", 0.0),
                 "data.augment.policy": a.get("policy"),
-                "data.augment.random_erasing": a.get("random_erasing", 0.0)}
+                "data.augment.random_erasing": a.get("random_erasing", 0.0),
+                "data.repeated_augment": config.data.get("repeated_augment", 0)}
         for field, value in used.items():
             if value:
                 raise ValueError(f"{field}={value!r} is a classification augmentation; task "

@@ -124,7 +124,8 @@ class Classification(Task):
         from jaxvision.train.normalize import normalize
 
         c = data.cfg
-        images = [eval_image(read_image(p), c.image_size, data.resize_size, c.interpolation)
+        images = [eval_image(read_image(p), data.eval_image_size, data.resize_size,
+                             c.interpolation)
                   for p in paths]
         outputs = model.apply(variables, normalize(np.stack(images), data.mean, data.std),
                               train=False)
