@@ -11,7 +11,8 @@ torchvision references/classification (8 GPUs x 128 images, a global batch of 10
         --label-smoothing 0.1 --mixup-alpha 0.2 --cutmix-alpha 1.0 --train-crop-size 176 \
         --model-ema --val-resize-size 232 --ra-sampler --ra-reps 4
 
-    torchvision flag                 this config
+    torchvision flag                 this config (jaxvision.train.recipes.torchvision_v2_recipe
+                                     sets the flags the V2 recipes share)
     --batch-size 128 (x 8 GPUs)      data.batch_size = 1024 (global)
     --lr 0.5, --opt sgd, --momentum  optimizer.lr = 0.5, name = "sgd", momentum = 0.9
     --lr-scheduler cosineannealinglr schedule.name = "cosine", unit = "epoch" (stepped per epoch;
@@ -41,23 +42,15 @@ The V1 recipe (76.13): SGD lr 0.1, wd 1e-4, StepLR 30 x 0.1, 90 epochs, batch 25
 256 resize, no policy, mixup, cutmix, erasing, EMA or repeated sampling.
 """
 from jaxvision.train.defaults import default_config
+from jaxvision.train.recipes import torchvision_v2_recipe
 
 
 def get_config():
-    c = default_config()
+    c = torchvision_v2_recipe(default_config())
     c.model.update(name="resnet50", num_classes=1000)
     c.data.source = "tfds"
     c.data.tfds.update(name="imagenet2012", train_split="train", val_split="validation")
-    c.data.update(image_size=176, resize_size=232, interpolation="bilinear",
-                  eval_image_size=224, batch_size=1024, eval_batch_size=1024,
-                  repeated_augment=4)
-    c.data.augment.update(random_resized_crop=True, scale=(0.08, 1.0), hflip=True,
-                          policy="trivialaugment", random_erasing=0.1)
-    c.data.augment.trivialaugment.num_magnitude_bins = 31
-    c.optimizer.update(name="sgd", lr=0.5, momentum=0.9, nesterov=False, weight_decay=2e-5,
-                       wd_exclude_norm_bias=True)
-    c.schedule.update(name="cosine", unit="epoch", eta_min=0.0)
-    c.schedule.warmup.update(length=5, unit="epoch", method="linear", start_factor=0.01)
-    c.train.update(epochs=600, label_smoothing=0.1, mixup_alpha=0.2, cutmix_alpha=1.0,
-                   ema_decay=0.99998, ema_steps=32, ema_reference=True)
+    c.data.update(image_size=176, resize_size=232, eval_image_size=224, batch_size=1024,
+                  eval_batch_size=1024)
+    c.optimizer.update(name="sgd", lr=0.5, momentum=0.9, nesterov=False, weight_decay=2e-5)
     return c

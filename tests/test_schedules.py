@@ -155,6 +155,11 @@ def _recipe(name):
                   599: 0.5 * (1 + np.cos(np.pi * 594 / 595)) / 2}),
     # StepLR(1, 0.98) from 0.045
     ("mobilenet_v2", {0: 0.045, 1: 0.045 * 0.98, 299: 0.045 * 0.98 ** 299}),
+    # StepLR(2, 0.973) from 0.064
+    ("mobilenet_v3_large", {0: 0.064, 1: 0.064, 2: 0.064 * 0.973, 599: 0.064 * 0.973 ** 299}),
+    # the V2 family: LinearLR(0.01, 5) then CosineAnnealingLR(T_max=595)
+    ("efficientnet_v2_s", {0: 0.005, 5: 0.5, 599: 0.5 * (1 + np.cos(np.pi * 594 / 595)) / 2}),
+    ("convnext_tiny", {0: 1e-5, 5: 1e-3, 599: 1e-3 * (1 + np.cos(np.pi * 594 / 595)) / 2}),
     # LinearLR(0.033, 30) then CosineAnnealingLR(T_max=270) from 0.003
     ("vit_b_16", {0: 0.003 * 0.033, 15: 0.003 * (0.033 + 0.967 * 0.5), 30: 0.003,
                   165: 0.0015, 299: 0.003 * (1 + np.cos(np.pi * 269 / 270)) / 2}),
@@ -173,6 +178,19 @@ def test_imagenet_recipes_load_and_follow_torchvision(name, epoch_lrs):
     params = {"w": np.zeros((2, 2), np.float32)}
     tx = optim.build_optimizer(c.optimizer, sched, params)
     tx.init(params)
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v3_large", "efficientnet_v2_s", "convnext_tiny",
+                                  "vit_b_16"])
+@pending_tfds
+def test_recipes_build_their_transforms(name):
+    from jaxvision.data import build_data
+
+    d = _recipe(name).data
+    d.source = "shapes"
+    d.shapes.num_train = 512
+    transform = build_data(d, name).train_transform()
+    assert transform.policy.interpolation == "bilinear"
 
 
 @pending_tfds
