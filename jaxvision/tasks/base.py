@@ -40,6 +40,11 @@ class Task:
         """The model's outputs on ``batch`` that ``loss`` (train) or ``eval_sums`` read."""
         return model.apply(variables, batch["image"], train=train, **apply_kwargs)
 
+    def train_batch(self, batch, key):
+        """The normalised train batch after the task's batch-level augmentation (``key``: the
+        step's rng for it); none by default."""
+        return batch
+
     def loss(self, outputs, batch):
         """(scalar loss, dict of metric sums) of a train-mode forward pass on ``batch``."""
         raise NotImplementedError
