@@ -143,8 +143,10 @@ def check_config(config):
     if not config.train.steps and not config.train.epochs:
         raise ConfigError("train.steps and train.epochs are both 0: nothing to train")
     from jaxvision.tasks import check_model
+    from jaxvision.tasks.distill import check_distill
 
     check_model(config)
+    check_distill(config)
     if config.checkpoint.best_mode not in ("", "min", "max"):
         raise ConfigError(f"config key 'checkpoint.best_mode': expected 'min', 'max' or '' "
                           f"(inferred from the metric), got {config.checkpoint.best_mode!r}")

@@ -30,6 +30,11 @@ def default_config() -> ml_collections.ConfigDict:
         # adjusted to batch, ema_steps and epochs; copies during the warm-up; train/ema.py)
         ema_decay=ml_collections.FieldReference(None, float), ema_steps=1, ema_reference=False,
         log_every=50, eval_every_epochs=1))
+    # knowledge distillation (tasks/distill.py): a frozen classifier ``teacher`` (a model name)
+    # with its weights (a torchvision .pth, a 'jaxvision convert' directory or a train workdir);
+    # loss = alpha * T^2 * KL(teacher || student at temperature T) + (1 - alpha) * CE
+    c.train.distill = ml_collections.ConfigDict(dict(teacher="", teacher_weights="",
+                                                     temperature=4.0, alpha=0.5))
     # best_metric "": the task's (val_top1 / val_miou); best_mode "": the task's for its own
     # metric, else inferred (a metric ending in "loss" is minimised)
     c.checkpoint = ml_collections.ConfigDict(dict(keep=3, best_metric="", best_mode="",

@@ -13,7 +13,7 @@ import jaxvision as jv
 from jaxvision.data import build_data
 from jaxvision.layers import lowering
 from jaxvision.tasks import build_task, task_name
-from jaxvision.train import checkpoint, freeze, guards, optim
+from jaxvision.train import checkpoint, freeze, guards, optim, teacher as teachers
 from jaxvision.train.config import check_config, save_config
 from jaxvision.train.ema import EmaRule
 from jaxvision.train.guards import NonFiniteLoss  # noqa: F401  (re-exported: cli, tests)
@@ -134,8 +134,12 @@ def _train(config, workdir: str, log) -> dict:
     data.check_targets(num_classes, log)
     task = build_task(config, num_classes)
     model = build_model(config, num_classes, task)
+    teacher, teacher_vars = teachers.load_teacher(config, num_classes,
+                                                  DTYPES[config.model.dtype], log)
     meta = {"model": config.model.name, "num_classes": num_classes, "task": task.name,
             "class_names": list(data.class_names)}
+    if teacher is not None:
+        meta["teacher"] = f"{config.train.distill.teacher} sha256:{teachers.digest(teacher_vars)}"
     mgr = checkpoint.manager(workdir, config.checkpoint.keep, *best_metric(config, task))
     start = checkpoint.check_workdir(mgr, meta, task.meta_keys) or 0  # before anything is written
 
@@ -153,8 +157,11 @@ def _train(config, workdir: str, log) -> dict:
     mesh = make_mesh()
     train_step, eval_step = jit_steps(
         mesh, make_train_step(model, tx, task, ema_decay=ema_rule(config, steps_per_epoch),
-                              accum_steps=t.grad_accum_steps, norm=(data.mean, data.std)),
-        make_eval_step(model, task, norm=(data.mean, data.std)))
+                              accum_steps=t.grad_accum_steps, norm=(data.mean, data.std),
+                              teacher=teacher),
+        make_eval_step(model, task, norm=(data.mean, data.std)), teacher=teacher is not None)
+    if teacher is not None:
+        train_step = teachers.bind(train_step, mesh, teacher_vars)
     loader_it = iter(data.train_loader(config.data.seed, jax.process_index(),
                                        jax.process_count()))
     if start:

@@ -39,11 +39,13 @@ def as_task(task, label_smoothing: float = 0.0):
 
 
 def make_train_step(model, tx, task, label_smoothing: float = 0.0, ema_decay=None,
-                    accum_steps: int = 1, norm=None):
+                    accum_steps: int = 1, norm=None, teacher=None):
     """``step(state, batch) -> (state, metric sums)``; ``task`` supplies the loss and its sums
     (an int is a classification task with that many classes and ``label_smoothing``).
     ``norm = (mean, std)`` normalises the loader's uint8 images on the device; ``ema_decay``
-    is a decay (averaged every step) or a :class:`~jaxvision.train.ema.EmaRule`."""
+    is a decay (averaged every step) or a :class:`~jaxvision.train.ema.EmaRule`. With a
+    ``teacher`` module, ``step(state, batch, teacher_variables)``: the teacher's eval-mode
+    logits on the batch the student sees reach the loss as ``batch["teacher_logits"]``."""
     task = as_task(task, label_smoothing)
     # a bare decay: the plain rule, every step
     ema = EmaRule(float(ema_decay)) if isinstance(ema_decay, (int, float)) else ema_decay
@@ -58,11 +60,14 @@ def make_train_step(model, tx, task, label_smoothing: float = 0.0, ema_decay=Non
         (loss, (stats, sums)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         return grads, stats, loss, sums
 
-    def step(state, batch):
+    def step(state, batch, teacher_variables=None):
         batch = normalize_batch(batch, norm)
         rng, step_rng = jax.random.split(jax.random.wrap_key_data(state.rng))
         # its own stream, so a task without batch augmentation draws the dropout it always did
         batch = task.train_batch(batch, jax.random.fold_in(step_rng, 1))
+        if teacher is not None:
+            out = teacher.apply(teacher_variables, batch["image"], train=False)
+            batch = {**batch, "teacher_logits": jax.lax.stop_gradient(out)}
         if accum_steps == 1:
             grads, stats, loss, sums = micro(state.params, state.batch_stats, batch, step_rng)
         else:
@@ -114,11 +119,14 @@ def make_eval_step(model, task, norm=None):
     return step
 
 
-def jit_steps(mesh: Mesh, train_step, eval_step):
+def jit_steps(mesh: Mesh, train_step, eval_step, teacher: bool = False):
+    """``teacher``: the train step takes the teacher's variables, replicated, as a third
+    argument."""
     repl = NamedSharding(mesh, P())
     data = NamedSharding(mesh, P("data"))
     opts = lowering.compiler_options()
-    train = jax.jit(train_step, in_shardings=(repl, data), out_shardings=(repl, repl),
+    train = jax.jit(train_step, in_shardings=(repl, data) + (repl,) * teacher,
+                    out_shardings=(repl, repl),
                     donate_argnums=0, compiler_options=opts)
     evaluate = jax.jit(eval_step, in_shardings=(repl, data), out_shardings=repl,
                        compiler_options=opts)

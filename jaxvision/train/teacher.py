@@ -1,0 +1,95 @@
+"""The distillation teacher of ``train.distill``: its model and frozen variables, from a
+torchvision ``.pth``, a ``jaxvision convert`` directory or a jaxvision train workdir.
+
+The variables reach the jitted train step as an argument: they are not compiled in as
+constants, not in the optimizer, not in the checkpoints. A resumed run reloads them from the
+same path; their digest, kept in the checkpoint's metadata, refuses a resume whose teacher
+weights changed (the run would not be the one it continues).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jaxvision as jv
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from jaxvision.convert import store
+from jaxvision.convert.merge import ConversionError
+from jaxvision.layers import lowering
+
+
+def digest(variables) -> str:
+    """sha256 over every leaf's path, dtype, shape and bytes."""
+    h = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_leaves_with_path(variables):
+        a = np.asarray(leaf)
+        h.update(f"{jax.tree_util.keystr(path)}:{a.dtype}:{a.shape}".encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def _from_workdir(config, name, path, log):
+    from jaxvision.train.restore import load_run
+
+    # load_run takes the teacher run's convolution lowering: the student's stays in force
+    with lowering.using(config.get("conv_lowering", "")):
+        _, meta, model, variables, step = load_run(path, log)
+    if meta["model"] != name:
+        raise ValueError(f"train.distill.teacher_weights: {path} is a run of {meta['model']!r}, "
+                         f"train.distill.teacher is {name!r}")
+    return model, variables
+
+
+def _from_pth(name, path, num_classes, dtype):
+    from jaxvision.convert import torchvision as tv
+
+    model = jv.create_model(name, num_classes=num_classes, dtype=dtype)
+    try:
+        return model, jv.load_pretrained(name, tv.load_state_dict(path), True, model=model)
+    except ConversionError as e:
+        raise ValueError(f"train.distill.teacher_weights: {path} does not fit {name} with "
+                         f"{num_classes} classes (the student's): {e}") from None
+
+
+def load_teacher(config, num_classes: int, dtype=jnp.float32, log=print):
+    """``(model, variables)`` of the config's teacher, or ``(None, None)`` without one. Its
+    class count must be the student's ``num_classes``."""
+    d = config.train.distill
+    if not d.teacher:
+        return None, None
+    name, path = d.teacher, d.teacher_weights
+    if os.path.isfile(os.path.join(path, "config.json")):
+        model, variables = _from_workdir(config, name, path, log)
+    elif store.is_store(path):
+        saved = store.read_meta(path).get("model")
+        if saved != name:
+            raise ValueError(f"train.distill.teacher_weights: {path} holds weights for "
+                             f"{saved!r}, train.distill.teacher is {name!r}")
+        model, variables = jv.create_model(name, pretrained=path, dtype=dtype)
+    elif os.path.isfile(path):
+        model, variables = _from_pth(name, path, num_classes, dtype)
+    else:
+        raise ValueError(f"train.distill.teacher_weights: {path} is neither a .pth file, a "
+                         "'jaxvision convert' directory nor a jaxvision train workdir")
+    size = config.data.image_size
+    out = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((1, size, size, 3)), train=False),
+                         variables)
+    classes = out.shape[-1]
+    if classes != num_classes:
+        raise ValueError(f"train.distill: the teacher {name} ({path}) predicts {classes} classes, "
+                         f"the student {num_classes}; distillation needs the same classes")
+    variables = {k: variables[k] for k in ("params", "batch_stats") if k in variables}
+    log(f"distilling from {name} ({path}) at temperature {d.temperature}, alpha {d.alpha}")
+    return model, variables
+
+
+def bind(train_step, mesh, variables):
+    """``step(state, batch)`` of a jitted ``step(state, batch, teacher_variables)``: the
+    variables placed once, replicated over ``mesh``, then passed at every call."""
+    variables = jax.device_put(variables, NamedSharding(mesh, P()))
+    return lambda state, batch: train_step(state, batch, variables)
