@@ -131,9 +131,16 @@ def interrupt_at(step):
     return log
 
 
-def test_short_run_loss_falls_and_resume_is_bitwise_equal(tmp_path, teacher_dirs):
-    straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
-    train(distill_config(teacher_dirs["a"]), straight, log=lambda *a: None)
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, teacher_dirs):
+    """A distilled run of 24 steps on shapes."""
+    workdir = str(tmp_path_factory.mktemp("distilled") / "run")
+    train(distill_config(teacher_dirs["a"]), workdir, log=lambda *a: None)
+    return workdir
+
+
+def test_short_run_loss_falls_and_resume_is_bitwise_equal(tmp_path, teacher_dirs, straight):
+    resumed = str(tmp_path / "resumed")
     with open(os.path.join(straight, "metrics.jsonl")) as f:
         losses = [r["train/loss"] for r in map(json.loads, f) if "train/loss" in r]
     # every 4 steps: up during the warm-up (1.1, 1.8, 2.0), then down (1.5, 0.95, 0.6)
@@ -192,3 +199,47 @@ def test_teacher_from_a_torchvision_pth(tmp_path):
                                rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match=r"t.pth does not fit resnet18 with 5 classes"):
         teachers.load_teacher(distill_config(tmp_path / "t.pth"), 5, log=lambda m: None)
+
+
+def test_predict_temperature_scales_the_logits(tmp_path, straight, capsys):
+    from PIL import Image
+
+    from jaxvision.train.cli import main as cli
+
+    image = str(tmp_path / "x.png")
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), np.uint8)).save(image)
+
+    def probs(*flags):
+        assert cli("predict", ["--workdir", straight, "--topk", "3", *flags, image]) == 0
+        pairs = capsys.readouterr().out.strip().split(": ", 1)[1].split(", ")
+        return {name: float(p) for name, p in (pair.rsplit(" ", 1) for pair in pairs)}
+
+    p1, p4, sharp = probs(), probs("--temperature", "4"), probs("--temperature", "0.25")
+    assert probs("--temperature", "1") == p1
+    names = sorted(p1)
+    # softmax(log p / T) == softmax(logits / T): the log-sum-exp shift cancels
+    logp = np.log([p1[n] for n in names])
+    for T, got in ((4.0, p4), (0.25, sharp)):
+        want = np.exp(logp / T) / np.exp(logp / T).sum()
+        np.testing.assert_allclose([got[n] for n in names], want, atol=6e-3)
+    entropy = lambda p: -sum(v * np.log(max(v, 1e-9)) for v in p.values())
+    assert entropy(sharp) < entropy(p1) < entropy(p4)
+    for bad in ("0", "-1", "nan", "x"):
+        with pytest.raises(SystemExit) as exit_:  # argparse: usage + one error line
+            cli("predict", ["--workdir", straight, "--temperature", bad, image])
+        assert exit_.value.code == 2
+        assert "argument --temperature: expected a number > 0" in capsys.readouterr().err
+
+
+def test_predict_temperature_with_a_weights_directory(tmp_path, teacher_dirs):
+    from PIL import Image
+
+    from jaxvision.convert.preprocess import predict
+
+    image = str(tmp_path / "x.png")
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (40, 40, 3), np.uint8)).save(image)
+    p1, p3 = (dict(predict(teacher_dirs["a"], [image], 3, T)[0]) for T in (1.0, 3.0))
+    logp = np.log([p1[n] for n in sorted(p1)])
+    want = np.exp(logp / 3) / np.exp(logp / 3).sum()
+    np.testing.assert_allclose([p3[n] for n in sorted(p1)], want, rtol=1e-5)
+    assert not np.allclose(want, np.exp(logp), atol=1e-3)

@@ -71,9 +71,9 @@ def describe(spec, src, weights_name=None, categories_arg=None, num_classes=None
     return out
 
 
-def predict(weights_dir, paths, topk: int = 5):
+def predict(weights_dir, paths, topk: int = 5, temperature: float = 1.0):
     """Top-k (name, probability) per image with a converted/exported weights directory, using
-    the preprocessing and category names it records."""
+    the preprocessing and category names it records; probabilities ``softmax(logits / T)``."""
     import jax
     import numpy as np
     from PIL import Image
@@ -96,7 +96,7 @@ def predict(weights_dir, paths, topk: int = 5):
             raise ValueError(f"{path}: not a readable image ({e})") from e
     logits = model.apply(variables, normalize(np.stack(images), p["mean"], p["std"]),
                          train=False)
-    probs = np.asarray(jax.nn.softmax(logits, -1))
+    probs = np.asarray(jax.nn.softmax(logits / temperature, -1))
     names = meta.get("categories") or [str(i) for i in range(probs.shape[-1])]
     k = min(topk, probs.shape[-1])
     return [[(names[i], float(row[i])) for i in np.argsort(-row)[:k]] for row in probs]

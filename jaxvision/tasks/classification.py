@@ -132,8 +132,10 @@ class Classification(Task):
             tiles.append(np.asarray(canvas))
         return tiles
 
-    def predict(self, model, variables, paths, data, topk: int = 5, **_):
-        """``path: name prob, ...`` for the top-k classes of each image."""
+    def predict(self, model, variables, paths, data, topk: int = 5, temperature: float = 1.0,
+                **_):
+        """``path: name prob, ...`` for the top-k classes of each image; the probabilities are
+        ``softmax(logits / temperature)`` (above 1 softer, below 1 sharper)."""
         from jaxvision.data.transforms import eval_image
         from jaxvision.train.normalize import normalize
 
@@ -143,7 +145,7 @@ class Classification(Task):
                   for p in paths]
         outputs = model.apply(variables, normalize(np.stack(images), data.mean, data.std),
                               train=False)
-        probs = np.asarray(jax.nn.softmax(split_outputs(outputs)[0], -1))
+        probs = np.asarray(jax.nn.softmax(split_outputs(outputs)[0] / temperature, -1))
         k = min(topk, probs.shape[-1])
         names = data.class_names
         return [path + ": " + ", ".join(f"{names[i]} {row[i]:.3f}" for i in np.argsort(-row)[:k])

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 
 from jaxvision.data.errors import DataError
@@ -61,6 +62,16 @@ def _eval(argv):
     return 0
 
 
+def _positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
 def _predict(argv):
     p = argparse.ArgumentParser(prog="jaxvision predict")
     source = p.add_mutually_exclusive_group(required=True)
@@ -68,6 +79,9 @@ def _predict(argv):
     source.add_argument("--weights", help="a directory from 'jaxvision convert' or 'export': "
                                           "its recorded preprocessing and class names")
     p.add_argument("--topk", type=_positive, default=5)
+    p.add_argument("--temperature", type=_positive_float, default=1.0,
+                   help="classification: probabilities are softmax(logits / T); above 1 "
+                        "softer, below 1 sharper (default 1)")
     p.add_argument("--out", default=None,
                    help="segmentation/detection: folder for the pictures (default WORKDIR/predictions)")
     p.add_argument("images", nargs="+")
@@ -78,10 +92,11 @@ def _predict(argv):
         from jaxvision.train.restore import predict
 
     if args.weights:
-        for path, top in zip(args.images, predict(args.weights, args.images, args.topk)):
+        top_k = predict(args.weights, args.images, args.topk, args.temperature)
+        for path, top in zip(args.images, top_k):
             print(path + ": " + ", ".join(f"{name} {prob:.3f}" for name, prob in top))
         return 0
-    for line in predict(args.workdir, args.images, args.topk, args.out):
+    for line in predict(args.workdir, args.images, args.topk, args.out, args.temperature):
         print(line)
     return 0
 

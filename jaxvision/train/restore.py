@@ -89,16 +89,17 @@ def evaluate_run(workdir: str) -> dict:
     return {**result, **task.details(sums, meta["class_names"]), "step": step}
 
 
-def predict(workdir: str, paths, topk: int = 5, out_dir: str | None = None) -> list[str]:
-    """A printable line per image, as the task predicts (classification: the top-k classes;
-    segmentation: writes an overlay PNG per image under ``out_dir``, default
-    WORKDIR/predictions)."""
+def predict(workdir: str, paths, topk: int = 5, out_dir: str | None = None,
+            temperature: float = 1.0) -> list[str]:
+    """A printable line per image, as the task predicts (classification: the top-k classes,
+    probabilities ``softmax(logits / temperature)``; segmentation: writes an overlay PNG per
+    image under ``out_dir``, default WORKDIR/predictions)."""
     from jaxvision.data.loader import predict_data
 
     config, meta, task, model, variables, _ = load_task_run(workdir)
     # the run's own record, not the dataset: predict works where the data is not
     data = predict_data(config.data, config.model.name, task.name, meta["class_names"])
-    return task.predict(model, variables, paths, data, topk=topk,
+    return task.predict(model, variables, paths, data, topk=topk, temperature=temperature,
                         out_dir=out_dir or os.path.join(workdir, "predictions"))
 
 
