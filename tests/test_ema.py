@@ -92,3 +92,29 @@ def test_run_rule_from_config_is_torchvisions_resnet50_v2():
     assert (rule.every, rule.steps_per_epoch, rule.warmup_epochs) == (32, 1251, 5.0)
     c.schedule.warmup.update(length=2502, unit="step")
     assert ema_rule(c, 1251).warmup_epochs == 2.0
+
+
+def test_live_and_ema_weights_are_both_evaluated_and_the_best_metric_picks_the_weights(tmp_path):
+    import json
+    import os
+
+    from jaxvision.train.loop import train
+    from jaxvision.train.restore import evaluate_run
+    from train_configs import tiny_config
+
+    workdir = str(tmp_path / "run")
+    result = train(tiny_config(ema_decay=0.5), workdir, log=lambda *a: None)
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        val = [r for r in map(json.loads, f) if "val/top1" in r]
+    assert len(val) == 1 and {"val/top1_ema", "val/loss_ema", "val/top5_ema"} <= val[0].keys()
+    assert result["val_loss"] != result["val_loss_ema"]  # two sets of weights were evaluated
+    # the default best metric of an EMA run is the EMA's, and eval takes the EMA weights
+    assert evaluate_run(workdir)["val_loss"] == pytest.approx(result["val_loss_ema"], rel=1e-5)
+    # a config naming the live metric: the live weights
+    path = os.path.join(workdir, "config.json")
+    with open(path) as f:
+        saved = json.load(f)
+    saved["checkpoint"]["best_metric"] = "val_top1"
+    with open(path, "w") as f:
+        json.dump(saved, f)
+    assert evaluate_run(workdir)["val_loss"] == pytest.approx(result["val_loss"], rel=1e-5)

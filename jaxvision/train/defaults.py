@@ -35,7 +35,8 @@ def default_config() -> ml_collections.ConfigDict:
     # loss = alpha * T^2 * KL(teacher || student at temperature T) + (1 - alpha) * CE
     c.train.distill = ml_collections.ConfigDict(dict(teacher="", teacher_weights="",
                                                      temperature=4.0, alpha=0.5))
-    # best_metric "": the task's (val_top1 / val_miou); best_mode "": the task's for its own
+    # best_metric "": the task's (val_top1 / val_miou; with EMA on, its EMA weights' val_top1_ema
+    # / val_miou_ema: both weights are evaluated then); best_mode "": the task's for its own
     # metric, else inferred (a metric ending in "loss" is minimised)
     c.checkpoint = ml_collections.ConfigDict(dict(keep=3, best_metric="", best_mode="",
                                                   save_every_steps=0))

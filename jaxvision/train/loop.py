@@ -37,9 +37,11 @@ def build_model(config, num_classes: int, task=None):
 
 
 def best_metric(config, task) -> tuple[str, str]:
-    """(metric, mode) that picks the best checkpoint: the config's, else the task's."""
+    """(metric, mode) that picks the best checkpoint: the config's, else the task's (its EMA
+    weights' version, ``val_top1_ema``, when EMA is on)."""
     c = config.checkpoint
-    return c.get("best_metric") or task.best_metric, c.get("best_mode") or task.best_mode
+    ema = "_ema" if config.train.get("ema_decay") is not None else ""
+    return c.get("best_metric") or task.best_metric + ema, c.get("best_mode") or task.best_mode
 
 
 def initial_variables(config, model, num_classes, log=print, task=None):
@@ -108,6 +110,16 @@ def evaluate(eval_step, variables, data, mesh, task, return_sums: bool = False):
     if pending is not None:
         total = task.accumulate(total, pending)
     return (task.summary(total), total) if return_sums else task.summary(total)
+
+
+def evaluate_state(eval_step, state, data, mesh, task) -> dict:
+    """The live weights' summary; with EMA on, the EMA weights' too, each key with ``_ema``
+    (torchvision's reference evaluates and prints both)."""
+    results = evaluate(eval_step, state.live_variables(), data, mesh, task)
+    if state.ema_params is not None:
+        ema = evaluate(eval_step, state.eval_variables(), data, mesh, task)
+        results.update({f"{k}_ema": v for k, v in ema.items() if k != "val_count"})
+    return results
 
 
 def ema_rule(config, steps_per_epoch: int):
@@ -219,7 +231,7 @@ def _train(config, workdir: str, log) -> dict:
                 acc, last_log, t0 = None, done, time.perf_counter()
             logger.advance(done)
             if want_eval:
-                results = evaluate(eval_step, state.eval_variables(), data, mesh, task)
+                results = evaluate_state(eval_step, state, data, mesh, task)
                 logger.scalars(done, {f"val/{k[4:]}": v for k, v in results.items()})
                 logger.samples(done, model, state.eval_variables(), data, task)
                 log(f"step {done} epoch {epoch}: " + ", ".join(

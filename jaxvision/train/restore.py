@@ -24,7 +24,8 @@ def load_run(workdir: str, log=None):
 
 def load_task_run(workdir: str, log=None):
     """(config, meta, task, model, eval variables, step) of the best checkpoint, else the
-    latest.
+    latest; the eval variables are the EMA weights when the best metric is an EMA one
+    (``val_top1_ema``, the default of a run with EMA), else the live ones.
 
     ``log`` (stderr by default) hears which step was taken and why; a step that cannot be read
     is named and the next one back is taken.
@@ -40,8 +41,8 @@ def load_task_run(workdir: str, log=None):
         config = ml_collections.ConfigDict(json.load(f))
     lowering.set_mode(config.get("conv_lowering", ""))
     # the best metric is a class attribute of the task: no class count needed yet
-    mgr = checkpoint.manager(workdir, config.checkpoint.keep,
-                             *best_metric(config, TASKS[task_name(config)]), read_only=True)
+    metric, mode = best_metric(config, TASKS[task_name(config)])
+    mgr = checkpoint.manager(workdir, config.checkpoint.keep, metric, mode, read_only=True)
     step, why = checkpoint.best_or_latest(mgr)
     if step is None:
         raise FileNotFoundError(f"{mgr.directory}: holds no checkpoint yet")
@@ -64,7 +65,8 @@ def load_task_run(workdir: str, log=None):
     state, meta = out["state"], out["meta"]
     task = build_task(config, meta["num_classes"])
     model = build_model(config, meta["num_classes"], task)
-    ema = state.get("ema_params") is not None
+    # the weights the best metric measured: the EMA's for a ``*_ema`` metric, else the live ones
+    ema = state.get("ema_params") is not None and metric.endswith("_ema")
     variables = {"params": state["ema_params" if ema else "params"],
                  "batch_stats": state["ema_batch_stats" if ema else "batch_stats"]}
     return config, meta, task, model, variables, step

@@ -28,8 +28,12 @@ class TrainState:
                    ema_batch_stats=copy(stats) if ema else None,
                    rng=jax.random.key_data(jax.random.key(seed)))
 
+    def live_variables(self) -> dict:
+        """The weights the optimizer updates (torchvision's reference evaluates these too)."""
+        return {"params": self.params, "batch_stats": self.batch_stats}
+
     def eval_variables(self) -> dict:
         """EMA weights when kept (what torchvision's --model-ema evaluates), else the live ones."""
         if self.ema_params is not None:
             return {"params": self.ema_params, "batch_stats": self.ema_batch_stats}
-        return {"params": self.params, "batch_stats": self.batch_stats}
+        return self.live_variables()
