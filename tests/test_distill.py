@@ -159,6 +159,19 @@ def test_short_run_loss_falls_and_resume_is_bitwise_equal(tmp_path, teacher_dirs
     assert_trees_equal(a[1], b[1])
 
 
+def test_teacher_from_a_train_workdir(straight):
+    from jaxvision.train.restore import load_run
+
+    model, variables = teachers.load_teacher(distill_config(straight), 3, log=lambda m: None)
+    _, _, _, want, _ = load_run(straight, log=lambda m: None)
+    assert_trees_equal(variables, want)
+    c = distill_config(straight)
+    c.train.distill.teacher = "resnet34"
+    with pytest.raises(ValueError, match="is a run of 'resnet18', train.distill.teacher is "
+                                         "'resnet34'"):
+        teachers.load_teacher(c, 3, log=lambda m: None)
+
+
 @pytest.mark.parametrize("field,value,match", [
     ("teacher", "resnet999", "train.distill.teacher: unknown model 'resnet999'"),
     ("teacher", "retinanet_resnet50_fpn", "must be a classifier"),
