@@ -7,6 +7,7 @@ import numpy as np
 import optax
 from PIL import Image, ImageDraw
 
+from jaxvision.layers import lowering
 from jaxvision.tasks.base import Task, read_image
 
 # Aux-head loss weights of the models that have them, keyed by the outputs tuple they return in
@@ -85,7 +86,7 @@ class Classification(Task):
             tiles.append(np.asarray(canvas))
         return tiles
 
-    def predict(self, model, variables, paths, data, topk: int = 5, **_):
+    def predict(self, model, variables, paths, data, topk: int = 5, conv_lowering=None, **_):
         """``path: name prob, ...`` for the top-k classes of each image."""
         from jaxvision.data.transforms import eval_image
         from jaxvision.train.normalize import normalize
@@ -93,8 +94,9 @@ class Classification(Task):
         c = data.cfg
         images = [eval_image(read_image(p), c.image_size, data.resize_size, c.interpolation)
                   for p in paths]
-        outputs = model.apply(variables, normalize(np.stack(images), data.mean, data.std),
-                              train=False)
+        fwd = lowering.jit(lambda v, x: model.apply(v, normalize(x, data.mean, data.std),
+                                                    train=False), conv_lowering)
+        outputs = fwd(variables, np.stack(images))
         probs = np.asarray(jax.nn.softmax(split_outputs(outputs)[0], -1))
         k = min(topk, probs.shape[-1])
         names = data.class_names

@@ -110,7 +110,8 @@ class Detection(Task):
                          pic.width < 128 else np.asarray(pic))
         return tiles
 
-    def predict(self, model, variables, paths, data, out_dir="predictions", **_):
+    def predict(self, model, variables, paths, data, out_dir="predictions", conv_lowering=None,
+                **_):
         """Writes ``<out_dir>/<name>.png`` per image with its detections drawn; a line per
         image lists them (class, score, box in the image's pixels)."""
         from jaxvision.train.normalize import normalize_batch
@@ -118,8 +119,8 @@ class Detection(Task):
         os.makedirs(out_dir, exist_ok=True)
         prep = data.eval_transform()
         norm = (data.mean, data.std)
-        fwd = jax.jit(lambda v, b: self.forward(model, v, normalize_batch(b, norm), False),
-                      compiler_options=lowering.compiler_options())
+        fwd = lowering.jit(lambda v, b: self.forward(model, v, normalize_batch(b, norm), False),
+                           conv_lowering)
         lines = []
         for path in paths:
             img = np.asarray(read_image(path))
@@ -185,8 +186,7 @@ def predict(model, variables, images: Sequence[np.ndarray], name: str | None = N
     fixed = tuple(spec.input_size) if spec and spec.family == "ssd" else None
     min_size = getattr(model, "min_size", 800)
     max_size = getattr(model, "max_size", 1333)
-    apply = jax.jit(lambda v, x, s: model.apply(v, x, image_sizes=s),
-                    compiler_options=lowering.compiler_options())
+    apply = lowering.jit(lambda v, x, s: model.apply(v, x, image_sizes=s))
     results = []
     for start in range(0, len(images), batch_size):
         chunk = list(images[start:start + batch_size])

@@ -64,8 +64,8 @@ def initial_variables(config, model, num_classes, log=print, task=None):
     if m.pretrained_backbone:
         return backbone_variables(m, model, log)
     size = config.data.image_size
-    return jax.jit(lambda k: model.init(k, jnp.zeros((1, size, size, 3)), train=False))(
-        jax.random.key(config.train.seed))
+    return lowering.jit(lambda k: model.init(k, jnp.zeros((1, size, size, 3)), train=False),
+                        config.get("conv_lowering"))(jax.random.key(config.train.seed))
 
 
 def backbone_variables(m, model, log=print):
@@ -111,11 +111,6 @@ def evaluate(eval_step, variables, data, mesh, task, return_sums: bool = False):
 
 def train(config, workdir: str, log=print) -> dict:
     """Trains ``config`` in ``workdir`` (resuming what is there); the final metrics."""
-    with lowering.using(config.get("conv_lowering", "")):
-        return _train(config, workdir, log)
-
-
-def _train(config, workdir: str, log) -> dict:
     check_config(config)
     checkpoint.make_workdir(workdir)
     data = build_data(config.data, config.model.name, task_name(config))
@@ -142,7 +137,7 @@ def _train(config, workdir: str, log) -> dict:
     train_step, eval_step = jit_steps(
         mesh, make_train_step(model, tx, task, ema_decay=t.ema_decay,
                               accum_steps=t.grad_accum_steps, norm=(data.mean, data.std)),
-        make_eval_step(model, task, norm=(data.mean, data.std)))
+        make_eval_step(model, task, norm=(data.mean, data.std)), config.get("conv_lowering"))
     loader_it = iter(data.train_loader(config.data.seed, jax.process_index(),
                                        jax.process_count()))
     if start:
@@ -202,7 +197,8 @@ def _train(config, workdir: str, log) -> dict:
             if want_eval:
                 results = evaluate(eval_step, state.eval_variables(), data, mesh, task)
                 logger.scalars(done, {f"val/{k[4:]}": v for k, v in results.items()})
-                logger.samples(done, model, state.eval_variables(), data, task)
+                with lowering.using(config.get("conv_lowering")):  # an op-by-op forward
+                    logger.samples(done, model, state.eval_variables(), data, task)
                 log(f"step {done} epoch {epoch}: " + ", ".join(
                     f"{k}={v:.4f}" for k, v in results.items() if k != "val_count"))
             if want_save:
