@@ -14,6 +14,7 @@ key on ``.``, join a numeric part to the part before it with ``_`` (``layer1.0.c
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 from collections.abc import Mapping
@@ -21,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxvision.convert import pth
 from jaxvision.convert.merge import ConversionError, Path, Report, flatten
 
 _CANDIDATES = {
@@ -110,28 +112,46 @@ def _unwrap(obj: Any, path: str) -> Mapping[str, Any]:
     return obj
 
 
-def load_state_dict(path: str | os.PathLike) -> Mapping[str, Any]:
-    """Read a ``.pth`` file with torch's ``weights_only`` loader: a file from the internet can
-    hold only tensors and plain containers, never code that runs here."""
+READERS = ("auto", "torch", "numpy")
+
+
+def pth_reader(reader: str | None = None) -> str:
+    """``torch`` or ``numpy``: the argument, else $JAXVISION_PTH_READER, else torch when it is
+    installed (both give the same arrays bit for bit; the numpy reader needs no torch)."""
+    reader = reader or os.environ.get("JAXVISION_PTH_READER") or "auto"
+    if reader not in READERS:
+        raise ValueError(f"pth reader {reader!r} (JAXVISION_PTH_READER): expected one of "
+                         f"{', '.join(READERS)}")
+    if reader == "auto":
+        try:
+            reader = "torch" if importlib.util.find_spec("torch") is not None else "numpy"
+        except (ImportError, ValueError):  # torch hidden or half-removed
+            reader = "numpy"
+    return reader
+
+
+def _torch_load(path: str):
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for truncated, foreign or unsafe files
+        glob = re.search(r"[Uu]nsupported (?:global: )?GLOBAL ([\w.]+)", str(e))
+        if glob:  # a pickled object (a whole model): never repeat torch's weights_only=False
+            raise pth.refused(path, glob.group(1)) from None
+        raise pth.unreadable(path, e) from e
+
+
+def load_state_dict(path: str | os.PathLike, reader: str | None = None) -> Mapping[str, Any]:
+    """Read a ``.pth`` file so that a file from the internet can hold only tensors and plain
+    containers, never code that runs here: with torch's ``weights_only`` loader or, without
+    torch, jaxvision's own restricted unpickler (``reader``: see ``pth_reader``)."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such file")
     if os.path.isdir(path):
         raise ConversionError(f"{path}: is a directory, expected a torch .pth file")
-    try:
-        import torch
-    except ImportError as e:
-        raise ImportError("reading .pth files needs torch: pip install 'jaxvision[torch]'") from e
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for truncated, foreign or unsafe files
-        glob = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
-        if glob:  # a pickled object (a whole model): never repeat torch's weights_only=False
-            raise ConversionError(
-                f"{path}: holds a pickled Python object ({glob.group(1)}), not a state_dict; "
-                "save model.state_dict() instead: torch.save(model.state_dict(), path)") from None
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConversionError(f"{path}: not a readable torch weights file ({first})") from e
+    obj = _torch_load(path) if pth_reader(reader) == "torch" else pth.load(path)
     return _unwrap(obj, path)
 
 
