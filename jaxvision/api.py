@@ -65,6 +65,18 @@ def load_pretrained(name: str, state_dict: Any, strict: bool = True, *, model=No
     return (variables, report) if return_report else variables
 
 
+def torch_state_dict(name: str, variables: Mapping, model=None, **model_kwargs) -> dict:
+    """The inverse of ``load_pretrained``: torchvision's state_dict (numpy arrays, torch's key
+    names and layouts) of model ``name``'s variables, with the buffers torchvision stores and
+    jaxvision computes added back, so that torchvision's model loads it with strict=True."""
+    spec = get_spec(name)
+    state_dict = tv.to_state_dict(variables)
+    if spec.export_state_dict is not None:
+        model = build_model(name, **model_kwargs) if model is None else model
+        state_dict = spec.export_state_dict(state_dict, model)
+    return state_dict
+
+
 def _from_store(name: str, path, model, strict: bool):
     meta, saved = store.load(path)
     if meta.get("model") != name:

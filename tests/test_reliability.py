@@ -332,3 +332,25 @@ def test_export_writes_the_best_weights_as_a_loadable_directory(base_run, tmp_pa
     loaded, loaded_vars = jv.create_model("resnet18", pretrained=str(out))
     assert loaded.num_classes == meta["num_classes"]
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(variables), loaded_vars)
+
+
+def test_export_safetensors_loads_into_torchvision_with_the_same_logits(base_run, tmp_path):
+    """A model trained here leaves in torchvision's key names: torchvision's resnet18 loads it
+    with strict=True and gives jaxvision's logits."""
+    import safetensors.torch
+    import torch
+    import torchvision
+
+    from jaxvision.cli import main as cli_main
+    from jaxvision.train.restore import load_run
+
+    out = tmp_path / "run.safetensors"
+    assert cli_main(["export", "--workdir", str(base_run), "--format", "safetensors",
+                     str(out)]) == 0
+    _, meta, model, variables, _ = load_run(str(base_run))
+    tmodel = torchvision.models.resnet18(num_classes=meta["num_classes"]).eval()
+    tmodel.load_state_dict(safetensors.torch.load_file(out), strict=True)
+    x = np.random.default_rng(0).standard_normal((2, 32, 32, 3)).astype(np.float32)
+    with torch.no_grad():
+        want = tmodel(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
+    np.testing.assert_allclose(model.apply(variables, x, train=False), want, atol=1e-4)
