@@ -84,11 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
     source = s.add_mutually_exclusive_group(required=True)
     source.add_argument("--workdir", help="a train workdir (its best checkpoint, EMA if used)")
     source.add_argument("--weights", help="a directory from 'jaxvision convert' or 'export'")
-    s.add_argument("--format", choices=("dir", "safetensors"), default="dir",
+    s.add_argument("--format", choices=("dir", "safetensors", "stablehlo"), default="dir",
                    help="dir: a jaxvision weights directory (default); safetensors: one file in "
-                        "torchvision's key names, for torch's load_state_dict(strict=True)")
-    s.add_argument("out", help="directory (dir) or file (safetensors) to create; never "
-                               "overwritten")
+                        "torchvision's key names, for torch's load_state_dict(strict=True); "
+                        "stablehlo: the eval forward (jax.export, symbolic batch) + weights + "
+                        "a loader that needs only jax")
+    s.add_argument("out", help="directory (dir, stablehlo) or file (safetensors) to create; "
+                               "never overwritten")
     s.set_defaults(fn=_export)
     for name in TRAIN_COMMANDS:
         sub.add_parser(name, help=f"{name} (see 'jaxvision {name} --help')", add_help=False)

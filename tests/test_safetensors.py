@@ -10,6 +10,7 @@ import jaxvision as jv
 from jaxvision.api import init_variables, torch_state_dict
 from jaxvision.cli import main as cli_main
 from jaxvision.convert import ConversionError, safetensors_io
+from jaxvision.convert.torchvision import _CANDIDATES, module_path, torch_key
 from jaxvision.registry import get_spec
 from tv_parity import assert_close, images, nchw, tv_model
 
@@ -54,10 +55,52 @@ def test_torchvision_to_safetensors_to_jaxvision_and_back(tmp_path, capsys):
     assert "already exists; refusing to overwrite" in capsys.readouterr().err
 
 
-# the families whose names or buffers need care (the sweep checks every model): Inception's own
-# _N names, ViT's encoder_layer_N and ln_N, googlenet without aux heads, MaxViT's position
-# buffers (Swin's: test_computed_buffers...), a segmenter's backbone.* and classifier.N.*
-KEYED = ["inception_v3", "googlenet", "vit_b_32", "maxvit_t", "deeplabv3_resnet50"]
+def torchvision_keys(name):
+    """A torchvision model's state_dict keys, built on the meta device (no weights made; RegNet's
+    init cannot run there)."""
+    seg_det = (torchvision.models.list_models(module=torchvision.models.detection)
+               + torchvision.models.list_models(module=torchvision.models.segmentation))
+    kwargs = {"weights_backbone": None} if name in seg_det else {}
+    with torch.device("cpu" if name.startswith("regnet") else "meta"):
+        return list(torchvision.models.get_model(name, **kwargs).state_dict())
+
+
+def assert_name_rule_inverts(name):
+    """torch key -> Flax path (each place the rule may put it) -> the same torch key."""
+    for key in torchvision_keys(name):
+        mods, leaf = module_path(key)
+        if leaf != "num_batches_tracked":
+            for collection, flax_leaf in _CANDIDATES.get(leaf, (("params", leaf),)):
+                assert torch_key((collection, *mods, flax_leaf)) == key, (name, key)
+
+
+# one model of each family jaxvision has (the sweep takes every torchvision model): where
+# torchvision's own names end in _N (Inception's branch3x3_1, ViT's encoder_layer_0 and ln_1)
+# the inverse keeps them; elsewhere _N is a Sequential's index
+FAMILIES = ["alexnet", "convnext_tiny", "densenet121", "efficientnet_b0", "efficientnet_v2_s",
+            "googlenet", "inception_v3", "maxvit_t", "mnasnet0_5", "mobilenet_v2",
+            "mobilenet_v3_small", "regnet_x_400mf", "regnet_y_400mf", "resnext50_32x4d",
+            "shufflenet_v2_x0_5", "squeezenet1_1", "swin_t", "swin_v2_t", "vgg11_bn", "vit_b_32",
+            "deeplabv3_mobilenet_v3_large", "fcn_resnet50", "lraspp_mobilenet_v3_large",
+            "retinanet_resnet50_fpn", "fcos_resnet50_fpn", "fasterrcnn_resnet50_fpn",
+            "maskrcnn_resnet50_fpn", "ssd300_vgg16", "ssdlite320_mobilenet_v3_large"]
+
+
+def test_name_rule_inverts_on_every_family():
+    for name in FAMILIES:
+        assert_name_rule_inverts(name)
+
+
+@pytest.mark.sweep
+@pytest.mark.parametrize("name", torchvision.models.list_models())
+def test_name_rule_inverts_on_every_torchvision_model(name):
+    assert_name_rule_inverts(name)
+
+
+# where the model's variables, not just the names, need care (the sweep checks every model):
+# googlenet without aux heads, MaxViT's position buffers (Swin's: test_computed_buffers...), a
+# segmenter's backbone.* and classifier.N.*
+KEYED = ["googlenet", "maxvit_t", "deeplabv3_resnet50"]
 
 
 def assert_same_keys(name):
