@@ -50,7 +50,8 @@ def _export(args):
     export.check_destination(args.format, args.out)
     item = (export.from_workdir(args.workdir) if args.workdir
             else export.from_weights_dir(args.weights))
-    out = export.write(item, args.format, args.out)
+    platforms = tuple(args.platforms.split(",")) if args.platforms else None
+    out = export.write(item, args.format, args.out, platforms=platforms)
     print(f"wrote {out} " + (f"(step {item.step})" if item.step is not None
                              else f"(from {args.weights})"))
 
@@ -89,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "torchvision's key names, for torch's load_state_dict(strict=True); "
                         "stablehlo: the eval forward (jax.export, symbolic batch) + weights + "
                         "a loader that needs only jax")
+    s.add_argument("--platforms", default=None,
+                   help="stablehlo: the platforms to lower for, e.g. cpu,cuda (default: this "
+                        "machine's)")
     s.add_argument("out", help="directory (dir, stablehlo) or file (safetensors) to create; "
                                "never overwritten")
     s.set_defaults(fn=_export)

@@ -358,16 +358,18 @@ def test_export_safetensors_loads_into_torchvision_with_the_same_logits(base_run
 
 def test_export_stablehlo_runs_in_a_process_without_jaxvision(base_run, tmp_path):
     """The exported forward, run by the directory's own loader with jax alone, at two batch
-    sizes (the batch dimension is symbolic), equals model.apply."""
+    sizes (the batch dimension is symbolic), equals model.apply. (No GPU here to run the cuda
+    lowering on.)"""
     from jaxvision.cli import main as cli_main
     from jaxvision.convert import store
     from jaxvision.train.restore import load_run
 
     out = tmp_path / "hlo"
     assert cli_main(["export", "--workdir", str(base_run), "--format", "stablehlo",
-                     str(out)]) == 0
+                     "--platforms", "cpu,cuda", str(out)]) == 0
     meta = store.read_meta(out)
     assert meta["input"]["shape"] == ["batch", 32, 32, 3] and meta["preprocessing"]["std"]
+    assert meta["platforms"] == ["cpu", "cuda"]  # lowered for a GPU too, run here on the CPU
     rng = np.random.default_rng(0)
     for b in (1, 3):
         np.save(tmp_path / f"x{b}.npy", rng.standard_normal((b, 32, 32, 3)).astype(np.float32))

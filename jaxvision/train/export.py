@@ -84,7 +84,7 @@ def from_weights_dir(path: str) -> Exportable:
     return Exportable(saved["model"], model, variables, dict(saved.get("model_kwargs", {})), extra)
 
 
-def write(item: Exportable, fmt: str, out: str) -> str:
+def write(item: Exportable, fmt: str, out: str, platforms=None) -> str:
     if fmt == "dir":
         return store.save(out, item.name, item.variables, item.model_kwargs, extra=item.meta)
     if fmt == "safetensors":
@@ -92,7 +92,7 @@ def write(item: Exportable, fmt: str, out: str) -> str:
         state_dict = torch_state_dict(item.name, item.variables, item.model)
         return safetensors_io.save(out, state_dict, meta)
     if fmt == "stablehlo":
-        return write_stablehlo(item, out)
+        return write_stablehlo(item, out, platforms)
     raise ValueError(f"export format {fmt!r}: expected one of {', '.join(FORMATS)}")
 
 
