@@ -161,9 +161,10 @@ def test_code_and_broken_files_are_refused_by_both_readers(saved, tmp_path, read
     assert not (tmp_path / "pwned").exists()
 
 
-def _zip_with_tensor(path, numel, offset, size, stride):
+def _zip_with_tensor(path, numel, offset, size, stride, state=None):
     """A torch-format zip whose one tensor claims the given layout over a storage of ``numel``
-    float32s (torch.save cannot write an impossible layout, so the pickle is made here)."""
+    float32s (torch.save cannot write an impossible layout, so the pickle is made here);
+    ``state``: then a BUILD opcode sets it on the tensor."""
 
     class Storage:
         pass
@@ -171,7 +172,7 @@ def _zip_with_tensor(path, numel, offset, size, stride):
     class Tensor:
         def __reduce__(self):
             return (torch._utils._rebuild_tensor_v2,
-                    (Storage(), offset, size, stride, False, {}))
+                    (Storage(), offset, size, stride, False, {}), *([state] if state else []))
 
     class Pickler(pickle.Pickler):
         def persistent_id(self, obj):
@@ -199,6 +200,9 @@ def test_tensor_layouts_are_checked_against_their_storage(tmp_path):
     negative = _zip_with_tensor(tmp_path / "neg.pth", 12, 0, (3,), (-1,))
     with pytest.raises(ConversionError, match=r"neg.pth: .*bad tensor layout"):
         pth.load(negative)
+    rebuilt = _zip_with_tensor(tmp_path / "build.pth", 12, 0, (3,), (1,), {"stride": (-1,)})
+    with pytest.raises(ConversionError, match=r"build.pth: .*tried to set the state of a tensor"):
+        pth.load(rebuilt)
 
 
 def test_reader_is_chosen_by_argument_or_environment(saved, monkeypatch):

@@ -47,8 +47,21 @@ class _StorageType(NamedTuple):  # immutable: a BUILD opcode cannot change it
     dtype: Any
 
 
-class _Storage:
+class _Frozen:
+    """No BUILD opcode may change an object after its checks (a stride made negative later
+    would let as_strided read outside the buffer)."""
+
+    __slots__ = ()
+
+    def __setstate__(self, state):
+        raise pickle.UnpicklingError(f"a pickle tried to set the state of a {self.kind}")
+
+
+class _Storage(_Frozen):
     """One storage of the file: its bytes arrive when first needed (legacy: after the pickle)."""
+
+    __slots__ = ("key", "dtype", "numel", "array", "base", "offset")
+    kind = "storage"
 
     def __init__(self, key: str, dtype, numel: int):
         self.key, self.dtype, self.numel = key, np.dtype(dtype), numel
@@ -64,8 +77,11 @@ class _Storage:
         return self.array
 
 
-class _Tensor:
+class _Tensor(_Frozen):
     """A tensor awaiting its storage's bytes."""
+
+    __slots__ = ("storage", "offset", "size", "stride")
+    kind = "tensor"
 
     def __init__(self, storage, offset, size, stride):
         if not isinstance(storage, _Storage):
