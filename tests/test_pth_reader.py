@@ -145,7 +145,8 @@ def _bad_files(saved, root):
 
 EXPECTED = {"os.system, zip": "holds a pickled Python object (posix.system)",
             "os.system, raw pickle": "holds a pickled Python object (posix.system)",
-            "whole model": "holds a pickled Python object (torchvision.models.squeezenet.SqueezeNet)",
+            "whole model":
+                "holds a pickled Python object (torchvision.models.squeezenet.SqueezeNet)",
             "truncated zip": "not a readable torch weights file",
             "truncated legacy": "not a readable torch weights file",
             "empty": "not a readable torch weights file",

@@ -1,4 +1,5 @@
-"""timm's weights by name (``timm:ARCH.TAG``) from a Hugging Face hub cache built on disk, offline."""
+"""timm's weights by name (``timm:ARCH.TAG``) from a Hugging Face hub cache built on disk,
+offline."""
 import json
 
 import huggingface_hub.constants as hf_constants

@@ -174,7 +174,8 @@ def _load_zip(f, path: str):
                 if len(raw) < storage.numel * dtype.itemsize:
                     raise ValueError(f"storage {entry} holds {len(raw)} bytes, expected "
                                      f"{storage.numel * dtype.itemsize}")
-                storage.array = np.frombuffer(raw, dtype, storage.numel).astype(storage.dtype, copy=False)
+                storage.array = np.frombuffer(raw, dtype, storage.numel).astype(
+                    storage.dtype, copy=False)
                 storages[key] = storage
             return storages[key]
 

@@ -68,8 +68,8 @@ def torch_shape(path: Path, shape: tuple) -> tuple:
 
 
 # The rule's inverse (Flax path -> torch key). Joining ``.N`` with ``_`` loses one fact: which
-# ``_N`` endings were torchvision's own. Only these are (every classifier's and segmenter's keys
-# round-trip in tests/test_safetensors.py): Inception's branch3x3_1..., ViT's encoder_layer_0, ln_1.
+# ``_N`` endings were torchvision's own. Only these are (every torchvision model's keys round-trip:
+# tests/test_safetensors.py): Inception's branch3x3_1..., ViT's encoder_layer_0 and ln_1.
 _OWN_NUMBERED = re.compile(r"(branch\d+x\d+\w*|encoder_layer|ln)_\d+")
 _LEAF_NAME = {place: leaf for leaf, places in _CANDIDATES.items() for place in places}
 

@@ -14,9 +14,9 @@ from jaxvision.convert import safetensors_io, store
 FORMATS = ("dir", "safetensors", "stablehlo")
 PROGRAM, WEIGHTS = "model.stablehlo", "variables.npz"
 # what runs an exported directory with jax alone (no jaxvision, no flax); written beside it
-LOADER = '''"""Run this directory's model with jax alone: python run.py IMAGES.npy (N, H, W, 3, float32,
-normalised with jaxvision.json's preprocessing mean/std) -> outputs.npz (logits, or a dense
-model's maps by name); or import run and call run.run(images)."""
+LOADER = '''"""Run this directory's model with jax alone: python run.py IMAGES.npy
+(N, H, W, 3, float32, normalised with jaxvision.json's preprocessing mean/std) -> outputs.npz
+(logits, or a dense model's maps by name); or import run and call run.run(images)."""
 import os, sys
 import jax
 import numpy as np
