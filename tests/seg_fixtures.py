@@ -44,6 +44,6 @@ class TinySegmenter(nn.Module):
 
 
 if NAME not in list_models():
-    register_model(NAME, family="test", torch_name=None, num_params=0,
+    register_model(NAME, family="segmentation", torch_name=None, num_params=0,
                    input_size=(32, 32))(
         lambda features_only=False, **kw: TinySegmenter(**kw))

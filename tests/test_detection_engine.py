@@ -13,10 +13,14 @@ from PIL import Image
 from jaxvision.data.det_transforms import DetEvalTransform, DetTrainTransform
 from jaxvision.data.errors import DataError
 from jaxvision.data.loader import build_data
+from jaxvision.data.shapes import KINDS, ShapesSource
 from jaxvision.tasks import Detection, build_task
 from jaxvision.train.cli import main as cli
 from jaxvision.train.defaults import default_config
-from jaxvision.train.loop import train
+from jaxvision.train.loop import evaluate, train
+from jaxvision.train.step import make_mesh
+from test_data_coco import _ann, _img, _write
+from test_segmentation_engine import seg_config
 
 
 
@@ -120,9 +124,120 @@ def det_config(**train_kw):
     return c
 
 
+def coco_config(root, **train_kw):
+    """det_config() reading the COCO tree at ``root`` (train.json, val.json, img/)."""
+    c = det_config(**train_kw)
+    c.data.source = "coco"
+    c.data.coco.update(root=str(root), train_ann="train.json", val_ann="val.json",
+                       train_images="img", val_images="img")
+    return c
+
+
+def shapes_as_coco(root, c):
+    """``c.data.shapes``' detection scenes written as a COCO tree at ``root``: the short run's
+    data, as a user's files bring it (a root that can be moved away)."""
+    s = c.data.shapes
+    cats = [{"id": k + 1, "name": name} for k, name in enumerate(KINDS[:s.num_classes])]
+    (root / "img").mkdir(parents=True)
+    first = 1
+    for split, n, seed in (("train", s.num_train, s.seed), ("val", s.num_val, s.seed + 1)):
+        src, images, anns = ShapesSource(n, s.num_classes, s.image_size, seed, 1), [], []
+        for i in range(n):
+            ex, iid = src[i], first + i
+            images.append(_img(iid, s.image_size, s.image_size))
+            Image.fromarray(ex["image"]).save(root / "img" / images[-1]["file_name"])
+            x1, y1, x2, y2 = ex["boxes"][0].tolist()
+            anns.append(_ann(iid, iid, int(ex["classes"][0]), [x1, y1, x2 - x1, y2 - y1]))
+        (root / f"{split}.json").write_text(json.dumps(
+            {"images": images, "annotations": anns, "categories": cats}))
+        first += n
+
+
+def _row_of_boxes(image_id, n):
+    """``n`` disjoint 7x7 boxes side by side, classes 1, 2, 1, 2, ..."""
+    return [_ann(10 * image_id + k, image_id, 1 + k % 2, [2 + 9 * k, 3, 7, 7]) for k in range(n)]
+
+
+def test_eval_sees_every_box_whatever_max_boxes_and_training_says_what_it_drops(tmp_path):
+    cats = [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]
+    for name, ids in (("train.json", (1, 2, 3)), ("val.json", (4, 5, 6))):
+        _write(tmp_path, [_img(i) for i in ids],
+               [a for i, n in zip(ids, (4, 2, 1)) for a in _row_of_boxes(i, n)], cats, name)
+    task = Detection(num_classes=3)
+
+    def first_box_found(variables, batch):  # finds each image's first box, misses the rest
+        outputs = {"boxes": batch["boxes"][:, :1], "labels": batch["classes"][:, :1],
+                   "scores": jnp.ones(batch["classes"][:, :1].shape),
+                   "count": jnp.minimum(batch["num_boxes"], 1)}
+        return task.eval_sums(outputs, batch)
+
+    data, results, said = {}, {}, []
+    for cap in (1, 100):
+        c = coco_config(tmp_path)
+        c.data.detection.max_boxes = cap
+        data[cap] = build_data(c.data, c.model.name, "detection")
+        results[cap] = evaluate(jax.jit(first_box_found), {}, data[cap], make_mesh(), task)
+    # 3 of the 7 boxes found: scored against all 7, whatever max_boxes caps in training
+    np.testing.assert_equal(results[1], results[100])  # NaN (undefined) equals NaN here
+    assert results[100]["val_count"] == 3
+    assert 0.2 < results[100]["val_ap"] < 0.5
+    for cap in (1, 100):
+        data[cap].check_targets(3, said.append)
+    assert said == ["data.detection.max_boxes=1: training keeps the first 1 boxes of an image "
+                    "and drops 4 of the 7 boxes, from 2 of the 3 train images (up to 4 boxes); "
+                    "evaluation sees every box"]
+
+
+def _nothing_written(workdir):
+    return [p for p in ("config.json", "tb", "metrics.jsonl", "checkpoints")
+            if os.path.exists(os.path.join(workdir, p))]
+
+
+def test_a_head_smaller_than_the_data_is_refused_naming_the_ids(tmp_path):
+    cats = [{"id": k, "name": f"digit{k}"} for k in range(1, 11)]
+    _write(tmp_path, [_img(1)], _row_of_boxes(1, 2), cats, "train.json")
+    _write(tmp_path, [_img(2)], _row_of_boxes(2, 2), cats, "val.json")
+    c = coco_config(tmp_path)
+    c.data.update(batch_size=1, eval_batch_size=1)  # one image would train
+    c.model.num_classes = 5
+    workdir = str(tmp_path / "det")
+    with pytest.raises(DataError) as e:
+        train(c, workdir, log=lambda *_: None)
+    assert str(e.value) == (
+        f"model.num_classes=5 is smaller than the data's 11 classes: class ids 5, 6, 7, 8, 9, 10 "
+        f"of {tmp_path / 'train.json'} exceed a head of ids 0..4; set model.num_classes to 11 "
+        "(0 takes the data's count)")
+    assert _nothing_written(workdir) == []
+    c = seg_config()
+    c.data.shapes.num_classes = 6  # background + 6 shapes: 7 classes
+    c.model.num_classes = 5
+    workdir = str(tmp_path / "seg")
+    with pytest.raises(DataError, match=r"smaller than the data's 7 classes: class ids 5, 6 of "
+                                        r"data.shapes exceed a head of ids 0..4"):
+        train(c, workdir, log=lambda *_: None)
+    assert _nothing_written(workdir) == []
+
+
+def test_empty_annotations_are_named_before_any_checkpoint(tmp_path):
+    cats = [{"id": 1, "name": "a"}]
+    _write(tmp_path, [_img(1)], [], cats, "train.json")
+    _write(tmp_path, [_img(2)], _row_of_boxes(2, 1), cats, "val.json")
+    workdir = str(tmp_path / "run")
+    with pytest.raises(DataError) as e:
+        train(coco_config(tmp_path), workdir, log=lambda *_: None)
+    assert str(e.value) == (f"{tmp_path / 'train.json'}: holds no annotations to train on (its "
+                            "'annotations' list is empty)")
+    assert _nothing_written(workdir) == []
+    _write(tmp_path, [_img(1)], _row_of_boxes(1, 1), cats, "train.json")
+    _write(tmp_path, [_img(2)], [], cats, "val.json")
+    with pytest.raises(DataError, match=r"val.json: holds no annotations to evaluate against"):
+        build_data(coco_config(tmp_path).data, "fcos_resnet50_fpn", "detection")
+
+
 def test_short_run_trains_evaluates_and_predicts_with_coco_metrics(tmp_path, capsys):
     workdir = str(tmp_path / "run")
-    config = det_config()
+    config = coco_config(tmp_path / "coco")
+    shapes_as_coco(tmp_path / "coco", config)
     result = train(config, workdir, log=lambda *_: None)
     for k in ("val_ap", "val_ap50", "val_ap75", "val_ap_small", "val_ap_medium", "val_ap_large"):
         assert k in result and (np.isnan(result[k]) or 0.0 <= result[k] <= 1.0)
@@ -132,18 +247,34 @@ def test_short_run_trains_evaluates_and_predicts_with_coco_metrics(tmp_path, cap
     logged = {k for r in rows for k in r}
     assert {"train/classification", "train/bbox_regression", "train/bbox_ctrness",
             "val/ap"} <= logged
+    # 48 px scenes hold no box of COCO's large area range: its AP is undefined, not NaN
+    assert "val/ap_large" not in logged and np.isnan(result["val_ap_large"])
     # eval prints the COCO metrics of the best checkpoint (chosen by val_ap)
     assert cli("eval", ["--workdir", workdir]) == 0
     printed = capsys.readouterr().out
     assert "val_ap50" in printed and "val_ap_per_class" in printed
-    # predict draws the boxes on each image
-    src = tmp_path / "in.png"
+    # predict draws the boxes on each image, from the run alone: the data may be gone
+    os.rename(tmp_path / "coco", tmp_path / "elsewhere")
+    (tmp_path / "a").mkdir()
+    src = tmp_path / "a" / "in.png"
     Image.fromarray(painted(48, 72)["image"]).save(src)
     out_dir = tmp_path / "pred"
     assert cli("predict", ["--workdir", workdir, "--out", str(out_dir), str(src)]) == 0
     with Image.open(out_dir / "in.png") as pic:
         assert pic.size == (72, 48)
     assert str(src) in capsys.readouterr().out
+    # two inputs of one name would write one file: refused, naming both, nothing overwritten
+    (tmp_path / "b").mkdir()
+    Image.fromarray(painted(60, 90)["image"]).save(tmp_path / "b" / "in.png")
+    args = ["--workdir", workdir, "--out", str(out_dir), str(src), str(tmp_path / "b" / "in.png")]
+    assert cli("predict", args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (f"jaxvision predict: error: {src} and {tmp_path / 'b' / 'in.png'} would "
+                       f"both be written to {out_dir / 'in.png'}; predict them in separate runs "
+                       "(--out) or rename one")
+    assert "Traceback" not in "".join(err)
+    with Image.open(out_dir / "in.png") as pic:
+        assert pic.size == (72, 48)
 
 
 def test_bad_detection_settings_are_named():

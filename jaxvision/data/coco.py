@@ -138,6 +138,7 @@ class CocoSource:
                                 "expected positive numbers")
             images[iid] = (name, float(w), float(h))
         anns = data["annotations"]
+        self.num_annotations = len(anns)
         rows = [_fields(path, "annotation", a, ("id", "image_id", "category_id", "bbox"), i)
                 for i, a in enumerate(anns)]
         ann_ids = [r[0] for r in rows]
@@ -181,6 +182,10 @@ class CocoSource:
             raise DataError(f"{path}: {len(missing)} of its {len(ids)} images are not in "
                             f"{image_dir}: {missing[:3]}{' ...' if len(missing) > 3 else ''}")
 
+    def box_counts(self) -> np.ndarray:
+        """The number of boxes of each example, without reading an image."""
+        return np.diff(self._start)
+
     def __repr__(self):  # grain compares repr(source) when restoring a loader's state
         return (f"CocoSource(annotation_file={self.annotation_file!r}, image_dir="
                 f"{self.image_dir!r}, skip_empty={self.skip_empty}, contiguous="
@@ -207,6 +212,14 @@ class CocoSource:
                 "classes": self._classes[a:b].copy(), "num_boxes": np.int32(b - a)}
 
 
+def _why_empty(source) -> str:
+    n = source.num_annotations
+    if not n:
+        return "its 'annotations' list is empty"
+    return (f"none of its {n} annotations is a box of positive size that is not a crowd region"
+            + (" and over 1 px both ways" if source.skip_empty else ""))
+
+
 def coco_sources(cfg):
     """(train, val, class_names) from ``data.coco``: train skips images without boxes."""
     require_root(cfg.root, "data.coco.root",
@@ -214,7 +227,13 @@ def coco_sources(cfg):
     at = lambda p: os.path.join(cfg.root, p)  # noqa: E731
     train = CocoSource(at(cfg.train_ann), at(cfg.train_images), skip_empty=True,
                        contiguous=cfg.contiguous)
+    if not len(train):  # else: "steps_per_epoch=0" far from the cause
+        raise DataError(f"{train.annotation_file}: holds no annotations to train on "
+                        f"({_why_empty(train)})")
     val = CocoSource(at(cfg.val_ann), at(cfg.val_images), contiguous=cfg.contiguous)
+    if not val.box_counts().sum():  # every AP would be NaN, and the best checkpoint a guess
+        raise DataError(f"{val.annotation_file}: holds no annotations to evaluate against "
+                        f"({_why_empty(val)})")
     if train.class_names != val.class_names:
         raise DataError(f"{train.annotation_file} and {val.annotation_file} list different "
                         "categories: a model's label ids must mean the same in both")

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from jaxvision.data.box_ops import crop_boxes, hflip_boxes, resize_boxes
+from jaxvision.data.errors import DataError
 from jaxvision.data.transforms import _RESAMPLE, to_rgb
 from jaxvision.models.detection.transform import resized_size
 
@@ -82,7 +83,9 @@ class DetTrainTransform(grain.transforms.RandomMap):
 
 class DetEvalTransform(grain.transforms.Map):
     """torchvision's eval resize (shorter side ``min_size``, longer at most ``max_size``), pad
-    to ``canvas``; ``scale`` maps the boxes back to the original image."""
+    to ``canvas``; ``scale`` maps the boxes back to the original image. Never truncates: an
+    image with more than ``max_boxes`` boxes is refused (``Data.eval_transform`` pads to the
+    split's largest count where the source knows it)."""
 
     def __init__(self, min_size, max_size, canvas, max_boxes=100, interpolation="bilinear"):
         self.min_size, self.max_size, self.canvas = int(min_size), int(max_size), int(canvas)
@@ -92,6 +95,10 @@ class DetEvalTransform(grain.transforms.Map):
     def map(self, example):
         img = to_rgb(example["image"])
         boxes, classes = _boxes(example)
+        if len(boxes) > self.max_boxes:  # the AP would be scored against part of the truth
+            raise DataError(f"an eval image holds {len(boxes)} boxes, more than the "
+                            f"{self.max_boxes} of data.detection.max_boxes: evaluation must see "
+                            "every box; raise data.detection.max_boxes")
         img, boxes, scale = _resize(img, boxes, self.min_size, self.max_size, self.interpolation)
         if max(img.height, img.width) > self.canvas:
             raise ValueError(f"eval image resized to {img.height}x{img.width} outgrows the "

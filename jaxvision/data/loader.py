@@ -9,7 +9,10 @@ import numpy as np
 
 from jaxvision.data import transforms as T
 from jaxvision.data.det_transforms import DetEvalTransform, DetTrainTransform
+from jaxvision.data.erasing import RandomErasing
 from jaxvision.data.errors import DataError
+from jaxvision.data.policies import build_policy
+from jaxvision.data.repeated_sampler import RepeatedAugmentSampler
 from jaxvision.data.shapes import ShapesSource
 from jaxvision.data.workers import ExitWithParent
 
@@ -42,6 +45,11 @@ class Data:
         """Corrupt image files skipped so far (image folders with skip_corrupt) in this process."""
         return sum(getattr(s, "num_skipped", 0) for s in (self.train_source, self.val_source))
 
+    @property
+    def eval_image_size(self) -> int:
+        """The classification eval crop: data.eval_image_size, else the train crop."""
+        return self.cfg.get("eval_image_size") or self.cfg.image_size
+
     def _local_batch(self, batch_size, process_count):
         if batch_size % process_count:
             raise DataError(f"data.batch_size {batch_size} is not divisible by the number of "
@@ -53,9 +61,16 @@ class Data:
         if c.batch_size > self.num_train:
             raise DataError(f"data.batch_size {c.batch_size} exceeds the {self.num_train} "
                             "training examples")
-        sampler = grain.samplers.IndexSampler(
-            self.num_train, grain.sharding.ShardOptions(process_index, process_count, True),
-            shuffle=True, num_epochs=None, seed=seed)
+        shards = grain.sharding.ShardOptions(process_index, process_count, True)
+        if c.get("repeated_augment", 0):
+            try:
+                sampler = RepeatedAugmentSampler(self.num_train, c.repeated_augment, shards,
+                                                 seed)
+            except ValueError as e:
+                raise DataError(f"data.repeated_augment: {e}") from None
+        else:
+            sampler = grain.samplers.IndexSampler(self.num_train, shards, shuffle=True,
+                                                  num_epochs=None, seed=seed)
         ops = [self.train_transform(),
                grain.transforms.Batch(self._local_batch(c.batch_size, process_count),
                                       drop_remainder=True)]
@@ -86,18 +101,51 @@ class Data:
             return T.SegTrainTransform(c.image_size, self.resize_size, tuple(s.scale_range),
                                        s.hflip, c.interpolation)
         a = c.augment
+        erasing = None
+        if a.random_erasing:
+            try:
+                erasing = RandomErasing(a.random_erasing, tuple(a.random_erasing_scale),
+                                        tuple(a.random_erasing_ratio))
+            except ValueError as e:
+                raise DataError(f"data.augment.random_erasing: {e}") from None
         return T.TrainTransform(c.image_size, a.random_resized_crop, tuple(a.scale),
-                                tuple(a.ratio), a.hflip, c.interpolation)
+                                tuple(a.ratio), a.hflip, c.interpolation,
+                                build_policy(a, c.interpolation), erasing)
 
     def eval_transform(self):
         c = self.cfg
         if self.task == "detection":
-            return DetEvalTransform(*self.detection_sizes(), c.detection.max_boxes,
+            # every box of the split: max_boxes caps what training matches, not the truth
+            counts = _box_counts(self.val_source)
+            most = int(counts.max()) if counts is not None and len(counts) else 0
+            return DetEvalTransform(*self.detection_sizes(), max(c.detection.max_boxes, most),
                                     c.interpolation)
         if self.task == "segmentation":
             canvas = c.segmentation.eval_size or max(c.image_size, self.resize_size)
             return T.SegEvalTransform(self.resize_size, canvas, c.interpolation)
-        return T.EvalTransform(c.image_size, self.resize_size, c.interpolation)
+        return T.EvalTransform(self.eval_image_size, self.resize_size, c.interpolation)
+
+    def check_targets(self, num_classes: int, log=print) -> None:
+        """Before training: one DataError if the data holds class ids a head of
+        ``num_classes`` outputs cannot predict (which ids, which count); and, for detection,
+        one line saying how many boxes ``data.detection.max_boxes`` drops from training."""
+        over = [i for i, name in enumerate(self.class_names) if i >= num_classes and name != "N/A"]
+        if over:
+            where = getattr(self.train_source, "annotation_file", None) or f"data.{self.cfg.source}"
+            ids = (", ".join(map(str, over)) if len(over) <= 8
+                   else f"{', '.join(map(str, over[:4]))}, ... {over[-1]}")
+            raise DataError(f"model.num_classes={num_classes} is smaller than the data's "
+                            f"{self.num_classes} classes: class ids {ids} of {where} exceed a "
+                            f"head of ids 0..{num_classes - 1}; set model.num_classes to "
+                            f"{self.num_classes} (0 takes the data's count)")
+        counts = _box_counts(self.train_source) if self.task == "detection" else None
+        cap = self.cfg.detection.max_boxes
+        if counts is not None and (counts > cap).any():
+            more = counts > cap
+            log(f"data.detection.max_boxes={cap}: training keeps the first {cap} boxes of an "
+                f"image and drops {int((counts[more] - cap).sum())} of the "
+                f"{int(counts.sum())} boxes, from {int(more.sum())} of the {len(counts)} train "
+                f"images (up to {int(counts.max())} boxes); evaluation sees every box")
 
     def eval_loader(self, process_index: int = 0, process_count: int = 1):
         """Every example exactly once; the last batch is padded and ``valid`` marks real ones.
@@ -132,6 +180,12 @@ class Data:
                 .batch(batch, drop_remainder=False))
 
 
+def _box_counts(source):
+    """Each example's box count where the source knows it without reading images, else None."""
+    counts = getattr(source, "box_counts", None)
+    return None if counts is None else np.asarray(counts())
+
+
 def _absl_flags_ready():
     """grain's worker processes read absl flags, which a program without absl never parsed."""
     from absl import flags
@@ -140,8 +194,9 @@ def _absl_flags_ready():
         flags.FLAGS.mark_as_parsed()
 
 
-def build_data(cfg, model_name: str | None = None, task: str = "classification") -> Data:
-    """The train and val sources of ``cfg.source`` with the transforms ``task`` needs."""
+def preprocessing(cfg, model_name: str | None = None, task: str = "classification"):
+    """(mean, std, resize_size) of the data config ``cfg``, else the model's spec; reads no
+    data."""
     from jaxvision.registry import IMAGENET_MEAN, IMAGENET_STD, get_spec
 
     if task not in TASKS:
@@ -155,6 +210,18 @@ def build_data(cfg, model_name: str | None = None, task: str = "classification")
     elif resize is None:
         ratio = spec.resize_size / spec.crop_size if spec else 256 / 224
         resize = int(round(cfg.image_size * ratio))
+    return mean, std, resize
+
+
+def predict_data(cfg, model_name: str | None, task: str, class_names) -> Data:
+    """A ``Data`` without sources: the preprocessing and class names a trained model predicts
+    with, on a machine that need not hold the dataset."""
+    return Data(None, None, list(class_names), cfg, *preprocessing(cfg, model_name, task), task)
+
+
+def build_data(cfg, model_name: str | None = None, task: str = "classification") -> Data:
+    """The train and val sources of ``cfg.source`` with the transforms ``task`` needs."""
+    mean, std, resize = preprocessing(cfg, model_name, task)
     seg = task == "segmentation"
     if cfg.source == "shapes":
         s = cfg.shapes

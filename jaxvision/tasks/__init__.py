@@ -19,9 +19,41 @@ def task_name(config) -> str:
     return name
 
 
+def model_task(family: str) -> str:
+    """The task that trains models of a registry ``family``: the one declaring it, else
+    classification."""
+    return next((n for n, t in TASKS.items() if family in t.model_families), "classification")
+
+
+def check_model(config) -> None:
+    """Refuses, in one line, a ``model.name`` that ``config.task`` cannot train (a classifier
+    has no detection loss, a detector no per-pixel logits); before anything is written."""
+    from jaxvision.registry import get_spec, list_models
+
+    name, model = task_name(config), config.model.name
+    family = get_spec(model).family
+    kind = model_task(family)
+    if kind != name:
+        takes = [m for m in list_models() if model_task(get_spec(m).family) == name]
+        raise ValueError(f"task={name!r} cannot train model.name={model!r}: a {kind} model "
+                         f"(family {family}); {name} takes e.g. {', '.join(takes[:3])}")
+
+
 def build_task(config, num_classes: int) -> Task:
-    return TASKS[task_name(config)].from_config(config, num_classes)
+    name = task_name(config)
+    if name != "classification":
+        t, a = config.train, config.data.augment
+        used = {"train.mixup_alpha": t.get("mixup_alpha", 0.0),
+                "train.cutmix_alpha": t.get("cutmix_alpha", 0.0),
+                "data.augment.policy": a.get("policy"),
+                "data.augment.random_erasing": a.get("random_erasing", 0.0),
+                "data.repeated_augment": config.data.get("repeated_augment", 0)}
+        for field, value in used.items():
+            if value:
+                raise ValueError(f"{field}={value!r} is a classification augmentation; task "
+                                 f"{name!r} does not use it (set it to 0 / None)")
+    return TASKS[name].from_config(config, num_classes)
 
 
 __all__ = ["TASKS", "Task", "Classification", "Detection", "Segmentation", "build_task",
-           "task_name"]
+           "check_model", "model_task", "task_name"]

@@ -18,6 +18,9 @@ class Task:
     best_mode: str = "max"  # "max" | "min"
     # checkpoint metadata a resumed run must share with the checkpoints in its workdir
     meta_keys: tuple[str, ...] = ("model", "num_classes")
+    # the registry families (ModelSpec.family) this task trains; classification's is empty: it
+    # takes every family that no other task claims (tasks.check_model)
+    model_families: tuple[str, ...] = ()
 
     def build_model(self, config, dtype):
         """The linen Module this task trains (``config.model`` names it)."""
@@ -36,6 +39,11 @@ class Task:
     def forward(self, model, variables, batch, train: bool, **apply_kwargs):
         """The model's outputs on ``batch`` that ``loss`` (train) or ``eval_sums`` read."""
         return model.apply(variables, batch["image"], train=train, **apply_kwargs)
+
+    def train_batch(self, batch, key):
+        """The normalised train batch after the task's batch-level augmentation (``key``: the
+        step's rng for it); none by default."""
+        return batch
 
     def loss(self, outputs, batch):
         """(scalar loss, dict of metric sums) of a train-mode forward pass on ``batch``."""
@@ -99,3 +107,19 @@ def read_image(path):
             return to_rgb(img)
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise ValueError(f"{path}: not a readable image ({e})") from e
+
+
+def output_paths(paths, out_dir: str) -> list[str]:
+    """``<out_dir>/<name>.png`` per input path, or one ValueError naming two inputs that would
+    write the same file (a/x.jpg and b/x.jpg): no prediction overwrites another."""
+    import os
+
+    outs, first = [], {}
+    for path in paths:
+        dst = os.path.join(out_dir, os.path.splitext(os.path.basename(path))[0] + ".png")
+        other = first.setdefault(dst, path)
+        if os.path.realpath(other) != os.path.realpath(path):
+            raise ValueError(f"{other} and {path} would both be written to {dst}; predict them "
+                             "in separate runs (--out) or rename one")
+        outs.append(dst)
+    return outs

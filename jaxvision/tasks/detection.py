@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw
 from jaxvision.layers import lowering
 from jaxvision.models.detection import transform
 from jaxvision.registry import get_spec
-from jaxvision.tasks.base import Task, read_image
+from jaxvision.tasks.base import Task, output_paths, read_image
 
 AP_KEYS = ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large")
 
@@ -28,6 +28,7 @@ class Detection(Task):
     best_metric = "val_ap"
     best_mode = "max"
     meta_keys = ("model", "num_classes", "task")
+    model_families = ("fpn_detector", "ssd", "yolo")
 
     def __init__(self, num_classes: int, draw_score: float = 0.3):
         self.num_classes, self.draw_score = int(num_classes), float(draw_score)
@@ -116,13 +117,14 @@ class Detection(Task):
         image lists them (class, score, box in the image's pixels)."""
         from jaxvision.train.normalize import normalize_batch
 
+        outs = output_paths(paths, out_dir)
         os.makedirs(out_dir, exist_ok=True)
         prep = data.eval_transform()
         norm = (data.mean, data.std)
         fwd = lowering.jit(lambda v, b: self.forward(model, v, normalize_batch(b, norm), False),
                            conv_lowering)
         lines = []
-        for path in paths:
+        for path, dst in zip(paths, outs):
             img = np.asarray(read_image(path))
             ex = prep.map({"image": img, "boxes": np.zeros((0, 4), np.float32),
                            "classes": np.zeros((0,), np.int32), "num_boxes": 0})
@@ -131,7 +133,6 @@ class Detection(Task):
             boxes = boxes_to_original(out["boxes"][0, :n], ex["scale"])
             labels, scores = np.asarray(out["labels"][0, :n]), np.asarray(out["scores"][0, :n])
             keep = scores >= self.draw_score
-            dst = os.path.join(out_dir, os.path.splitext(os.path.basename(path))[0] + ".png")
             draw_boxes(img, boxes, labels, scores, data.class_names, self.draw_score).save(dst)
             found = ", ".join(f"{_name(data.class_names, c)} {s:.2f} "
                               f"[{', '.join(f'{v:.0f}' for v in b)}]"

@@ -9,7 +9,7 @@ import optax
 from PIL import Image, ImageDraw
 
 from jaxvision.layers import lowering
-from jaxvision.tasks.base import Task, read_image
+from jaxvision.tasks.base import Task, output_paths, read_image
 
 IGNORE = 255
 
@@ -74,6 +74,7 @@ class Segmentation(Task):
     best_metric = "val_miou"
     best_mode = "max"
     meta_keys = ("model", "num_classes", "task")
+    model_families = ("segmentation",)
 
     def __init__(self, num_classes: int, aux_weight: float = 0.5, aux_lr_mult: float = 10.0,
                  aux_loss: bool = False, ignore_index: int = IGNORE):
@@ -157,17 +158,17 @@ class Segmentation(Task):
         from jaxvision.data.transforms import resize_shorter
         from jaxvision.train.normalize import normalize
 
+        outs = output_paths(paths, out_dir)
         os.makedirs(out_dir, exist_ok=True)
         names, lines = data.class_names, []
         fwd = lowering.jit(lambda v, x: split_outputs(model.apply(
             v, normalize(x, data.mean, data.std), train=False))[0].argmax(-1), conv_lowering)
-        for path in paths:
+        for path, out in zip(paths, outs):
             img = read_image(path)
             x = np.asarray(resize_shorter(img, data.resize_size, data.cfg.interpolation))[None]
             pred = np.asarray(fwd(variables, x))[0].astype(np.uint8)
             # back to the image's own size, nearest as every mask resize
             pred = np.asarray(Image.fromarray(pred).resize(img.size, Image.NEAREST))
-            out = os.path.join(out_dir, os.path.splitext(os.path.basename(path))[0] + ".png")
             overlay(np.asarray(img), pred, names).save(out)
             present = np.bincount(pred.ravel(), minlength=len(names)) / pred.size
             lines.append(f"{path} -> {out}: " + ", ".join(

@@ -230,11 +230,16 @@ def best_or_latest(mgr) -> tuple[int | None, str]:
     latest = mgr.latest_step()
     best = mgr.best_step() if mgr._options.best_fn else None
     metrics = mgr.metrics(best) if best is not None else None
-    if metrics:
-        name = mgr._options.best_fn.metric
+    name = mgr._options.best_fn.metric if metrics else None
+    value = metrics.get(name) if metrics else None
+    if value is not None and math.isfinite(value):
         return best, (f"the best by {name} ({mgr._options.best_mode}): {name}="
-                      f"{metrics.get(name)}; the latest is step {latest}")
-    return latest, "the latest (no evaluated checkpoint to rank)" if latest is not None else ""
+                      f"{value}; the latest is step {latest}")
+    if latest is None:
+        return None, ""
+    if metrics:  # ranked "best" only because every step's value is undefined
+        return latest, f"the latest (no checkpoint has a finite {name} to rank by)"
+    return latest, "the latest (no evaluated checkpoint to rank)"
 
 
 # config sections whose values decide the train state's structure (optimizer state, EMA copies,

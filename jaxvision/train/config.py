@@ -148,6 +148,9 @@ def check_config(config):
     if mode not in (None, "", *lowering.MODES):
         raise ConfigError(f"config key 'conv_lowering': expected one of {lowering.MODES} (or '' "
                           f"for the default, {lowering.DEFAULT_MODE!r}), got {mode!r}")
+    from jaxvision.tasks import check_model
+
+    check_model(config)
     if config.checkpoint.best_mode not in ("", "min", "max"):
         raise ConfigError(f"config key 'checkpoint.best_mode': expected 'min', 'max' or '' "
                           f"(inferred from the metric), got {config.checkpoint.best_mode!r}")

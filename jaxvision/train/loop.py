@@ -15,6 +15,7 @@ from jaxvision.layers import lowering
 from jaxvision.tasks import build_task, task_name
 from jaxvision.train import checkpoint, freeze, guards, optim
 from jaxvision.train.config import check_config, save_config
+from jaxvision.train.ema import EmaRule
 from jaxvision.train.guards import NonFiniteLoss  # noqa: F401  (re-exported: cli, tests)
 from jaxvision.train.metrics_log import Logger
 from jaxvision.train.prefetch import DevicePrefetch
@@ -109,12 +110,23 @@ def evaluate(eval_step, variables, data, mesh, task, return_sums: bool = False):
     return (task.summary(total), total) if return_sums else task.summary(total)
 
 
+def ema_rule(config, steps_per_epoch: int):
+    """The EMA rule of ``config.train`` (None: no EMA); torchvision's reference copies during
+    the schedule's warm-up, counted in epochs."""
+    t, w = config.train, config.schedule.warmup
+    if t.ema_decay is None:
+        return None
+    warm = w.length if w.unit == "epoch" else w.length / max(steps_per_epoch, 1)
+    return EmaRule.from_config(t, config.data.batch_size, steps_per_epoch, warm)
+
+
 def train(config, workdir: str, log=print) -> dict:
     """Trains ``config`` in ``workdir`` (resuming what is there); the final metrics."""
     check_config(config)
     checkpoint.make_workdir(workdir)
     data = build_data(config.data, config.model.name, task_name(config))
     num_classes = config.model.num_classes or data.num_classes
+    data.check_targets(num_classes, log)
     task = build_task(config, num_classes)
     model = build_model(config, num_classes, task)
     meta = {"model": config.model.name, "num_classes": num_classes, "task": task.name,
@@ -135,7 +147,7 @@ def train(config, workdir: str, log=print) -> dict:
 
     mesh = make_mesh()
     train_step, eval_step = jit_steps(
-        mesh, make_train_step(model, tx, task, ema_decay=t.ema_decay,
+        mesh, make_train_step(model, tx, task, ema_decay=ema_rule(config, steps_per_epoch),
                               accum_steps=t.grad_accum_steps, norm=(data.mean, data.std)),
         make_eval_step(model, task, norm=(data.mean, data.std)), config.get("conv_lowering"))
     loader_it = iter(data.train_loader(config.data.seed, jax.process_index(),

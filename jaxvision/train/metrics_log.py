@@ -7,6 +7,7 @@ nobody sees.  TensorBoard and ``metrics.jsonl`` are written by process 0 only.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -53,6 +54,9 @@ class Logger:
         self.progress.update(self.task, completed=step)
 
     def scalars(self, step, values: dict):
+        # NaN is a metric's "undefined" (AP of an area range the data has no box in): left out,
+        # not logged as a value TensorBoard warns about and a JSON reader may refuse
+        values = {k: v for k, v in values.items() if math.isfinite(v)}
         if self.writer:
             for k, v in values.items():
                 self.writer.add_scalar(k, v, step)

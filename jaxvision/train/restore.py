@@ -91,8 +91,12 @@ def predict(workdir: str, paths, topk: int = 5, out_dir: str | None = None) -> l
     """A printable line per image, as the task predicts (classification: the top-k classes;
     segmentation: writes an overlay PNG per image under ``out_dir``, default
     WORKDIR/predictions)."""
+    from jaxvision.data.loader import predict_data
+
     config, meta, task, model, variables, _ = load_task_run(workdir)
-    return task.predict(model, variables, paths, _data(config), topk=topk,
+    # the run's own record, not the dataset: predict works where the data is not
+    data = predict_data(config.data, config.model.name, task.name, meta["class_names"])
+    return task.predict(model, variables, paths, data, topk=topk,
                         out_dir=out_dir or os.path.join(workdir, "predictions"),
                         conv_lowering=config.get("conv_lowering"))
 
