@@ -8,10 +8,11 @@ from jaxvision.ops.default_boxes import DefaultBoxGenerator
 from jaxvision.ops.losses import generalized_box_iou_loss, sigmoid_focal_loss
 from jaxvision.ops.matcher import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, Matcher, SSDMatcher
 from jaxvision.ops.nms import batched_nms, nms
+from jaxvision.ops.resize import resized_size
 
 __all__ = [
     "AnchorGenerator", "box_area", "box_convert", "box_iou", "clip_boxes_to_image",
     "generalized_box_iou", "small_box_mask", "BoxCoder", "BoxLinearCoder",
     "BELOW_LOW_THRESHOLD", "BETWEEN_THRESHOLDS", "Matcher", "SSDMatcher", "batched_nms", "nms",
-    "generalized_box_iou_loss", "sigmoid_focal_loss", "DefaultBoxGenerator",
+    "generalized_box_iou_loss", "sigmoid_focal_loss", "DefaultBoxGenerator", "resized_size",
 ]
