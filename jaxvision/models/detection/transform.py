@@ -2,8 +2,9 @@
 way back from a padded batch's detections to each original image.
 
 Resizing follows torchvision's eager mode to the pixel (``jaxvision.ops.resize.resized_size``),
-bilinear without antialiasing at the in/out size ratio (or a fixed size, as SSD); the batch is zero-padded at the bottom/right to a multiple of
-``size_divisible``.  Detections come back through each image's own (height, width) ratios.
+bilinear without antialiasing at the in/out size ratio (or a fixed size, as SSD); the batch is
+zero-padded at the bottom/right to a multiple of ``size_divisible``.  Detections come back
+through each image's own (height, width) ratios.
 """
 from __future__ import annotations
 

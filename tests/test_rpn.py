@@ -1,0 +1,75 @@
+"""The region proposal network against torchvision's RegionProposalNetwork in eval mode, on the
+same random head weights and FPN maps: head outputs, and the proposals of two images of
+different sizes in one padded batch (count, boxes, scores, order) with Faster R-CNN's settings
+(pre/post-NMS top-n 1000, NMS 0.7, min size 1e-3), for v1's one-conv and v2's two-conv head.
+Three anchors a cell (the FPN models'); maps of 16 channels keep it cheap."""
+import numpy as np
+import pytest
+import torch
+from torchvision.models.detection import faster_rcnn, rpn as tv_rpn
+from torchvision.models.detection.image_list import ImageList
+
+import jax
+import jax.numpy as jnp
+
+from jaxvision.heads.rpn import FPN_ANCHORS, RPNHead, rpn_proposals
+
+from det_helpers import randomize_, run_both
+
+PADDED = (128, 160)
+IMAGE_SIZES = [(128, 160), (100, 150)]
+GRIDS = [(32, 40), (16, 20), (8, 10), (4, 5), (2, 3)]  # strides 4..64, as FPN's P2..pool
+C = 16
+
+
+# v2's head with a score threshold, so that fewer than post_nms_top_n survive
+@pytest.mark.parametrize("conv_depth, score_thresh", [(1, 0.0), (2, 0.6)])
+def test_proposals_equal_torchvision(conv_depth, score_thresh):
+    torch.manual_seed(conv_depth)
+    thead = randomize_(tv_rpn.RPNHead(C, 3, conv_depth=conv_depth), scale=0.1)
+    trpn = tv_rpn.RegionProposalNetwork(
+        faster_rcnn._default_anchorgen(), thead, 0.7, 0.3, 256, 0.5,
+        dict(training=2000, testing=1000), dict(training=2000, testing=1000), 0.7,
+        score_thresh=score_thresh).eval()
+    rng = np.random.default_rng(conv_depth)
+    feats = [rng.normal(size=(2, h, w, C)).astype(np.float32) for h, w in GRIDS]
+    (logits, deltas), (want_logits, want_deltas) = run_both(RPNHead(3, conv_depth), thead, feats)
+    for g, w in zip(logits + deltas, want_logits + want_deltas):
+        np.testing.assert_allclose(g, w.numpy().transpose(0, 2, 3, 1), atol=1e-5)
+
+    images = ImageList(torch.zeros(2, 3, *PADDED), IMAGE_SIZES)
+    tfeats = {str(i): torch.from_numpy(f.transpose(0, 3, 1, 2).copy()) for i, f in enumerate(feats)}
+    with torch.no_grad():
+        want_boxes, _ = trpn(images, tfeats)
+        # the scores: RegionProposalNetwork.forward's steps, to reach filter_proposals' output
+        obj, pred = thead(list(tfeats.values()))
+        per_level = [o[0].numel() for o in obj]
+        obj, pred = tv_rpn.concat_box_prediction_layers(obj, pred)
+        proposals = trpn.box_coder.decode(pred, trpn.anchor_generator(images, list(
+            tfeats.values()))).view(2, -1, 4)
+        again, want_scores = trpn.filter_proposals(proposals, obj, IMAGE_SIZES, per_level)
+    anchors = FPN_ANCHORS(PADDED, GRIDS)
+    got = jax.jit(lambda o, d: rpn_proposals(o, d, anchors, np.array(IMAGE_SIZES),
+                                             score_thresh=score_thresh))(logits, deltas)
+    box_err = score_err = 0.0
+    for i, (want, scores) in enumerate(zip(want_boxes, want_scores)):
+        np.testing.assert_array_equal(again[i], want)
+        n = int(got["valid"][i].sum())
+        assert n == len(want) > 20
+        assert not np.asarray(got["valid"][i, n:]).any()
+        box_err = max(box_err, float(np.abs(got["boxes"][i, :n] - want.numpy()).max()))
+        score_err = max(score_err, float(np.abs(got["scores"][i, :n] - scores.numpy()).max()))
+    print(f"\nRPN conv_depth={conv_depth}: proposals {[len(w) for w in want_boxes]}, max box "
+          f"error {box_err:.3g} px, score error {score_err:.3g}")
+    assert box_err <= 1e-3 and score_err <= 1e-5
+
+
+def test_mismatched_levels_are_named():
+    anchors = FPN_ANCHORS(PADDED, GRIDS)
+    logits = [jnp.zeros((1, h, w, 3)) for h, w in GRIDS]
+    deltas = [jnp.zeros((1, h, w, 12)) for h, w in GRIDS]
+    with pytest.raises(ValueError, match="4 anchor levels; expected one of each per level"):
+        rpn_proposals(logits, deltas, anchors[:4], np.array([PADDED]))
+    with pytest.raises(ValueError, match="level 1 has 960 objectness values but 480 anchors"):
+        rpn_proposals(logits, deltas, [anchors[0], anchors[1][:480]] + anchors[2:],
+                      np.array([PADDED]))
