@@ -6,13 +6,13 @@ Three anchors a cell (the FPN models'); maps of 16 channels keep it cheap."""
 import numpy as np
 import pytest
 import torch
-from torchvision.models.detection import faster_rcnn, rpn as tv_rpn
+from torchvision.models.detection import anchor_utils, faster_rcnn, rpn as tv_rpn
 from torchvision.models.detection.image_list import ImageList
 
 import jax
 import jax.numpy as jnp
 
-from jaxvision.heads.rpn import FPN_ANCHORS, RPNHead, rpn_proposals
+from jaxvision.heads.rpn import FPN_ANCHORS, MOBILENET_ANCHORS, RPNHead, rpn_proposals
 
 from det_helpers import randomize_, run_both
 
@@ -73,3 +73,15 @@ def test_mismatched_levels_are_named():
     with pytest.raises(ValueError, match="level 1 has 960 objectness values but 480 anchors"):
         rpn_proposals(logits, deltas, [anchors[0], anchors[1][:480]] + anchors[2:],
                       np.array([PADDED]))
+
+
+@pytest.mark.parametrize("ours, grids", [(FPN_ANCHORS, GRIDS),
+                                         (MOBILENET_ANCHORS, [(8, 10), (4, 5), (2, 3)])])
+def test_anchors_equal_torchvisions_rpn_generators(ours, grids):
+    """The ResNet-FPN models' _default_anchorgen and the MobileNet models' generator, bitwise."""
+    theirs = (faster_rcnn._default_anchorgen() if ours is FPN_ANCHORS else
+              anchor_utils.AnchorGenerator(((32, 64, 128, 256, 512),) * 3, ((0.5, 1.0, 2.0),) * 3))
+    feats = [torch.zeros(1, 1, h, w) for h, w in grids]
+    want = theirs(ImageList(torch.zeros(1, 3, *PADDED), [PADDED]), feats)[0].numpy()
+    np.testing.assert_array_equal(np.concatenate(ours(PADDED, grids)), want)
+    assert ours.num_anchors_per_location() == theirs.num_anchors_per_location()

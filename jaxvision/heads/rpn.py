@@ -22,6 +22,8 @@ from jaxvision.layers import Conv2d
 # torchvision's AnchorGenerator of the FPN Faster R-CNNs (_default_anchorgen): one size per
 # level, three aspect ratios
 FPN_ANCHORS = ops.AnchorGenerator(((32,), (64,), (128,), (256,), (512,)), ((0.5, 1.0, 2.0),) * 5)
+# fasterrcnn_mobilenet_v3_large(_320)_fpn's: all five sizes at each of its three levels
+MOBILENET_ANCHORS = ops.AnchorGenerator(((32, 64, 128, 256, 512),) * 3, ((0.5, 1.0, 2.0),) * 3)
 _normal = nn.initializers.normal(0.01)
 
 
