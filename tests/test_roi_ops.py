@@ -157,3 +157,15 @@ def test_multiscale_roi_align_equals_torchvision_on_fpn_levels():
     assert _record("MultiScaleRoIAlign", np.abs(got - _per_image(want)).max()) <= 1e-5
     with pytest.raises(ValueError, match=r"features lack \['3'\]"):
         ours({k: v for k, v in feats.items() if k != "3"}, boxes, (200, 256))
+
+
+def test_bfloat16_maps_keep_float32_sample_positions():
+    """bfloat16 maps give bfloat16 outputs and gradients within bfloat16 rounding of float32's:
+    the sample positions stay float32 (in bfloat16 a 60-pixel map would move samples by up to a
+    quarter pixel)."""
+    feats = np.random.default_rng(0).normal(size=(1, 50, 60, 4)).astype(np.float32)
+    boxes = jnp.array([[[10.3, 20.7, 150.1, 180.9], [200.2, 3.3, 239.9, 60.6]]])
+    fn = jax.jit(lambda f: roi_align(f, boxes, 7, 0.25, 2))
+    low, full = fn(jnp.asarray(feats, jnp.bfloat16)), fn(feats)
+    assert low.dtype == jnp.bfloat16
+    assert np.abs(np.asarray(low, np.float32) - full).max() < 2e-2

@@ -104,7 +104,7 @@ def _bilinear_sum(table, rows, cols, wy, wx):
     """Sum over the grid of the bilinear samples: (K, oh, ow, C).  One gather per neighbour,
     added elementwise, so XLA fuses them all into one loop (no (K, samples, C) buffer)."""
     def body(iy, ix, acc):
-        terms = [weight[..., None] * table[index]
+        terms = [weight[..., None].astype(table.dtype) * table[index]
                  for index, weight in _corners(rows, cols, wy, wx, iy, ix)]
         return acc + (((terms[0] + terms[1]) + terms[2]) + terms[3])
 
@@ -124,7 +124,7 @@ def _bilinear_sum_bwd(res, grad):
 
     def body(iy, ix, acc):
         for index, weight in _corners(rows, cols, wy, wx, iy, ix):
-            acc = acc.at[index].add(weight[..., None] * grad)
+            acc = acc.at[index].add(weight[..., None].astype(grad.dtype) * grad)
         return acc
 
     g = _over_samples(rows.shape[2], cols.shape[2], body, jnp.zeros(shape, grad.dtype))
@@ -141,9 +141,11 @@ def sample_roi_grid(table, base, height, width, boxes, scale, output_size, sampl
     ``height[k]`` x ``width[k]`` map whose pixel (0, 0) is row ``base[k]``, with box
     ``boxes[k]`` (xyxy) times ``scale[k]``.  Returns (K, oh, ow, C)."""
     oh, ow = output_size
-    boxes = jax.lax.stop_gradient(boxes.astype(table.dtype))
+    # sample positions and weights in float32 whatever the maps' dtype (bfloat16 would move
+    # samples by whole pixels on a large map)
+    boxes = jax.lax.stop_gradient(boxes.astype(jnp.float32))
     offset = 0.5 if aligned else 0.0
-    scaled = boxes * jnp.asarray(scale, table.dtype)[..., None]
+    scaled = boxes * jnp.asarray(scale, jnp.float32)[..., None]
     x1, y1, x2, y2 = (rounded(scaled[:, j], scaled[:, j]) - offset for j in range(4))
     roi_w, roi_h = x2 - x1, y2 - y1
     if not aligned:  # malformed RoIs become 1x1
@@ -156,7 +158,7 @@ def sample_roi_grid(table, base, height, width, boxes, scale, output_size, sampl
         grid_h = jnp.ceil(bin_h).astype(jnp.int32)
         grid_w = jnp.ceil(bin_w).astype(jnp.int32)
         my, mx = max_sampling
-    count = jnp.maximum(grid_h * grid_w, 1).astype(table.dtype)
+    count = jnp.maximum(grid_h * grid_w, 1).astype(table.dtype)  # divides the maps' dtype
     ys, wy = _axis(y1, bin_h, grid_h, oh, my, height)  # (K, oh, my, 2)
     xs, wx = _axis(x1, bin_w, grid_w, ow, mx, width)  # (K, ow, mx, 2)
     rows = base[:, None, None, None] + ys * width[:, None, None, None]  # (K, oh, my, 2)
