@@ -160,7 +160,7 @@ def test_multiscale_roi_align_equals_torchvision_on_fpn_levels():
 
 
 def test_bfloat16_maps_keep_float32_sample_positions():
-    """bfloat16 maps give bfloat16 outputs and gradients within bfloat16 rounding of float32's:
+    """bfloat16 maps give bfloat16 outputs within bfloat16 rounding of float32's:
     the sample positions stay float32 (in bfloat16 a 60-pixel map would move samples by up to a
     quarter pixel)."""
     feats = np.random.default_rng(0).normal(size=(1, 50, 60, 4)).astype(np.float32)
