@@ -12,9 +12,10 @@ from torchvision.models.detection.image_list import ImageList
 import jax
 import jax.numpy as jnp
 
-from jaxvision.heads.rpn import FPN_ANCHORS, MOBILENET_ANCHORS, RPNHead, rpn_proposals
+from jaxvision.heads.rpn import (FPN_ANCHORS, MOBILENET_ANCHORS, RPNHead, rpn_loss,
+                                 rpn_proposals, rpn_targets, sample_labels)
 
-from det_helpers import randomize_, run_both
+from det_helpers import random_targets, randomize_, run_both
 
 PADDED = (128, 160)
 IMAGE_SIZES = [(128, 160), (100, 150)]
@@ -85,3 +86,56 @@ def test_anchors_equal_torchvisions_rpn_generators(ours, grids):
     want = theirs(ImageList(torch.zeros(1, 3, *PADDED), [PADDED]), feats)[0].numpy()
     np.testing.assert_array_equal(np.concatenate(ours(PADDED, grids)), want)
     assert ours.num_anchors_per_location() == theirs.num_anchors_per_location()
+
+
+def test_targets_sampler_and_losses_equal_torchvision():
+    """Labels and regression targets of every anchor (the second image has no ground truth),
+    the sampler's counts, and both losses when torchvision is handed the same sampled anchors
+    (its own sampler draws from torch's generator)."""
+    torch.manual_seed(3)
+    thead = randomize_(tv_rpn.RPNHead(C, 3), scale=0.1)
+    trpn = tv_rpn.RegionProposalNetwork(faster_rcnn._default_anchorgen(), thead, 0.7, 0.3, 256,
+                                        0.5, dict(training=2000, testing=1000),
+                                        dict(training=2000, testing=1000), 0.7)
+    rng = np.random.default_rng(3)
+    feats = [rng.normal(size=(2, h, w, C)).astype(np.float32) for h, w in GRIDS]
+    targets, boxes, _, valid = random_targets(rng, (4, 0), 5, 100, 12, 60)
+    (logits, deltas), (tlogits, tdeltas) = run_both(RPNHead(3), thead, feats)
+    images = ImageList(torch.zeros(2, 3, *PADDED), IMAGE_SIZES)
+    tanchors = trpn.anchor_generator(images, [torch.zeros(1, 1, h, w) for h, w in GRIDS])
+    want_labels, matched = trpn.assign_targets_to_anchors(tanchors, targets)
+    want_targets = trpn.box_coder.encode(matched, tanchors)
+    anchors = np.concatenate(FPN_ANCHORS(PADDED, GRIDS))
+    labels, reg = jax.jit(rpn_targets)(anchors, boxes, valid)
+    np.testing.assert_array_equal(labels, np.stack([l.numpy() for l in want_labels]))
+    pos = np.asarray(labels) == 1
+    assert pos[0].sum() >= 4 and not pos[1].any()
+    np.testing.assert_allclose(np.asarray(reg)[0][pos[0]], want_targets[0].numpy()[pos[0]],
+                               atol=1e-5)
+
+    positive, negative = jax.jit(sample_labels)(jax.random.key(0), labels)
+    positive, negative = np.array(positive), np.array(negative)
+    lab = np.asarray(labels)
+    for i in range(2):
+        n_pos = min(128, (lab[i] == 1).sum())
+        assert positive[i].sum() == n_pos and (lab[i][positive[i]] == 1).all()
+        assert negative[i].sum() == min(256 - n_pos, (lab[i] == 0).sum())
+        assert (lab[i][negative[i]] == 0).all()
+    other = np.asarray(jax.jit(sample_labels)(jax.random.key(1), labels)[1])
+    assert not np.array_equal(other, negative)  # another key, another draw
+
+    trpn.fg_bg_sampler = lambda _: ([torch.from_numpy(m) for m in positive],
+                                    [torch.from_numpy(m) for m in negative])
+    with torch.no_grad():
+        obj, pred = tv_rpn.concat_box_prediction_layers(tlogits, tdeltas)
+        want = trpn.compute_loss(obj, pred, want_labels, want_targets)
+    got = jax.jit(rpn_loss)(logits, deltas, labels, reg, positive, negative)
+    print(f"\nRPN losses: ours {[float(v) for v in got.values()]}, torch "
+          f"{[float(v) for v in want]}")
+    np.testing.assert_allclose(float(got["loss_objectness"]), float(want[0]), rtol=1e-5)
+    np.testing.assert_allclose(float(got["loss_rpn_box_reg"]), float(want[1]), rtol=1e-5)
+    # the image without ground truth has -inf targets (as torchvision's): no NaN gradient
+    assert np.isinf(np.asarray(reg)[1]).any()
+    grads = jax.jit(jax.grad(lambda d: sum(rpn_loss(logits, d, labels, reg, positive,
+                                                    negative).values())))(deltas)
+    assert all(np.isfinite(np.asarray(g)).all() for g in grads)
