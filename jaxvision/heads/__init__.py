@@ -1,2 +1,2 @@
 """Task heads: segmentation (FCN, DeepLabV3, DeepLabV3+, LR-ASPP) and detection (RetinaNet,
-FCOS, SSD, YOLO)."""
+FCOS, SSD, YOLO, the RPN of two-stage detectors)."""
