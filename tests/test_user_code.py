@@ -1,5 +1,7 @@
 """jaxvision modules inside a user's own Linen and NNX code: exports, submodule names, weights
 placed into a sub-tree, the NNX bridge's training step, and the examples/ scripts."""
+import importlib
+import math
 import os
 
 import flax.linen as nn
@@ -182,3 +184,15 @@ def test_nnx_training_step_equals_the_linen_step():
     with pytest.raises(ValueError, match=r"variables do not fit _Small.*head"):
         to_nnx(model, x, rngs=nnx.Rngs(0), variables={**v0, "params": {
             **v0["params"], "head": {"kernel": jnp.zeros((2, 3)), "bias": jnp.zeros(3)}}})
+
+
+@pytest.mark.parametrize("script", ["custom_head_linen", "custom_head_nnx",
+                                    "finetune_torchvision"])
+def test_examples_run(script, monkeypatch, capsys):
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "examples"))
+    result = importlib.import_module(script).main(["--tiny"])
+    losses = result[0]
+    assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
+    assert "loss" in capsys.readouterr().out
+    if script == "finetune_torchvision":
+        assert len(result[2].loaded) == 100
