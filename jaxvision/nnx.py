@@ -40,10 +40,11 @@ def to_nnx(model: nn.Module, sample, *, rngs: nnx.Rngs,
     if variables is not None:
         fresh = nnx.state(out, nnx.Not(nnx.RngState))
         given = nnx.State(bridge_variables.linen_vars_to_nnx_attrs(dict(variables)))
-        shapes = lambda s: {k: getattr(v, "shape", None) for k, v in s.flat_state()}
+        shapes = lambda s: {k: (type(v).__name__, getattr(v, "shape", None))
+                             for k, v in nnx.to_flat_state(s)}
         if shapes(fresh) != shapes(given):
             diff = sorted(set(shapes(fresh).items()) ^ set(shapes(given).items()), key=str)
-            raise ValueError(f"variables do not fit {type(model).__name__}: (path, shape) "
+            raise ValueError(f"variables do not fit {type(model).__name__}: (path, (kind, shape)) "
                              f"differing: {diff[:5]}{' ...' if len(diff) > 5 else ''}")
         nnx.update(out, given)
     return out
