@@ -16,9 +16,6 @@ import jaxvision as jv
 from jaxvision.convert import store
 from jaxvision.convert.merge import ConversionError
 
-torch = pytest.importorskip("torch")
-torchvision = pytest.importorskip("torchvision")
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -65,6 +62,8 @@ class _Net(nn.Module):
 
 @pytest.fixture(scope="module")
 def placed(tmp_path_factory):
+    torch = pytest.importorskip("torch")
+    torchvision = pytest.importorskip("torchvision")
     tmp = tmp_path_factory.mktemp("place")
     torch.manual_seed(0)
     paths = {}
@@ -73,6 +72,7 @@ def placed(tmp_path_factory):
         torch.save(getattr(torchvision.models, name)().state_dict(), paths[name])
     mine = jax.jit(lambda: _Net().init(jax.random.key(1), jnp.zeros((1, 32, 32, 3))))()
     _, ref = jv.create_model("resnet18", pretrained=paths["resnet18"], features_only=True)
+    assert _same(jv.load_pretrained("resnet18", paths["resnet18"], features_only=True), ref)
     return tmp, paths, mine, ref
 
 
@@ -115,7 +115,7 @@ def test_place_pretrained_refuses_weights_or_trees_of_another_model(placed):
 
 def test_place_pretrained_partial_keeps_the_users_values(placed):
     _, paths, mine, ref = placed
-    sd = torch.load(paths["resnet18"])
+    sd = dict(pytest.importorskip("torch").load(paths["resnet18"]))
     del sd["layer4.1.conv2.weight"]
     with pytest.raises(ConversionError, match=r"the state_dict -> backbone \(resnet18\)[\s\S]*"
                                               r"1 missing[^:]*:\n  params/layer4_1/conv2/kernel"):
@@ -189,6 +189,8 @@ def test_nnx_training_step_equals_the_linen_step():
 @pytest.mark.parametrize("script", ["custom_head_linen", "custom_head_nnx",
                                     "finetune_torchvision"])
 def test_examples_run(script, monkeypatch, capsys):
+    if script == "finetune_torchvision":
+        pytest.importorskip("torchvision")
     monkeypatch.syspath_prepend(os.path.join(ROOT, "examples"))
     result = importlib.import_module(script).main(["--tiny"])
     losses = result[0]
