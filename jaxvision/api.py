@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax.linen import module as flax_module
 
-from jaxvision.convert import merge, store
+from jaxvision.convert import merge, store, timm_hub
 from jaxvision.convert import torchvision as tv
 from jaxvision.registry import get_spec
 
@@ -56,18 +56,30 @@ def init_variables(model, name: str, rng=None, abstract: bool = False):
     return dict(jax.eval_shape(init, rng, x) if abstract else init(rng, x))
 
 
+def weights_file(name: str, source):
+    """``source``, with a ``timm:ARCH.TAG`` name fetched to its local file (for model ``name``
+    only: timm's resnet50 weights do not go into a resnext)."""
+    if not timm_hub.is_timm(source):
+        return source
+    _, mapped = timm_hub.parse(source)
+    if mapped != name:
+        raise merge.ConversionError(f"{source}: weights for jaxvision's {mapped!r}, not {name!r}")
+    return timm_hub.fetch(source)[0]
+
+
 def load_pretrained(name: str, state_dict: Any, /, strict: bool = True, *, model=None,
                     return_report: bool = False, **model_kwargs):
     """Flax variables for model ``name`` from a torchvision state_dict.
 
-    ``state_dict``: a mapping of tensors/arrays, a torch module, or a ``.pth`` path.
+    ``state_dict``: a mapping of tensors/arrays, a torch module, a ``.pth`` or ``.safetensors``
+    path, or timm's weights by name (``timm:resnet50.a1_in1k``).
     ``strict=True`` demands that every tensor and every model variable find its partner with the
     same shape; ``strict=False`` loads what fits and keeps the model's initial values for the
     rest (e.g. a new head).  A ``features_only`` model ignores the classifier's tensors.
     """
     spec = get_spec(name)
     model = build_model(name, **model_kwargs) if model is None else model
-    sd = tv.as_state_dict(state_dict)
+    sd = tv.as_state_dict(weights_file(name, state_dict))
     if spec.adapt_state_dict is not None:
         sd = spec.adapt_state_dict(dict(sd), model)
     target = init_variables(model, name, abstract=strict)
@@ -77,6 +89,18 @@ def load_pretrained(name: str, state_dict: Any, /, strict: bool = True, *, model
                            allow_unexpected=bool(getattr(model, "features_only", False)),
                            shown_shape=tv.torch_shape)
     return (variables, report) if return_report else variables
+
+
+def torch_state_dict(name: str, variables: Mapping, model=None, **model_kwargs) -> dict:
+    """The inverse of ``load_pretrained``: torchvision's state_dict (numpy arrays, torch's key
+    names and layouts) of model ``name``'s variables, with the buffers torchvision stores and
+    jaxvision computes added back, so that torchvision's model loads it with strict=True."""
+    spec = get_spec(name)
+    state_dict = tv.to_state_dict(variables)
+    if spec.export_state_dict is not None:
+        model = build_model(name, **model_kwargs) if model is None else model
+        state_dict = spec.export_state_dict(state_dict, model)
+    return state_dict
 
 
 def _from_store(name: str, path, model, strict: bool):
@@ -109,4 +133,4 @@ def create_model(name: str, /, num_classes: Optional[int] = None, pretrained=Non
         return model
     if os.path.isdir(os.fspath(pretrained)):
         return model, _from_store(name, pretrained, model, strict)
-    return model, load_pretrained(name, tv.load_state_dict(pretrained), strict, model=model)
+    return model, load_pretrained(name, pretrained, strict, model=model)

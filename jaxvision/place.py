@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence, Union
 
 from flax import traverse_util
 
-from jaxvision.api import build_model, init_variables
+from jaxvision.api import build_model, init_variables, weights_file
 from jaxvision.convert import merge, store
 from jaxvision.convert import torchvision as tv
 from jaxvision.registry import get_spec
@@ -88,7 +88,7 @@ def _fill(name: str, source: Any, model, target: Mapping, strict: bool, report: 
             raise merge.ConversionError(f"holds weights for {meta.get('model')!r}, not {name!r}")
         return merge.fill(target, merge.flatten(saved), {}, report, strict,
                           allow_unexpected=features_only)
-    sd = tv.as_state_dict(source)
+    sd = tv.as_state_dict(weights_file(name, source))
     spec = get_spec(name)
     if spec.adapt_state_dict is not None:
         sd = spec.adapt_state_dict(dict(sd), model)
@@ -105,9 +105,9 @@ def place_pretrained(variables: Mapping, path: Union[str, Sequence[str]], name: 
 
     ``variables``: the user's own variables (``model.init(...)``), holding ``create_model(name,
     **model_kwargs)`` as the submodule at ``path`` ("backbone", or "encoder/backbone" for a
-    nested one) in every collection it has (``params``, ``batch_stats``).  ``source``: a
-    torchvision ``.pth`` file, a torch module, a state_dict, or a directory written by
-    ``jaxvision convert``.  ``model_kwargs`` (``features_only=True``, ``out_indices``, ...)
+    nested one) in every collection it has (``params``, ``batch_stats``).  ``source``: what
+    ``load_pretrained`` reads (a torchvision ``.pth`` or ``.safetensors`` file, a torch module, a
+    state_dict, ``timm:ARCH.TAG``) or a directory written by ``jaxvision convert``.  ``model_kwargs`` (``features_only=True``, ``out_indices``, ...)
     describe the submodule as it was created.  Strict by default: a leaf of the sub-tree without
     a tensor of its name and shape is a :class:`~jaxvision.convert.merge.ConversionError` naming
     ``source``; ``strict=False`` keeps the user's values for those.  A ``features_only``

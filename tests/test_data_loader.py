@@ -36,19 +36,23 @@ def test_train_loader_deterministic_and_infinite():
     assert not np.array_equal(c["image"], next(iter(data.train_loader(seed=5)))["image"])
 
 
-def test_iterator_state_round_trip():
-    data = build_data(_cfg(), "resnet18")
-    it = iter(data.train_loader(seed=1))
-    for _ in range(5):
+def check_resume(data, seed, skip):
+    """A loader restored from its state after ``skip`` batches goes on with the same ones."""
+    it = iter(data.train_loader(seed=seed))
+    for _ in range(skip):
         next(it)
     state = it.get_state()
     after = [next(it) for _ in range(3)]
-    fresh = iter(data.train_loader(seed=1))
+    fresh = iter(data.train_loader(seed=seed))
     fresh.set_state(state)
     for want in after:
         got = next(fresh)
         np.testing.assert_array_equal(got["image"], want["image"])
         np.testing.assert_array_equal(got["label"], want["label"])
+
+
+def test_iterator_state_round_trip():
+    check_resume(build_data(_cfg(), "resnet18"), 1, 5)
 
 
 @pytest.mark.parametrize("process_count", [1, 2])

@@ -332,3 +332,54 @@ def test_export_writes_the_best_weights_as_a_loadable_directory(base_run, tmp_pa
     loaded, loaded_vars = jv.create_model("resnet18", pretrained=str(out))
     assert loaded.num_classes == meta["num_classes"]
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(variables), loaded_vars)
+
+
+def test_export_safetensors_loads_into_torchvision_with_the_same_logits(base_run, tmp_path):
+    """A model trained here leaves in torchvision's key names: torchvision's resnet18 loads it
+    with strict=True and gives jaxvision's logits."""
+    import safetensors.torch
+    import torch
+    import torchvision
+
+    from jaxvision.cli import main as cli_main
+    from jaxvision.train.restore import load_run
+
+    out = tmp_path / "run.safetensors"
+    assert cli_main(["export", "--workdir", str(base_run), "--format", "safetensors",
+                     str(out)]) == 0
+    _, meta, model, variables, _ = load_run(str(base_run))
+    tmodel = torchvision.models.resnet18(num_classes=meta["num_classes"]).eval()
+    tmodel.load_state_dict(safetensors.torch.load_file(out), strict=True)
+    x = np.random.default_rng(0).standard_normal((2, 32, 32, 3)).astype(np.float32)
+    with torch.no_grad():
+        want = tmodel(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
+    np.testing.assert_allclose(model.apply(variables, x, train=False), want, atol=1e-4)
+
+
+def test_export_stablehlo_runs_in_a_process_without_jaxvision(base_run, tmp_path):
+    """The exported forward, run by the directory's own loader with jax alone, at two batch
+    sizes (the batch dimension is symbolic), equals model.apply. (No GPU here to run the cuda
+    lowering on.)"""
+    from jaxvision.cli import main as cli_main
+    from jaxvision.convert import store
+    from jaxvision.train.restore import load_run
+
+    out = tmp_path / "hlo"
+    assert cli_main(["export", "--workdir", str(base_run), "--format", "stablehlo",
+                     "--platforms", "cpu,cuda", str(out)]) == 0
+    meta = store.read_meta(out)
+    assert meta["input"]["shape"] == ["batch", 32, 32, 3] and meta["preprocessing"]["std"]
+    assert meta["platforms"] == ["cpu", "cuda"]  # lowered for a GPU too, run here on the CPU
+    rng = np.random.default_rng(0)
+    for b in (1, 3):
+        np.save(tmp_path / f"x{b}.npy", rng.standard_normal((b, 32, 32, 3)).astype(np.float32))
+    code = (f"import sys, numpy as np; sys.path.insert(0, {str(out)!r}); import run\n"
+            f"for b in (1, 3):\n"
+            f"    np.save({str(tmp_path)!r} + f'/y{{b}}.npy', "
+            f"np.asarray(run.run(np.load({str(tmp_path)!r} + f'/x{{b}}.npy'))))\n"
+            f"assert not {{'jaxvision', 'flax', 'torch'}} & set(sys.modules), sorted(sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path, timeout=300)
+    _, _, model, variables, _ = load_run(str(base_run))
+    for b in (1, 3):
+        want = model.apply(variables, np.load(tmp_path / f"x{b}.npy"), train=False)
+        np.testing.assert_allclose(np.load(tmp_path / f"y{b}.npy"), want, atol=1e-5)

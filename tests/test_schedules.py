@@ -149,10 +149,17 @@ def _recipe(name):
 
 
 @pytest.mark.parametrize("name,epoch_lrs", [
-    # torchvision: StepLR(30, 0.1) over 90 epochs from 0.1
-    ("resnet50", {0: 0.1, 29: 0.1, 30: 0.01, 59: 0.01, 60: 1e-3, 89: 1e-3}),
+    # torchvision's V2: LinearLR(0.01, 5) then CosineAnnealingLR(T_max=595) from 0.5
+    ("resnet50", {0: 0.5 * 0.01, 2: 0.5 * (0.01 + 0.99 * 2 / 5), 5: 0.5,
+                  300: 0.5 * (1 + np.cos(np.pi * 295 / 595)) / 2,
+                  599: 0.5 * (1 + np.cos(np.pi * 594 / 595)) / 2}),
     # StepLR(1, 0.98) from 0.045
     ("mobilenet_v2", {0: 0.045, 1: 0.045 * 0.98, 299: 0.045 * 0.98 ** 299}),
+    # StepLR(2, 0.973) from 0.064
+    ("mobilenet_v3_large", {0: 0.064, 1: 0.064, 2: 0.064 * 0.973, 599: 0.064 * 0.973 ** 299}),
+    # the V2 family: LinearLR(0.01, 5) then CosineAnnealingLR(T_max=595)
+    ("efficientnet_v2_s", {0: 0.005, 5: 0.5, 599: 0.5 * (1 + np.cos(np.pi * 594 / 595)) / 2}),
+    ("convnext_tiny", {0: 1e-5, 5: 1e-3, 599: 1e-3 * (1 + np.cos(np.pi * 594 / 595)) / 2}),
     # LinearLR(0.033, 30) then CosineAnnealingLR(T_max=270) from 0.003
     ("vit_b_16", {0: 0.003 * 0.033, 15: 0.003 * (0.033 + 0.967 * 0.5), 30: 0.003,
                   165: 0.0015, 299: 0.003 * (1 + np.cos(np.pi * 269 / 270)) / 2}),
@@ -171,3 +178,37 @@ def test_imagenet_recipes_load_and_follow_torchvision(name, epoch_lrs):
     params = {"w": np.zeros((2, 2), np.float32)}
     tx = optim.build_optimizer(c.optimizer, sched, params)
     tx.init(params)
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v3_large", "efficientnet_v2_s", "convnext_tiny",
+                                  "vit_b_16"])
+@pending_tfds
+def test_recipes_build_their_transforms(name):
+    from jaxvision.data import build_data
+
+    d = _recipe(name).data
+    d.source = "shapes"
+    d.shapes.num_train = 512
+    transform = build_data(d, name).train_transform()
+    assert transform.policy.interpolation == "bilinear"
+
+
+@pending_tfds
+def test_resnet50_recipe_carries_torchvisions_v2_flags():
+    from jaxvision.data import build_data
+    from jaxvision.train.loop import ema_rule
+
+    c = _recipe("resnet50")
+    d, a, t = c.data, c.data.augment, c.train
+    assert (d.batch_size, d.image_size, d.resize_size, d.eval_image_size) == (1024, 176, 232, 224)
+    assert (a.policy, a.random_erasing, d.repeated_augment) == ("trivialaugment", 0.1, 4)
+    assert (t.mixup_alpha, t.cutmix_alpha, t.label_smoothing, t.epochs) == (0.2, 1.0, 0.1, 600)
+    assert (c.optimizer.weight_decay, c.optimizer.wd_exclude_norm_bias) == (2e-5, True)
+    rule = ema_rule(c, IMAGENET_TRAIN // d.batch_size)
+    assert rule.reference and rule.every == 32 and rule.warmup_epochs == 5
+    # the policy and erasing build from these fields (shapes stand in for ImageNet)
+    d.source = "shapes"
+    d.shapes.num_train = 512
+    transform = build_data(d, "resnet50").train_transform()
+    assert type(transform.policy).__name__ == "TrivialAugmentWide"
+    assert transform.policy.interpolation == "bilinear" and transform.erasing.p == 0.1

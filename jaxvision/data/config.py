@@ -6,15 +6,32 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.source = "shapes"  # shapes | imagefolder | voc | coco | tfds
     c.image_size = 224
     c.resize_size = ml_collections.FieldReference(None, field_type=int)  # None: from the model
+    # classification's eval crop (torchvision's --val-crop-size); None: image_size
+    c.eval_image_size = ml_collections.FieldReference(None, field_type=int)
     c.mean = ml_collections.FieldReference(None, field_type=tuple)  # None: the model's
     c.std = ml_collections.FieldReference(None, field_type=tuple)
     c.interpolation = "bilinear"
     c.batch_size = 64  # global
     c.eval_batch_size = 128
     c.num_workers = 0
+    # classification: torchvision's repeated-augmentation sampler (--ra-sampler --ra-reps K):
+    # K copies of each image per epoch, spread over the processes; 0: off
+    c.repeated_augment = 0
     c.seed = 0
+    # classification train transforms, in torchvision's order: RandomResizedCrop, flip, one
+    # policy (None | autoaugment | randaugment | trivialaugment | augmix, its parameters below,
+    # resampling with data.interpolation as torchvision's presets do), then after normalising
+    # RandomErasing with probability random_erasing (value 0, or N(0, 1) noise with
+    # random_erasing_noise: torchvision's value="random")
     c.augment = ml_collections.ConfigDict(dict(
-        random_resized_crop=True, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), hflip=True))
+        random_resized_crop=True, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), hflip=True,
+        policy=ml_collections.FieldReference(None, field_type=str),
+        autoaugment=dict(policy="imagenet"),  # imagenet | cifar10 | svhn
+        randaugment=dict(num_ops=2, magnitude=9, num_magnitude_bins=31),
+        trivialaugment=dict(num_magnitude_bins=31),
+        augmix=dict(severity=3, mixture_width=3, chain_depth=-1, alpha=1.0, all_ops=True),
+        random_erasing=0.0, random_erasing_scale=(0.02, 0.33),
+        random_erasing_ratio=(0.3, 3.3), random_erasing_noise=False))
     # segmentation (task="segmentation"): image_size is the train crop, resize_size the base
     # size; train resizes the shorter side to a random size in scale_range * base, eval to base
     c.segmentation = ml_collections.ConfigDict(dict(

@@ -9,7 +9,10 @@ import numpy as np
 
 from jaxvision.data import transforms as T
 from jaxvision.data.det_transforms import DetEvalTransform, DetTrainTransform
+from jaxvision.data.erasing import RandomErasing
 from jaxvision.data.errors import DataError
+from jaxvision.data.policies import build_policy
+from jaxvision.data.repeated_sampler import RepeatedAugmentSampler
 from jaxvision.data.shapes import ShapesSource
 from jaxvision.data.workers import ExitWithParent
 
@@ -42,6 +45,11 @@ class Data:
         """Corrupt image files skipped so far (image folders with skip_corrupt) in this process."""
         return sum(getattr(s, "num_skipped", 0) for s in (self.train_source, self.val_source))
 
+    @property
+    def eval_image_size(self) -> int:
+        """The classification eval crop: data.eval_image_size, else the train crop."""
+        return self.cfg.get("eval_image_size") or self.cfg.image_size
+
     def _local_batch(self, batch_size, process_count):
         if batch_size % process_count:
             raise DataError(f"data.batch_size {batch_size} is not divisible by the number of "
@@ -53,9 +61,16 @@ class Data:
         if c.batch_size > self.num_train:
             raise DataError(f"data.batch_size {c.batch_size} exceeds the {self.num_train} "
                             "training examples")
-        sampler = grain.samplers.IndexSampler(
-            self.num_train, grain.sharding.ShardOptions(process_index, process_count, True),
-            shuffle=True, num_epochs=None, seed=seed)
+        shards = grain.sharding.ShardOptions(process_index, process_count, True)
+        if c.get("repeated_augment", 0):
+            try:
+                sampler = RepeatedAugmentSampler(self.num_train, c.repeated_augment, shards,
+                                                 seed)
+            except ValueError as e:
+                raise DataError(f"data.repeated_augment: {e}") from None
+        else:
+            sampler = grain.samplers.IndexSampler(self.num_train, shards, shuffle=True,
+                                                  num_epochs=None, seed=seed)
         ops = [self.train_transform(),
                grain.transforms.Batch(self._local_batch(c.batch_size, process_count),
                                       drop_remainder=True)]
@@ -86,8 +101,16 @@ class Data:
             return T.SegTrainTransform(c.image_size, self.resize_size, tuple(s.scale_range),
                                        s.hflip, c.interpolation)
         a = c.augment
+        erasing = None
+        if a.random_erasing:
+            try:
+                erasing = RandomErasing(a.random_erasing, tuple(a.random_erasing_scale),
+                                        tuple(a.random_erasing_ratio))
+            except ValueError as e:
+                raise DataError(f"data.augment.random_erasing: {e}") from None
         return T.TrainTransform(c.image_size, a.random_resized_crop, tuple(a.scale),
-                                tuple(a.ratio), a.hflip, c.interpolation)
+                                tuple(a.ratio), a.hflip, c.interpolation,
+                                build_policy(a, c.interpolation), erasing)
 
     def eval_transform(self):
         c = self.cfg
@@ -100,7 +123,7 @@ class Data:
         if self.task == "segmentation":
             canvas = c.segmentation.eval_size or max(c.image_size, self.resize_size)
             return T.SegEvalTransform(self.resize_size, canvas, c.interpolation)
-        return T.EvalTransform(c.image_size, self.resize_size, c.interpolation)
+        return T.EvalTransform(self.eval_image_size, self.resize_size, c.interpolation)
 
     def check_targets(self, num_classes: int, log=print) -> None:
         """Before training: one DataError if the data holds class ids a head of

@@ -89,11 +89,17 @@ def random_resized_crop_box(rng: np.random.Generator, w: int, h: int, scale, rat
 
 
 class TrainTransform(grain.transforms.RandomMap):
+    """torchvision's ClassificationPresetTrain up to the tensor: RandomResizedCrop, horizontal
+    flip, then an augmentation policy (``jaxvision.data.policies``); with ``erasing`` the
+    example also carries the RandomErasing box that the step paints after normalising."""
+
     def __init__(self, image_size, random_resized_crop=True, scale=(0.08, 1.0),
-                 ratio=(3 / 4, 4 / 3), hflip=True, interpolation="bilinear"):
+                 ratio=(3 / 4, 4 / 3), hflip=True, interpolation="bilinear", policy=None,
+                 erasing=None):
         self.size = image_size
         self.rrc, self.scale, self.ratio, self.hflip = random_resized_crop, scale, ratio, hflip
         self.interpolation = interpolation
+        self.policy, self.erasing = policy, erasing
 
     def random_map(self, example, rng: np.random.Generator):
         img = to_rgb(example["image"])
@@ -108,7 +114,12 @@ class TrainTransform(grain.transforms.RandomMap):
         image = np.asarray(img)
         if self.hflip and rng.random() < 0.5:
             image = np.ascontiguousarray(image[:, ::-1])
-        return {"image": image, "label": example["label"]}
+        if self.policy is not None:
+            image = self.policy(image, rng)
+        out = {"image": image, "label": example["label"]}
+        if self.erasing is not None:
+            out["erase"] = self.erasing.box(rng, *image.shape[:2])
+        return out
 
 
 class EvalTransform(grain.transforms.Map):

@@ -40,7 +40,19 @@ def check_model(config) -> None:
 
 
 def build_task(config, num_classes: int) -> Task:
-    return TASKS[task_name(config)].from_config(config, num_classes)
+    name = task_name(config)
+    if name != "classification":
+        t, a = config.train, config.data.augment
+        used = {"train.mixup_alpha": t.get("mixup_alpha", 0.0),
+                "train.cutmix_alpha": t.get("cutmix_alpha", 0.0),
+                "data.augment.policy": a.get("policy"),
+                "data.augment.random_erasing": a.get("random_erasing", 0.0),
+                "data.repeated_augment": config.data.get("repeated_augment", 0)}
+        for field, value in used.items():
+            if value:
+                raise ValueError(f"{field}={value!r} is a classification augmentation; task "
+                                 f"{name!r} does not use it (set it to 0 / None)")
+    return TASKS[name].from_config(config, num_classes)
 
 
 __all__ = ["TASKS", "Task", "Classification", "Detection", "Segmentation", "build_task",

@@ -40,6 +40,11 @@ class Task:
         """The model's outputs on ``batch`` that ``loss`` (train) or ``eval_sums`` read."""
         return model.apply(variables, batch["image"], train=train, **apply_kwargs)
 
+    def train_batch(self, batch, key):
+        """The normalised train batch after the task's batch-level augmentation (``key``: the
+        step's rng for it); none by default."""
+        return batch
+
     def loss(self, outputs, batch):
         """(scalar loss, dict of metric sums) of a train-mode forward pass on ``batch``."""
         raise NotImplementedError
@@ -69,7 +74,8 @@ class Task:
         return {}
 
     def predict(self, model, variables, paths, data, **options) -> list[str]:
-        """``jaxvision predict``: a printable line per image (and files it writes)."""
+        """``jaxvision predict``: a printable line per image (and files it writes); the
+        ``conv_lowering`` option is the run's (``layers.lowering.jit``)."""
         raise NotImplementedError
 
     def lr_multipliers(self, params):

@@ -7,7 +7,9 @@ import numpy as np
 import optax
 from PIL import Image, ImageDraw
 
+from jaxvision.layers import lowering
 from jaxvision.tasks.base import Task, read_image
+from jaxvision.tasks.batch_mix import check_alpha, erase, mix_batch
 
 # Aux-head loss weights of the models that have them, keyed by the outputs tuple they return in
 # train mode: GoogLeNet's paper (and torchvision's port) weighs its two aux heads 0.3 each,
@@ -34,18 +36,50 @@ class Classification(Task):
     best_mode = "max"
     meta_keys = ("model", "num_classes")
 
-    def __init__(self, num_classes: int, label_smoothing: float = 0.0):
+    def __init__(self, num_classes: int, label_smoothing: float = 0.0, mixup_alpha: float = 0.0,
+                 cutmix_alpha: float = 0.0, mix_prob: float = 1.0, erasing_noise: bool = False):
         self.num_classes, self.label_smoothing = int(num_classes), float(label_smoothing)
+        check_alpha("train.mixup_alpha", mixup_alpha)
+        check_alpha("train.cutmix_alpha", cutmix_alpha)
+        if not 0.0 <= mix_prob <= 1.0:
+            raise ValueError(f"train.mix_prob must be in [0, 1], got {mix_prob}")
+        self.mixup_alpha, self.cutmix_alpha = float(mixup_alpha), float(cutmix_alpha)
+        self.mix_prob, self.erasing_noise = float(mix_prob), bool(erasing_noise)
 
     @classmethod
     def from_config(cls, config, num_classes):
-        return cls(num_classes, config.train.label_smoothing)
+        t = config.train
+        return cls(num_classes, t.label_smoothing, t.get("mixup_alpha", 0.0),
+                   t.get("cutmix_alpha", 0.0), t.get("mix_prob", 1.0),
+                   config.data.augment.get("random_erasing_noise", False))
+
+    def train_batch(self, batch, key):
+        """After normalising: the workers' RandomErasing boxes, then MixUp / CutMix, whose
+        soft targets (``target``) the loss then reads instead of the labels."""
+        k_erase, k_mix = jax.random.split(key)
+        images = batch["image"]
+        if "erase" in batch:
+            images = erase(images, batch["erase"], k_erase if self.erasing_noise else None)
+        if self.mixup_alpha <= 0 and self.cutmix_alpha <= 0:
+            return {**batch, "image": images}
+        targets = jax.nn.one_hot(batch["label"], self.num_classes, dtype=jnp.float32)
+        images, targets = mix_batch(k_mix, images, targets, self.mixup_alpha,
+                                    self.cutmix_alpha, self.mix_prob)
+        return {**batch, "image": images, "target": targets}
 
     def loss(self, outputs, batch):
+        """Cross-entropy against the one-hot labels, or the soft ``target`` of MixUp/CutMix,
+        smoothed as torch's ``CrossEntropyLoss(label_smoothing)`` smooths probabilities:
+        ``(1 - eps) * target + eps / classes``. Accuracy counts the target's largest class, as
+        torchvision's reference does."""
         logits, aux = split_outputs(outputs)
-        labels = batch["label"]
-        targets = optax.smooth_labels(jax.nn.one_hot(labels, self.num_classes),
-                                      self.label_smoothing)
+        if "target" in batch:
+            soft = batch["target"]
+            labels = jnp.argmax(soft, -1)
+        else:
+            labels = batch["label"]
+            soft = jax.nn.one_hot(labels, self.num_classes)
+        targets = optax.smooth_labels(soft, self.label_smoothing)
         ce = lambda z: optax.softmax_cross_entropy(z.astype(jnp.float32), targets).mean()
         loss = ce(logits)
         for w, a in aux:
@@ -85,16 +119,18 @@ class Classification(Task):
             tiles.append(np.asarray(canvas))
         return tiles
 
-    def predict(self, model, variables, paths, data, topk: int = 5, **_):
+    def predict(self, model, variables, paths, data, topk: int = 5, conv_lowering=None, **_):
         """``path: name prob, ...`` for the top-k classes of each image."""
         from jaxvision.data.transforms import eval_image
         from jaxvision.train.normalize import normalize
 
         c = data.cfg
-        images = [eval_image(read_image(p), c.image_size, data.resize_size, c.interpolation)
+        images = [eval_image(read_image(p), data.eval_image_size, data.resize_size,
+                             c.interpolation)
                   for p in paths]
-        outputs = model.apply(variables, normalize(np.stack(images), data.mean, data.std),
-                              train=False)
+        fwd = lowering.jit(lambda v, x: model.apply(v, normalize(x, data.mean, data.std),
+                                                    train=False), conv_lowering)
+        outputs = fwd(variables, np.stack(images))
         probs = np.asarray(jax.nn.softmax(split_outputs(outputs)[0], -1))
         k = min(topk, probs.shape[-1])
         names = data.class_names

@@ -22,7 +22,14 @@ def default_config() -> ml_collections.ConfigDict:
     c.freeze = default_freeze_config()
     c.train = ml_collections.ConfigDict(dict(
         epochs=1, steps=0, seed=0, label_smoothing=0.0, grad_accum_steps=1,
-        ema_decay=ml_collections.FieldReference(None, float), log_every=50, eval_every_epochs=1))
+        # classification: MixUp / CutMix on the device (0: off; both set: one per batch),
+        # applied to a batch with probability mix_prob
+        mixup_alpha=0.0, cutmix_alpha=0.0, mix_prob=1.0,
+        # EMA of the weights and BatchNorm statistics (evaluated and checkpointed when on),
+        # updated every ema_steps batches; ema_reference: torchvision's reference rule (decay
+        # adjusted to batch, ema_steps and epochs; copies during the warm-up; train/ema.py)
+        ema_decay=ml_collections.FieldReference(None, float), ema_steps=1, ema_reference=False,
+        log_every=50, eval_every_epochs=1))
     # best_metric "": the task's (val_top1 / val_miou); best_mode "": the task's for its own
     # metric, else inferred (a metric ending in "loss" is minimised)
     c.checkpoint = ml_collections.ConfigDict(dict(keep=3, best_metric="", best_mode="",
@@ -35,7 +42,8 @@ def default_config() -> ml_collections.ConfigDict:
     # XLA's persistent compilation cache: a directory, "" turns it off
     c.compile_cache = default_compile_cache()
     # how convolutions lower on the CPU: "auto" takes jaxvision.layers.lowering's exact rewrites
-    # where XLA:CPU is slow (several times faster training of small models), "xla" XLA's own,
-    # "" the JAXVISION_LOWERING environment variable's (default "xla")
+    # where XLA:CPU is slow (several times faster training of small models), "xla" XLA's own
+    # convolution everywhere; "" the library's default ("auto", unless the code that calls
+    # train() chose otherwise with lowering.using)
     c.conv_lowering = ""
     return c

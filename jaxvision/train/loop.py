@@ -15,6 +15,7 @@ from jaxvision.layers import lowering
 from jaxvision.tasks import build_task, task_name
 from jaxvision.train import checkpoint, freeze, guards, optim
 from jaxvision.train.config import check_config, save_config
+from jaxvision.train.ema import EmaRule
 from jaxvision.train.guards import NonFiniteLoss  # noqa: F401  (re-exported: cli, tests)
 from jaxvision.train.metrics_log import Logger
 from jaxvision.train.prefetch import DevicePrefetch
@@ -64,8 +65,8 @@ def initial_variables(config, model, num_classes, log=print, task=None):
     if m.pretrained_backbone:
         return backbone_variables(m, model, log)
     size = config.data.image_size
-    return jax.jit(lambda k: model.init(k, jnp.zeros((1, size, size, 3)), train=False))(
-        jax.random.key(config.train.seed))
+    return lowering.jit(lambda k: model.init(k, jnp.zeros((1, size, size, 3)), train=False),
+                        config.get("conv_lowering"))(jax.random.key(config.train.seed))
 
 
 def backbone_variables(m, model, log=print):
@@ -109,13 +110,18 @@ def evaluate(eval_step, variables, data, mesh, task, return_sums: bool = False):
     return (task.summary(total), total) if return_sums else task.summary(total)
 
 
+def ema_rule(config, steps_per_epoch: int):
+    """The EMA rule of ``config.train`` (None: no EMA); torchvision's reference copies during
+    the schedule's warm-up, counted in epochs."""
+    t, w = config.train, config.schedule.warmup
+    if t.ema_decay is None:
+        return None
+    warm = w.length if w.unit == "epoch" else w.length / max(steps_per_epoch, 1)
+    return EmaRule.from_config(t, config.data.batch_size, steps_per_epoch, warm)
+
+
 def train(config, workdir: str, log=print) -> dict:
     """Trains ``config`` in ``workdir`` (resuming what is there); the final metrics."""
-    with lowering.using(config.get("conv_lowering", "")):
-        return _train(config, workdir, log)
-
-
-def _train(config, workdir: str, log) -> dict:
     check_config(config)
     checkpoint.make_workdir(workdir)
     data = build_data(config.data, config.model.name, task_name(config))
@@ -141,9 +147,9 @@ def _train(config, workdir: str, log) -> dict:
 
     mesh = make_mesh()
     train_step, eval_step = jit_steps(
-        mesh, make_train_step(model, tx, task, ema_decay=t.ema_decay,
+        mesh, make_train_step(model, tx, task, ema_decay=ema_rule(config, steps_per_epoch),
                               accum_steps=t.grad_accum_steps, norm=(data.mean, data.std)),
-        make_eval_step(model, task, norm=(data.mean, data.std)))
+        make_eval_step(model, task, norm=(data.mean, data.std)), config.get("conv_lowering"))
     loader_it = iter(data.train_loader(config.data.seed, jax.process_index(),
                                        jax.process_count()))
     if start:
@@ -203,7 +209,8 @@ def _train(config, workdir: str, log) -> dict:
             if want_eval:
                 results = evaluate(eval_step, state.eval_variables(), data, mesh, task)
                 logger.scalars(done, {f"val/{k[4:]}": v for k, v in results.items()})
-                logger.samples(done, model, state.eval_variables(), data, task)
+                with lowering.using(config.get("conv_lowering")):  # an op-by-op forward
+                    logger.samples(done, model, state.eval_variables(), data, task)
                 log(f"step {done} epoch {epoch}: " + ", ".join(
                     f"{k}={v:.4f}" for k, v in results.items() if k != "val_count"))
             if want_save:

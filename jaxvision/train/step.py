@@ -13,6 +13,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxvision.layers import lowering
+from jaxvision.train.ema import EmaRule
 from jaxvision.train.normalize import normalize_batch
 
 
@@ -41,8 +42,11 @@ def make_train_step(model, tx, task, label_smoothing: float = 0.0, ema_decay=Non
                     accum_steps: int = 1, norm=None):
     """``step(state, batch) -> (state, metric sums)``; ``task`` supplies the loss and its sums
     (an int is a classification task with that many classes and ``label_smoothing``).
-    ``norm = (mean, std)`` normalises the loader's uint8 images on the device."""
+    ``norm = (mean, std)`` normalises the loader's uint8 images on the device; ``ema_decay``
+    is a decay (averaged every step) or a :class:`~jaxvision.train.ema.EmaRule`."""
     task = as_task(task, label_smoothing)
+    # a bare decay: the plain rule, every step
+    ema = EmaRule(float(ema_decay)) if isinstance(ema_decay, (int, float)) else ema_decay
 
     def micro(params, batch_stats, batch, rng):
         def loss_fn(p):
@@ -57,6 +61,8 @@ def make_train_step(model, tx, task, label_smoothing: float = 0.0, ema_decay=Non
     def step(state, batch):
         batch = normalize_batch(batch, norm)
         rng, step_rng = jax.random.split(jax.random.wrap_key_data(state.rng))
+        # its own stream, so a task without batch augmentation draws the dropout it always did
+        batch = task.train_batch(batch, jax.random.fold_in(step_rng, 1))
         if accum_steps == 1:
             grads, stats, loss, sums = micro(state.params, state.batch_stats, batch, step_rng)
         else:
@@ -84,10 +90,10 @@ def make_train_step(model, tx, task, label_smoothing: float = 0.0, ema_decay=Non
         params = optax.apply_updates(state.params, updates)
         new = state.replace(step=state.step + 1, params=params, batch_stats=stats,
                             opt_state=opt_state, rng=jax.random.key_data(rng))
-        if ema_decay is not None:
-            ema = lambda e, p: ema_decay * e + (1 - ema_decay) * p
-            new = new.replace(ema_params=jax.tree.map(ema, state.ema_params, params),
-                              ema_batch_stats=jax.tree.map(ema, state.ema_batch_stats, stats))
+        if ema is not None:
+            new = new.replace(ema_params=ema.update(state.step, state.ema_params, params),
+                              ema_batch_stats=ema.update(state.step, state.ema_batch_stats,
+                                                         stats))
         n = batch["image"].shape[0]
         metrics = {**sums, "loss_sum": loss * n, "count": jnp.float32(n),
                    "grad_norm": optax.tree.norm(grads), "steps": jnp.float32(1)}
@@ -108,14 +114,15 @@ def make_eval_step(model, task, norm=None):
     return step
 
 
-def jit_steps(mesh: Mesh, train_step, eval_step):
+def jit_steps(mesh: Mesh, train_step, eval_step, conv_lowering=None):
+    """The jitted steps; ``conv_lowering`` (a run's config field; None or "": the library's
+    default) is how their convolutions lower on the CPU (``layers.lowering``)."""
     repl = NamedSharding(mesh, P())
     data = NamedSharding(mesh, P("data"))
-    opts = lowering.compiler_options()
-    train = jax.jit(train_step, in_shardings=(repl, data), out_shardings=(repl, repl),
-                    donate_argnums=0, compiler_options=opts)
-    evaluate = jax.jit(eval_step, in_shardings=(repl, data), out_shardings=repl,
-                       compiler_options=opts)
+    train = lowering.jit(train_step, conv_lowering, in_shardings=(repl, data),
+                         out_shardings=(repl, repl), donate_argnums=0)
+    evaluate = lowering.jit(eval_step, conv_lowering, in_shardings=(repl, data),
+                            out_shardings=repl)
     return train, evaluate
 
 
