@@ -6,13 +6,14 @@ from typing import Any, Mapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+from flax.linen import module as flax_module
 
 from jaxvision.convert import merge, store, timm_hub
 from jaxvision.convert import torchvision as tv
 from jaxvision.registry import get_spec
 
 
-def build_model(name: str, num_classes: Optional[int] = None, dtype: Any = jnp.float32,
+def build_model(name: str, /, num_classes: Optional[int] = None, dtype: Any = jnp.float32,
                 features_only: bool = False, out_indices: Optional[Sequence[int]] = None,
                 **model_kwargs):
     spec = get_spec(name)
@@ -25,7 +26,20 @@ def build_model(name: str, num_classes: Optional[int] = None, dtype: Any = jnp.f
         kwargs["num_classes"] = num_classes
     if out_indices is not None:
         kwargs["out_indices"] = tuple(out_indices)
-    return spec.builder(dtype=dtype, features_only=features_only, **kwargs)
+    # Flax parents a module to whichever compact method is running when it is constructed: built
+    # inside a user's module, a composed model's parts (a segmenter's backbone) would hang on the
+    # user's module instead of the model.  Build detached, then attach the whole under `name`.
+    module_name = kwargs.pop("name", None)
+    stack = flax_module._context.module_stack
+    parent = stack[-1]
+    stack.append(None)
+    try:
+        model = spec.builder(dtype=dtype, features_only=features_only, **kwargs)
+    finally:
+        stack.pop()
+    if parent is None and module_name is None:
+        return model
+    return model.clone(parent=parent, name=module_name)
 
 
 def dummy_input(model, name: str, batch: int = 1):
@@ -53,7 +67,7 @@ def weights_file(name: str, source):
     return timm_hub.fetch(source)[0]
 
 
-def load_pretrained(name: str, state_dict: Any, strict: bool = True, *, model=None,
+def load_pretrained(name: str, state_dict: Any, /, strict: bool = True, *, model=None,
                     return_report: bool = False, **model_kwargs):
     """Flax variables for model ``name`` from a torchvision state_dict.
 
@@ -101,12 +115,16 @@ def _from_store(name: str, path, model, strict: bool):
                       allow_unexpected=bool(getattr(model, "features_only", False)))
 
 
-def create_model(name: str, num_classes: Optional[int] = None, pretrained=None,
+def create_model(name: str, /, num_classes: Optional[int] = None, pretrained=None,
                  dtype: Any = jnp.float32, features_only: bool = False,
                  out_indices: Optional[Sequence[int]] = None, strict: bool = True,
                  **model_kwargs):
     """A ``flax.linen.Module`` for ``name``; with ``pretrained`` (a torchvision ``.pth`` file or a
-    directory written by ``jaxvision convert``), ``(module, variables)``."""
+    directory written by ``jaxvision convert``), ``(module, variables)``.
+
+    ``name`` is positional-only, so ``name=`` is Flax's submodule name: inside a user's
+    ``nn.compact`` method, ``create_model("resnet18", features_only=True, name="backbone")`` puts
+    the model's variables under ``params/backbone`` (see :func:`jaxvision.place_pretrained`)."""
     if pretrained is not None and store.is_store(pretrained) and num_classes is None:
         saved_kwargs: Mapping = store.read_meta(pretrained).get("model_kwargs", {})
         num_classes = saved_kwargs.get("num_classes")
