@@ -25,6 +25,4 @@ def get_config():
     c.schedule.warmup.update(length=30, unit="step", method="linear", start_factor=0.1)
     c.train.update(epochs=6, log_every=16, eval_every_epochs=2)
     c.checkpoint.keep = 2
-    # XLA:CPU's convolutions are slow on these small maps; jaxvision's exact rewrites are not
-    c.conv_lowering = "auto"
     return c

@@ -6,13 +6,14 @@ from typing import Any, Mapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+from flax.linen import module as flax_module
 
-from jaxvision.convert import merge, store
+from jaxvision.convert import merge, store, timm_hub
 from jaxvision.convert import torchvision as tv
 from jaxvision.registry import get_spec
 
 
-def build_model(name: str, num_classes: Optional[int] = None, dtype: Any = jnp.float32,
+def build_model(name: str, /, num_classes: Optional[int] = None, dtype: Any = jnp.float32,
                 features_only: bool = False, out_indices: Optional[Sequence[int]] = None,
                 **model_kwargs):
     spec = get_spec(name)
@@ -25,7 +26,20 @@ def build_model(name: str, num_classes: Optional[int] = None, dtype: Any = jnp.f
         kwargs["num_classes"] = num_classes
     if out_indices is not None:
         kwargs["out_indices"] = tuple(out_indices)
-    return spec.builder(dtype=dtype, features_only=features_only, **kwargs)
+    # Flax parents a module to whichever compact method is running when it is constructed: built
+    # inside a user's module, a composed model's parts (a segmenter's backbone) would hang on the
+    # user's module instead of the model.  Build detached, then attach the whole under `name`.
+    module_name = kwargs.pop("name", None)
+    stack = flax_module._context.module_stack
+    parent = stack[-1]
+    stack.append(None)
+    try:
+        model = spec.builder(dtype=dtype, features_only=features_only, **kwargs)
+    finally:
+        stack.pop()
+    if parent is None and module_name is None:
+        return model
+    return model.clone(parent=parent, name=module_name)
 
 
 def dummy_input(model, name: str, batch: int = 1):
@@ -42,18 +56,30 @@ def init_variables(model, name: str, rng=None, abstract: bool = False):
     return dict(jax.eval_shape(init, rng, x) if abstract else init(rng, x))
 
 
-def load_pretrained(name: str, state_dict: Any, strict: bool = True, *, model=None,
+def weights_file(name: str, source):
+    """``source``, with a ``timm:ARCH.TAG`` name fetched to its local file (for model ``name``
+    only: timm's resnet50 weights do not go into a resnext)."""
+    if not timm_hub.is_timm(source):
+        return source
+    _, mapped = timm_hub.parse(source)
+    if mapped != name:
+        raise merge.ConversionError(f"{source}: weights for jaxvision's {mapped!r}, not {name!r}")
+    return timm_hub.fetch(source)[0]
+
+
+def load_pretrained(name: str, state_dict: Any, /, strict: bool = True, *, model=None,
                     return_report: bool = False, **model_kwargs):
     """Flax variables for model ``name`` from a torchvision state_dict.
 
-    ``state_dict``: a mapping of tensors/arrays, a torch module, or a ``.pth`` path.
+    ``state_dict``: a mapping of tensors/arrays, a torch module, a ``.pth`` or ``.safetensors``
+    path, or timm's weights by name (``timm:resnet50.a1_in1k``).
     ``strict=True`` demands that every tensor and every model variable find its partner with the
     same shape; ``strict=False`` loads what fits and keeps the model's initial values for the
     rest (e.g. a new head).  A ``features_only`` model ignores the classifier's tensors.
     """
     spec = get_spec(name)
     model = build_model(name, **model_kwargs) if model is None else model
-    sd = tv.as_state_dict(state_dict)
+    sd = tv.as_state_dict(weights_file(name, state_dict))
     if spec.adapt_state_dict is not None:
         sd = spec.adapt_state_dict(dict(sd), model)
     target = init_variables(model, name, abstract=strict)
@@ -63,6 +89,18 @@ def load_pretrained(name: str, state_dict: Any, strict: bool = True, *, model=No
                            allow_unexpected=bool(getattr(model, "features_only", False)),
                            shown_shape=tv.torch_shape)
     return (variables, report) if return_report else variables
+
+
+def torch_state_dict(name: str, variables: Mapping, model=None, **model_kwargs) -> dict:
+    """The inverse of ``load_pretrained``: torchvision's state_dict (numpy arrays, torch's key
+    names and layouts) of model ``name``'s variables, with the buffers torchvision stores and
+    jaxvision computes added back, so that torchvision's model loads it with strict=True."""
+    spec = get_spec(name)
+    state_dict = tv.to_state_dict(variables)
+    if spec.export_state_dict is not None:
+        model = build_model(name, **model_kwargs) if model is None else model
+        state_dict = spec.export_state_dict(state_dict, model)
+    return state_dict
 
 
 def _from_store(name: str, path, model, strict: bool):
@@ -77,12 +115,16 @@ def _from_store(name: str, path, model, strict: bool):
                       allow_unexpected=bool(getattr(model, "features_only", False)))
 
 
-def create_model(name: str, num_classes: Optional[int] = None, pretrained=None,
+def create_model(name: str, /, num_classes: Optional[int] = None, pretrained=None,
                  dtype: Any = jnp.float32, features_only: bool = False,
                  out_indices: Optional[Sequence[int]] = None, strict: bool = True,
                  **model_kwargs):
     """A ``flax.linen.Module`` for ``name``; with ``pretrained`` (a torchvision ``.pth`` file or a
-    directory written by ``jaxvision convert``), ``(module, variables)``."""
+    directory written by ``jaxvision convert``), ``(module, variables)``.
+
+    ``name`` is positional-only, so ``name=`` is Flax's submodule name: inside a user's
+    ``nn.compact`` method, ``create_model("resnet18", features_only=True, name="backbone")`` puts
+    the model's variables under ``params/backbone`` (see :func:`jaxvision.place_pretrained`)."""
     if pretrained is not None and store.is_store(pretrained) and num_classes is None:
         saved_kwargs: Mapping = store.read_meta(pretrained).get("model_kwargs", {})
         num_classes = saved_kwargs.get("num_classes")
@@ -91,4 +133,4 @@ def create_model(name: str, num_classes: Optional[int] = None, pretrained=None,
         return model
     if os.path.isdir(os.fspath(pretrained)):
         return model, _from_store(name, pretrained, model, strict)
-    return model, load_pretrained(name, tv.load_state_dict(pretrained), strict, model=model)
+    return model, load_pretrained(name, pretrained, strict, model=model)

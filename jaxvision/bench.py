@@ -17,6 +17,7 @@ tfds or ml_collections), so it runs on an accelerator box without the data stack
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import time
 
@@ -61,8 +62,9 @@ def parse_args(argv=None):
     p.add_argument("--compile-only", action="store_true",
                    help="jax side only: build and compile the train step, report its time, stop")
     p.add_argument("--lowering", choices=("auto", "xla"), default="auto",
-                   help="jaxvision's CPU convolution lowering (a run's config.conv_lowering; "
-                        "'xla' is XLA's own convolution everywhere, the library default)")
+                   help="jaxvision's CPU convolution lowering (a run's config.conv_lowering): "
+                        "'auto', the library default, or 'xla', XLA's own convolution "
+                        "everywhere")
     p.add_argument("--json", default="", help="also write the results to this JSON file")
     a = p.parse_args(argv)
     for field in ("batch", "image_size", "steps", "num_classes"):
@@ -121,7 +123,6 @@ def bench_jax(a):
 
     from jaxvision.layers import lowering
 
-    lowering.set_mode(a.lowering)
     device = jax.devices("cpu" if a.device == "cpu" else None)[0]
     dtype = jnp.bfloat16 if a.dtype == "bfloat16" else jnp.float32
     spec = jv.model_info(a.model)
@@ -136,13 +137,13 @@ def bench_jax(a):
     from jax.sharding import NamedSharding, PartitionSpec as P
 
     repl, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-    variables = jax.jit(lambda k: model.init(k, jnp.zeros((1, *images.shape[1:])),
-                                             train=False), out_shardings=repl)(
-        jax.random.key(0))
+    # the device's platform, not the default backend's: --device cpu on a GPU machine
+    jit = functools.partial(lowering.jit, conv_lowering=a.lowering, platform=device.platform)
+    variables = jit(lambda k: model.init(k, jnp.zeros((1, *images.shape[1:])), train=False),
+                    out_shardings=repl)(jax.random.key(0))
     state = TrainState.create(variables, tx, seed=0, ema=False)
-    opts = lowering.compiler_options(device.platform)
-    step = jax.jit(make_train_step(model, tx, a.num_classes), in_shardings=(repl, data),
-                   out_shardings=(repl, repl), donate_argnums=0, compiler_options=opts)
+    step = jit(make_train_step(model, tx, a.num_classes), in_shardings=(repl, data),
+               out_shardings=(repl, repl), donate_argnums=0)
 
     t = time.perf_counter()
     lowered = step.lower(state, batch)
@@ -161,7 +162,7 @@ def bench_jax(a):
     cores = {}
     train_s = _timed(train_once, max(a.warmup, 1), a.steps, sync, cores, "train_cores_busy")
 
-    infer = jax.jit(lambda v, x: model.apply(v, x, train=False), compiler_options=opts)
+    infer = jit(lambda v, x: model.apply(v, x, train=False))
     v = {"params": holder[0].params, "batch_stats": holder[0].batch_stats}
     if not v["batch_stats"]:
         v.pop("batch_stats")

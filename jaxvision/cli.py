@@ -45,26 +45,15 @@ def _convert(args):
 
 
 def _export(args):
-    """The best checkpoint's eval weights (EMA if used), loadable with create_model(pretrained=)."""
-    from jaxvision.convert import store
-    from jaxvision.data.loader import preprocessing as run_preprocessing
-    from jaxvision.tasks import task_name
-    from jaxvision.train.restore import load_run
+    from jaxvision.train import export
 
-    store.check_destination(args.out_dir)
-    config, meta, model, variables, step = load_run(args.workdir)
-    d = config.data
-    # what the run's eval transform used, without reading the data, which may be gone by now
-    mean, std, resize = run_preprocessing(d, config.model.name, task_name(config))
-    preprocessing = {"resize_size": int(resize), "crop_size": int(d.image_size),
-                     "interpolation": d.interpolation,
-                     "mean": [float(m) for m in mean], "std": [float(s) for s in std],
-                     "from": f"the config of the run in {args.workdir}"}
-    out = store.save(args.out_dir, config.model.name, variables,
-                     {"num_classes": meta["num_classes"], **config.model.kwargs.to_dict()},
-                     extra={"source": f"{args.workdir} step {step}",
-                            "preprocessing": preprocessing, "categories": meta["class_names"]})
-    print(f"wrote {out} (step {step})")
+    export.check_destination(args.format, args.out)
+    item = (export.from_workdir(args.workdir) if args.workdir
+            else export.from_weights_dir(args.weights))
+    platforms = tuple(args.platforms.split(",")) if args.platforms else None
+    out = export.write(item, args.format, args.out, platforms=platforms)
+    print(f"wrote {out} " + (f"(step {item.step})" if item.step is not None
+                             else f"(from {args.weights})"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,9 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("info", help="a model's spec as JSON")
     s.add_argument("name")
     s.set_defaults(fn=_info)
-    s = sub.add_parser("convert", help="torchvision .pth -> jaxvision weights directory")
+    s = sub.add_parser("convert", help="torchvision .pth or .safetensors -> jaxvision weights "
+                                       "directory")
     s.add_argument("name")
-    s.add_argument("src", help="torchvision state_dict file (.pth)")
+    s.add_argument("src", help="torchvision state_dict file (.pth, or .safetensors in "
+                               "torchvision's key names)")
     s.add_argument("out_dir", help="directory to create (must not exist or be empty)")
     s.add_argument("--num-classes", type=int, default=None)
     s.add_argument("--partial", action="store_true",
@@ -89,9 +80,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--categories", default=None,
                    help="'imagenet' (shipped) or a text file with one class name per line")
     s.set_defaults(fn=_convert)
-    s = sub.add_parser("export", help="a run's best weights -> jaxvision weights directory")
-    s.add_argument("--workdir", required=True)
-    s.add_argument("out_dir", help="directory to create (must not exist or be empty)")
+    s = sub.add_parser("export", help="a run's best weights (or a converted directory) -> a "
+                                      "jaxvision weights directory or torchvision .safetensors")
+    source = s.add_mutually_exclusive_group(required=True)
+    source.add_argument("--workdir", help="a train workdir (its best checkpoint, EMA if used)")
+    source.add_argument("--weights", help="a directory from 'jaxvision convert' or 'export'")
+    s.add_argument("--format", choices=("dir", "safetensors", "stablehlo"), default="dir",
+                   help="dir: a jaxvision weights directory (default); safetensors: one file in "
+                        "torchvision's key names, for torch's load_state_dict(strict=True); "
+                        "stablehlo: the eval forward (jax.export, symbolic batch) + weights + "
+                        "a loader that needs only jax")
+    s.add_argument("--platforms", default=None,
+                   help="stablehlo: the platforms to lower for, e.g. cpu,cuda (default: this "
+                        "machine's)")
+    s.add_argument("out", help="directory (dir, stablehlo) or file (safetensors) to create; "
+                               "never overwritten")
     s.set_defaults(fn=_export)
     for name in TRAIN_COMMANDS:
         sub.add_parser(name, help=f"{name} (see 'jaxvision {name} --help')", add_help=False)

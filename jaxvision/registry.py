@@ -68,6 +68,9 @@ class ModelSpec:
     default_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     # (state_dict, model) -> state_dict: per-family fix-ups before the generic key mapping
     adapt_state_dict: Optional[Callable[[dict, Any], dict]] = None
+    # (state_dict, model) -> state_dict: adds back, on export, the buffers torchvision stores
+    # that adapt_state_dict dropped because jaxvision computes them
+    export_state_dict: Optional[Callable[[dict, Any], dict]] = None
     notes: str = ""
 
     @property

@@ -9,12 +9,22 @@ It is set up before collection, because jax decides once per process, at its fir
 whether a cache is in use. Workers and subprocesses find it through the environment:
 ``XDG_CACHE_HOME`` (the CLI's default ``config.compile_cache``) and ``JAX_COMPILATION_CACHE_DIR``
 (a process that calls ``train`` directly).
+
+The convolutions a test traces itself lower by XLA's own op (``layers.lowering.using("xla")``)
+unless the test is marked ``default_lowering``: the library's CPU default, the exact rewrites,
+makes models' graphs compile 1.3-2x slower (resnet50's gradient at 64 px: 13 -> 17 s), and a
+parity test's point is the model's sums. The rewrites' own tests, the engine's (whose configs
+choose for themselves) and one parity test per rewrite on a representative family are marked;
+``JAXVISION_TEST_LOWERING=auto`` runs every test on the default (the whole-suite check).
 """
 import os
 import shutil
 import tempfile
 
+import pytest
+
 ENV = "JAXVISION_TEST_CACHE_ROOT"
+LOWERING_ENV = "JAXVISION_TEST_LOWERING"
 
 
 def pytest_configure(config):
@@ -38,3 +48,31 @@ def pytest_unconfigure(config):
     if root:
         shutil.rmtree(root, ignore_errors=True)
         os.environ.pop(ENV, None)
+
+
+@pytest.fixture(autouse=True)
+def conv_lowering(request):
+    """The lowering that this test's own traces get by default: "xla" or the library's."""
+    from jaxvision.layers import lowering  # noqa: PLC0415 (after the cache is configured)
+
+    if (request.node.get_closest_marker("default_lowering")
+            or os.environ.get(LOWERING_ENV) == "auto"):
+        yield lowering.DEFAULT_MODE
+        return
+    with lowering.using("xla"):
+        yield "xla"
+
+
+@pytest.fixture
+def conv_choices(monkeypatch):
+    """The lowering chosen for each convolution traced during the test, in order."""
+    from jaxvision.layers import lowering  # noqa: PLC0415
+
+    seen, choose = [], lowering.choose
+
+    def spy(*args, **kwargs):
+        seen.append(choose(*args, **kwargs))
+        return seen[-1]
+
+    monkeypatch.setattr(lowering, "choose", spy)
+    return seen

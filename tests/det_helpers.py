@@ -5,6 +5,12 @@ import torch
 import jax
 
 from jaxvision.convert import merge, torchvision as tv
+from jaxvision.tasks import detection
+
+# common photo shapes (VGA, and a 333x500 PASCAL-style one): at torchvision's default 800/1333
+# they become 800x1066 and 800x1201, where a float32 scale rule gives 799 rows
+DEFAULT_IMAGES = [np.random.default_rng(10).random((480, 640, 3)).astype(np.float32),
+                  np.random.default_rng(11).random((333, 500, 3)).astype(np.float32)]
 
 
 def nchw(x):
@@ -30,6 +36,15 @@ def run_both(head, thead, feats):
     return jax.jit(head.apply)(variables, feats), want
 
 
+def predict_both(tmodel, model, variables, images):
+    """(jaxvision's ``detection.predict`` from the module alone -- no name: the model carries
+    its preprocessing --, torchvision's eval forward) on ``images`` (HWC [0, 1]), both batching
+    all the images in one call as torchvision pads them together."""
+    with torch.no_grad():
+        want = tmodel.eval()([torch.from_numpy(im.transpose(2, 0, 1).copy()) for im in images])
+    return detection.predict(model, variables, images), want
+
+
 def random_targets(rng, counts, slots, span, min_size, extent, first_label=1, num_labels=5,
                    pad=9.0):
     """Random boxes for len(counts) images: torch's list of target dicts and the padded
@@ -50,10 +65,12 @@ def random_targets(rng, counts, slots, span, min_size, extent, first_label=1, nu
 def assert_detections_match(got, want, score_atol, box_tol):
     """One image's detections (dicts of numpy ``scores``, ``boxes``, ``labels``; ``want`` may be
     torch) equal up to the order of near-tied scores: both sides sort by score, and two boxes
-    whose scores differ by float32 rounding may come out in either order on the two sides."""
+    whose scores differ by float32 rounding may come out in either order on the two sides.
+    Returns the largest (score, box) differences of the pairs it matched."""
     want = {k: np.asarray(v) for k, v in want.items()}
     assert len(got["scores"]) == len(want["scores"]) > 0
     np.testing.assert_allclose(got["scores"], want["scores"], atol=score_atol)
+    score_err, box_err = float(np.abs(got["scores"] - want["scores"]).max()), 0.0
     free = np.ones(len(want["scores"]), bool)
     for i, (score, box, label) in enumerate(zip(got["scores"], got["boxes"], got["labels"])):
         peers = np.flatnonzero(free & (np.abs(want["scores"] - score) <= score_atol)
@@ -64,3 +81,5 @@ def assert_detections_match(got, want, score_atol, box_tol):
         assert dist.min() <= box_tol, (
             f"detection {i}: box {box} vs the nearest of its near-tied peers {want['boxes'][j]}")
         free[j] = False
+        box_err = max(box_err, float(dist.min()))
+    return score_err, box_err

@@ -90,6 +90,8 @@ def teacher_dirs(tmp_path_factory):
 
 def distill_config(teacher_weights, **train_kw):
     c = tiny_config(**{"steps": 24, **train_kw})
+    # its own choice: the module-scoped run and the tests' resumes trace under one lowering
+    c.conv_lowering = "xla"
     c.train.distill.update(teacher="resnet18", teacher_weights=str(teacher_weights),
                            temperature=4.0, alpha=0.5)
     return c

@@ -16,7 +16,7 @@ from jaxvision.train import checkpoint
 from jaxvision.train.cli import main as train_cli
 from jaxvision.train.config import ConfigError, apply_overrides
 from jaxvision.train.loop import NonFiniteLoss, train
-from train_configs import tiny_config
+from train_configs import RESNET18_CONVS, fast_path, tiny_config
 
 HERE = os.path.dirname(__file__)
 
@@ -91,8 +91,14 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
     assert 4 <= step < 400
 
 
-def test_run_writes_config_checkpoints_tensorboard_and_evaluates_every_example(tmp_path):
-    result = train(tiny_config(steps=8), str(tmp_path), log=lambda *a: None)
+@pytest.mark.default_lowering
+def test_run_writes_config_checkpoints_tensorboard_and_evaluates_every_example(tmp_path,
+                                                                               conv_choices):
+    config = tiny_config(steps=8)
+    del config["conv_lowering"]  # a config written without the field
+    result = train(config, str(tmp_path), log=lambda *a: None)
+    # init, the train and eval steps and the TensorBoard samples: all took the CPU rewrites
+    assert len(conv_choices) == 4 * RESNET18_CONVS and fast_path(conv_choices), conv_choices
     assert result["val_count"] == 40  # 40 examples, batches of 16: padded, none dropped
     assert json.load(open(tmp_path / "config.json"))["model"]["name"] == "resnet18"
     assert os.listdir(tmp_path / "tb") and any(f.startswith("events") for f in os.listdir(tmp_path / "tb"))

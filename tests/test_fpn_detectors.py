@@ -1,7 +1,8 @@
 """retinanet_resnet50_fpn (v1, v2) and fcos_resnet50_fpn against torchvision on the same
 random weights: parameter counts, the preprocessed batch, raw head outputs, every loss, and the
-final detections of two images of different sizes and aspects (small min/max sizes keep the CPU
-cost down; the resize rule is the same)."""
+final detections of two images of different sizes and aspects at small min/max sizes (cheap),
+and at torchvision's default 800/1333 on VGA and 333x500 images, where the resize rule decides
+the image sizes and so every box."""
 import numpy as np
 import pytest
 import torch
@@ -18,10 +19,11 @@ import jaxvision as jv
 from jaxvision.models.detection import transform
 from jaxvision.tasks import detection
 
-from det_helpers import assert_detections_match, nchw
+from det_helpers import DEFAULT_IMAGES, assert_detections_match, nchw, predict_both
 from tv_parity import as_float64, assert_parity, randomize_
 
 SIZES = dict(min_size=224, max_size=352)
+DEFAULT_SIZES = dict(min_size=800, max_size=1333)
 IMAGES = [np.random.default_rng(0).random((240, 320, 3)).astype(np.float32),
           np.random.default_rng(1).random((167, 250, 3)).astype(np.float32)]
 BUILDERS = {"retinanet_resnet50_fpn": tv_retina.retinanet_resnet50_fpn,
@@ -49,10 +51,10 @@ def test_param_count_with_published_layout(name):
     assert _count(shapes["params"]) == n_torch == jv.model_info(name).num_params
 
 
-def _pair(name, num_classes=5):
+def _pair(name, num_classes=5, sizes=SIZES):
     torch.manual_seed(0)
     tmodel = BUILDERS[name](weights=None, weights_backbone=None, num_classes=num_classes,
-                            **SIZES)
+                            **sizes)
     randomize_(tmodel.backbone.body, calib_size=(96, 96))
     with torch.no_grad():
         for n, p in tmodel.named_parameters():
@@ -67,7 +69,7 @@ def _pair(name, num_classes=5):
                 if isinstance(m, torch.nn.BatchNorm2d):
                     m.eps = 0.0
     tmodel.eval()
-    model = jv.create_model(name, num_classes=num_classes, **SIZES)
+    model = jv.create_model(name, num_classes=num_classes, **sizes)
     return tmodel, model, jv.load_pretrained(name, tmodel.state_dict(), model=model)
 
 
@@ -140,6 +142,29 @@ def test_detections_equal_torchvision(pair):
     box_tol = 1e-3 if name == "retinanet_resnet50_fpn" else 1e-2
     for g, w in zip(got, want):
         assert_detections_match(g, w, score_atol=2e-5, box_tol=box_tol)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(BUILDERS))
+def test_detections_equal_torchvision_at_default_sizes(name):
+    """predict from the module alone (no name: the model carries its preprocessing) at 800/1333,
+    both images in one batch as torchvision pads them: the same image sizes, padded batch and
+    detections."""
+    tmodel, model, variables = _pair(name, sizes=DEFAULT_SIZES)
+    timgs = [torch.from_numpy(im.transpose(2, 0, 1).copy()) for im in DEFAULT_IMAGES]
+    with torch.no_grad():
+        batch, _ = tmodel.transform(timgs)
+    ours, sizes = model.preprocessing.prepare(DEFAULT_IMAGES)
+    assert [tuple(s) for s in sizes] == [tuple(s) for s in batch.image_sizes] == [(800, 1066),
+                                                                                  (800, 1201)]
+    np.testing.assert_allclose(ours, batch.tensors.numpy().transpose(0, 2, 3, 1), atol=2e-5)
+    got, want = predict_both(tmodel, model, variables, DEFAULT_IMAGES)
+    # torch float32's own distance from float64 grows with the coordinates (up to 1216 px here)
+    box_tol = 2e-3 if name == "retinanet_resnet50_fpn" else 2e-2
+    errs = [assert_detections_match(g, w, score_atol=2e-5, box_tol=box_tol)
+            for g, w in zip(got, want)]
+    print(f"\n{name} at 800/1333: detections {[len(g['scores']) for g in got]}, max score / box "
+          f"error {max(e[0] for e in errs):.3g} / {max(e[1] for e in errs):.3g} px")
 
 
 def test_frozen_stages_follow_trainable_backbone_layers():

@@ -13,6 +13,8 @@ import torch
 from jaxvision.layers import lowering
 from jaxvision.layers.pool import max_pool2d, max_pool2d_first
 
+pytestmark = pytest.mark.default_lowering  # the rewrites' own tests (tests/conftest.py)
+
 
 
 def _grads(impls, x, w, stride, padding, dilation, groups):
@@ -97,7 +99,6 @@ def test_lowering_bfloat16_matches_lax_conv():
 
 
 def test_choice_per_shape(monkeypatch):
-    monkeypatch.setenv("JAXVISION_LOWERING", "auto")
     choose = lambda x, k, s=1, p=1, g=1, backend="cpu": lowering.choose(  # noqa: E731
         x, k, (s, s), (p, p), (1, 1), g, backend)
     eigen = bool(lowering.compiler_options("cpu"))  # the AVX-512 CPU's choices, else AVX-only's
@@ -116,13 +117,8 @@ def test_choice_per_shape(monkeypatch):
     assert choose((8, 56, 56, 64), (1, 1, 64, 256), p=0) == "einsum"
     assert choose((8, 56, 56, 144), (3, 3, 1, 144), g=144) == "taps"
     assert choose((8, 2, 2, 512), (3, 3, 512, 512), backend="gpu") == "xla"
-    monkeypatch.setenv("JAXVISION_LOWERING", "xla")
-    assert choose((8, 2, 2, 512), (3, 3, 512, 512)) == "xla"
-    monkeypatch.delenv("JAXVISION_LOWERING")  # the default: XLA's convolution
-    assert choose((8, 2, 2, 512), (3, 3, 512, 512)) == "xla"
-    monkeypatch.setenv("JAXVISION_LOWERING", "fast")
-    with pytest.raises(ValueError, match="JAXVISION_LOWERING"):
-        choose((8, 2, 2, 512), (3, 3, 512, 512))
+    with lowering.using("xla"):
+        assert choose((8, 2, 2, 512), (3, 3, 512, 512)) == "xla"
 
 
 def test_wrong_lowering_for_the_shape_is_refused():
@@ -223,17 +219,31 @@ def test_the_probe_answers_alike_when_first_asked_inside_a_trace():
     assert seen == [outside]
 
 
-def test_set_mode_overrides_the_environment_and_names_a_bad_value(monkeypatch):
-    monkeypatch.setenv("JAXVISION_LOWERING", "xla")
-    try:
-        lowering.set_mode("auto")
-        assert lowering.rewrites_on("cpu") and not lowering.rewrites_on("gpu")
-        lowering.set_mode("")  # back to the environment's
+def test_the_choice_is_a_scoped_context_and_names_a_bad_value():
+    assert lowering.current("cpu") == ("auto", "cpu")  # the default, with nothing set
+    with lowering.using("xla"):
         assert not lowering.rewrites_on("cpu")
-        with pytest.raises(ValueError, match="conv_lowering must be 'auto', 'xla' or ''"):
-            lowering.set_mode("fast")
-        with lowering.using("auto"):
-            assert lowering.rewrites_on("cpu")
+        with lowering.using(""):  # no choice: the enclosing one
+            assert lowering.current() == ("xla", jax.default_backend())
+        with lowering.using("auto", platform="gpu"):
+            assert not lowering.rewrites_on() and lowering.rewrites_on("cpu")
         assert not lowering.rewrites_on("cpu")
-    finally:
-        lowering.set_mode(None)
+    assert lowering.rewrites_on("cpu") and not lowering.rewrites_on("gpu")
+    with pytest.raises(ValueError, match="conv_lowering must be one of"):
+        with lowering.using("fast"):
+            pass
+    with pytest.raises(ValueError, match="conv_lowering must be one of"):
+        lowering.jit(lambda x: x, "fast")
+
+
+def test_a_jitted_function_keeps_the_choice_it_was_made_with():
+    x, k = jnp.zeros((1, 2, 2, 4)), jnp.zeros((3, 3, 4, 4))
+    conv = lambda x, k: lowering.conv2d(x, k, 1, 1)  # noqa: E731
+    xla = lowering.jit(conv, "xla")
+    with lowering.using("xla"):
+        auto = lowering.jit(conv, "auto")
+        inherited = lowering.jit(conv)
+    # traced outside the blocks they were made in: each still lowers as it was told
+    assert "conv_general_dilated" in str(xla.trace(x, k).jaxpr)
+    assert "conv_general_dilated" not in str(auto.trace(x, k).jaxpr)  # im2col on the CPU
+    assert "conv_general_dilated" in str(inherited.trace(x, k).jaxpr)

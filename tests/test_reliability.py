@@ -332,3 +332,254 @@ def test_export_writes_the_best_weights_as_a_loadable_directory(base_run, tmp_pa
     loaded, loaded_vars = jv.create_model("resnet18", pretrained=str(out))
     assert loaded.num_classes == meta["num_classes"]
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(variables), loaded_vars)
+
+
+def test_export_safetensors_loads_into_torchvision_with_the_same_logits(base_run, tmp_path):
+    """A model trained here leaves in torchvision's key names: torchvision's resnet18 loads it
+    with strict=True and gives jaxvision's logits."""
+    import safetensors.torch
+    import torch
+    import torchvision
+
+    from jaxvision.cli import main as cli_main
+    from jaxvision.train.restore import load_run
+
+    out = tmp_path / "run.safetensors"
+    assert cli_main(["export", "--workdir", str(base_run), "--format", "safetensors",
+                     str(out)]) == 0
+    _, meta, model, variables, _ = load_run(str(base_run))
+    tmodel = torchvision.models.resnet18(num_classes=meta["num_classes"]).eval()
+    tmodel.load_state_dict(safetensors.torch.load_file(out), strict=True)
+    x = np.random.default_rng(0).standard_normal((2, 32, 32, 3)).astype(np.float32)
+    with torch.no_grad():
+        want = tmodel(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
+    np.testing.assert_allclose(model.apply(variables, x, train=False), want, atol=1e-4)
+
+
+def test_export_stablehlo_runs_in_a_process_without_jaxvision(base_run, tmp_path):
+    """The exported forward, run by the directory's own loader with jax alone, at two batch
+    sizes (the batch dimension is symbolic), equals model.apply. (No GPU here to run the cuda
+    lowering on.)"""
+    from jaxvision.cli import main as cli_main
+    from jaxvision.convert import store
+    from jaxvision.train.restore import load_run
+
+    out = tmp_path / "hlo"
+    assert cli_main(["export", "--workdir", str(base_run), "--format", "stablehlo",
+                     "--platforms", "cpu,cuda", str(out)]) == 0
+    meta = store.read_meta(out)
+    assert meta["input"]["shape"] == ["batch", 32, 32, 3] and meta["preprocessing"]["std"]
+    assert meta["platforms"] == ["cpu", "cuda"]  # lowered for a GPU too, run here on the CPU
+    rng = np.random.default_rng(0)
+    for b in (1, 3):
+        np.save(tmp_path / f"x{b}.npy", rng.standard_normal((b, 32, 32, 3)).astype(np.float32))
+    code = (f"import sys, numpy as np; sys.path.insert(0, {str(out)!r}); import run\n"
+            f"for b in (1, 3):\n"
+            f"    np.save({str(tmp_path)!r} + f'/y{{b}}.npy', "
+            f"np.asarray(run.run(np.load({str(tmp_path)!r} + f'/x{{b}}.npy'))))\n"
+            f"assert not {{'jaxvision', 'flax', 'torch'}} & set(sys.modules), sorted(sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path, timeout=300)
+    _, _, model, variables, _ = load_run(str(base_run))
+    for b in (1, 3):
+        want = model.apply(variables, np.load(tmp_path / f"x{b}.npy"), train=False)
+        np.testing.assert_allclose(np.load(tmp_path / f"y{b}.npy"), want, atol=1e-5)
+
+
+def test_bad_val_file_keeps_the_trained_steps_and_the_resume_evaluates_them(tmp_path, capsys):
+    # issue 25.1: evaluation ran before the save, so a truncated val image threw the epoch away
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 11), ("val", 2)):  # 33 train images: an epoch is 4 steps of 8
+        for c in ("a", "b", "c"):
+            os.makedirs(tmp_path / "data" / split / c)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (32, 32, 3), np.uint8)).save(
+                    tmp_path / "data" / split / c / f"{i}.png")
+    bad = tmp_path / "data" / "val" / "b" / "1.png"
+    good = bad.read_bytes()
+    bad.write_bytes(good[:len(good) // 2])
+    workdir = tmp_path / "w"
+    args = ["--config", CONFIG_FILE, "--workdir", str(workdir), "--config.data.source=imagefolder",
+            f"--config.data.imagefolder.root={tmp_path / 'data'}"]
+    assert train_cli("train", args) == 2  # the shared run's 12 steps: its compiled steps
+    out, err = capsys.readouterr()
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert str(bad) in err and "the trained state is saved" in err and "from step 4" in err
+    mgr = checkpoint.manager(str(workdir), read_only=True)
+    assert mgr.all_steps() == [4] and mgr.metrics(4) is None
+    mgr.close()
+    bad.write_bytes(good)
+    assert train_cli("train", args) == 0
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err, err
+    lines = out.splitlines()
+    resumed = lines.index(f"resumed from step 4 in {workdir}")
+    # step 4 is evaluated before training goes on from it
+    assert lines[resumed + 1].startswith("step 4 epoch 1: val_loss=")
+    assert [l.split(":")[0] for l in lines[resumed + 2:] if " epoch " in l] == [
+        "step 8 epoch 2", "step 12 epoch 3"]
+    mgr = checkpoint.manager(str(workdir), read_only=True)
+    metrics = {s: mgr.metrics(s) for s in mgr.all_steps()}
+    assert 12 in metrics and all(m and "val_top1" in m for m in metrics.values()), metrics
+    mgr.close()
+
+
+def test_saves_print_no_missing_metrics_warning(tmp_path, caplog):
+    # issue 25.10: every step is saved before its evaluation: Orbax warned at each save
+    state = {"w": np.ones(3, np.float32)}
+    mgr = checkpoint.manager(str(tmp_path), keep=2, best_metric="val_top1")
+    with caplog.at_level("WARNING"):
+        checkpoint.save(mgr, 1, state, b"{}", {})
+        assert not [r for r in caplog.records if "metrics" in r.getMessage()], caplog.text
+        checkpoint.record_metrics(mgr, 1, {"val_top1": 0.5})
+        checkpoint.save(mgr, 2, state, b"{}", {})
+    assert not caplog.records, caplog.text
+    assert mgr.best_step() == 1 and mgr.metrics(1) == {"val_top1": 0.5}
+    mgr.close()
+
+
+def test_refused_resume_of_a_truncated_step_is_one_line_without_asyncio_noise(base_run, tmp_path):
+    # issue 25.10: the reads still in flight when one failed printed "Event loop is closed" and
+    # "Exception ignored in: <coroutine ...>" tracebacks around the refusal
+    workdir = copy_of(base_run, tmp_path)
+    data = workdir / "checkpoints" / "12" / "state" / "ocdbt.process_0" / "d"
+    for name in os.listdir(data):  # every array file at half its size: many reads fail at once
+        path = data / name
+        with open(path, "r+b") as f:
+            f.truncate(os.path.getsize(path) // 2)
+    for _ in range(2):  # whether reads are still in flight is a race: the noise came 3 in 5
+        proc = cli("train", "--config", CONFIG_FILE, "--workdir", str(workdir))
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 2
+        assert err.startswith("jaxvision train: error: checkpoint step 12 is corrupt"), err
+        assert len(err.strip().splitlines()) == 1, err
+
+
+@pytest.fixture
+def started():
+    """The processes a test starts; those still running at its end are killed."""
+    procs = []
+    yield procs
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+
+
+def _wait_for(condition, procs, timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline and not condition():
+        for p in procs:
+            if p.poll() is not None:
+                return False
+        time.sleep(0.2)
+    return condition()
+
+
+def _steps_logged(workdir):
+    path = workdir / "metrics.jsonl"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [json.loads(l)["step"] for l in lines if "train/loss" in l]
+
+
+def test_second_trainer_on_a_held_workdir_is_refused_and_the_first_finishes(tmp_path, started):
+    # issue 25.2: two trainers on one workdir crashed at the first save or, staggered, both
+    # "succeeded" overwriting each other's checkpoints and logging every step twice
+    workdir = tmp_path / "w"
+    args = ("train", "--config", CONFIG_FILE, "--workdir", str(workdir),
+            "--config.train.steps=400", "--config.train.log_every=1",
+            "--config.train.eval_every_epochs=1000", "--config.checkpoint.save_every_steps=2")
+    together = [cli(*args), cli(*args)]
+    started += together
+    assert _wait_for(lambda: any(p.poll() is not None for p in together), [], 300)
+    loser = next(p for p in together if p.poll() is not None)
+    winner = next(p for p in together if p is not loser)
+    err = loser.communicate(timeout=60)[1]
+    holder = (rf"{re.escape(str(workdir))}: in use by another trainer \(pid {winner.pid} on "
+              r"host \S+, started \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC\)")
+    assert loser.returncode == 2 and re.fullmatch(r"jaxvision train: error: " + holder +
+                                                  r"; wait for it to end or use another "
+                                                  r"--workdir\n", err), err
+    # staggered: the second trainer comes once the first has checkpoints
+    assert _wait_for(lambda: (workdir / "checkpoints" / "2").is_dir(), [winner]), \
+        winner.communicate()[1][-3000:]
+    late = cli(*args)
+    started.append(late)
+    err = late.communicate(timeout=300)[1]
+    assert late.returncode == 2 and re.match("jaxvision train: error: " + holder, err), err
+    assert len(err.splitlines()) == 1
+    assert winner.poll() is None, "the first trainer did not outlive the refused one"
+    winner.send_signal(signal.SIGTERM)
+    out, err = winner.communicate(timeout=300)
+    assert winner.returncode == 0, err[-3000:]
+    assert "stopped by signal" in out and "Traceback" not in err and "WARNING" not in err, err
+    steps = _steps_logged(workdir)
+    assert steps == list(range(1, len(steps) + 1))  # every step once
+    ckpts = os.listdir(workdir / "checkpoints")
+    assert all(p.isdigit() for p in ckpts), ckpts  # no half-written step left
+    assert not (workdir / "train.lock").exists()
+
+
+def _segments_of(pid):
+    from jaxvision.data import workers
+
+    return [n for n in os.listdir("/dev/shm") if n.startswith(workers.segment_prefix(pid))]
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="POSIX shared memory is listed in "
+                    "/dev/shm on Linux only")
+def test_killed_process_group_leaves_no_shared_memory_and_a_normal_exit_no_warning(tmp_path,
+                                                                                   started):
+    # issue 25.6: `kill -9 -- -PGID` left grain's prefetched batches in /dev/shm for good, and
+    # every normal exit warned of leaked shared_memory objects
+    workdir = tmp_path / "w"
+    args = ("train", "--config", CONFIG_FILE, "--workdir", str(workdir),
+            "--config.data.num_workers=1", "--config.train.log_every=1")
+    victim = cli(*args, "--config.train.steps=400", start_new_session=True)
+    started.append(victim)
+    assert _wait_for(lambda: _steps_logged(workdir) and _segments_of(victim.pid), [victim]), \
+        victim.communicate()[1][-3000:]
+    os.killpg(victim.pid, signal.SIGKILL)  # the trainer, its worker and the resource tracker
+    victim.wait()
+    left = _segments_of(victim.pid)
+    assert left, "precondition: the killed run left segments behind"
+    # a new start (no checkpoint was saved) of the shared run's config: its compiled steps
+    resumed = cli(*args)
+    started.append(resumed)
+    out, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err[-3000:]
+    assert f"removed {len(left)} shared memory segments" in out
+    assert "Traceback" not in err and "leaked" not in err and "WARNING" not in err, err
+    assert not _segments_of(victim.pid) and not _segments_of(resumed.pid)
+
+
+def test_workdir_lock_without_flock_takes_over_a_dead_holder_only(tmp_path, monkeypatch):
+    # where the filesystem has no flock the holder's record is the lock: a record whose process
+    # is gone from this host is stale; a live or another host's holder is named
+    import fcntl
+    import socket
+
+    from jaxvision.train import workdir_lock
+
+    def no_flock(fd, op):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    lock = tmp_path / workdir_lock.NAME
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    host = socket.gethostname()
+    lock.write_text(json.dumps({"pid": gone.pid, "host": host, "started": "then"}))
+    with workdir_lock.hold(str(tmp_path)):
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+        with pytest.raises(workdir_lock.WorkdirLocked, match=f"pid {os.getpid()} on host"):
+            with workdir_lock.hold(str(tmp_path)):
+                pass
+    assert not lock.exists()
+    for pid, on in ((os.getppid(), host), (gone.pid, "elsewhere")):
+        lock.write_text(json.dumps({"pid": pid, "host": on, "started": "then"}))
+        with pytest.raises(workdir_lock.WorkdirLocked,
+                           match=f"pid {pid} on host {on}.*if that run is gone, remove {lock}"):
+            with workdir_lock.hold(str(tmp_path)):
+                pass

@@ -11,7 +11,8 @@ import jax.numpy as jnp
 
 import jaxvision as jv
 
-from det_helpers import nchw, random_targets
+from det_helpers import (DEFAULT_IMAGES, assert_detections_match, nchw, predict_both,
+                         random_targets)
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +70,18 @@ def test_anchors_and_detections_equal(pair):
         np.testing.assert_allclose(got["scores"][i, :n], d["scores"].numpy(), atol=1e-5)
         np.testing.assert_allclose(got["boxes"][i, :n], d["boxes"].numpy(), atol=1e-3)
         np.testing.assert_array_equal(got["labels"][i, :n], d["labels"].numpy())
+
+
+def test_predict_equals_torchvision_on_photo_shapes(pair):
+    """detection.predict from the module alone: its own mean/std and fixed 300x300 resize, and
+    the boxes mapped back to 480x640 and 333x500 as torchvision's transform does."""
+    tmodel, model, variables = pair[:3]
+    tmodel.score_thresh = 0.05  # random weights spread the softmax thinly
+    got, want = predict_both(tmodel, model.clone(score_thresh=0.05), variables, DEFAULT_IMAGES)
+    errs = [assert_detections_match(g, w, score_atol=1e-5, box_tol=2e-3)
+            for g, w in zip(got, want)]
+    print("\nssd300 predict on photo shapes: max score / box error %.3g / %.3g px"
+          % tuple(np.max(errs, axis=0)))
 
 
 def test_loss_equals_torchvision(pair):

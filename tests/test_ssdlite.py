@@ -18,7 +18,7 @@ import jaxvision as jv
 from jaxvision.convert import torchvision as tv_convert
 from jaxvision.models.detection import ssdlite, transform
 
-from det_helpers import random_targets
+from det_helpers import DEFAULT_IMAGES, assert_detections_match, predict_both, random_targets
 from family_checks import frozen
 from tv_parity import assert_no_zero_tensor, fill_zero_params_, max_err, randomize_
 
@@ -106,7 +106,8 @@ def run():
 
     got = jax.device_get(ours(variables, batch.tensors.numpy().transpose(0, 2, 3, 1),
                               np.asarray(batch.image_sizes, np.int32), boxes, labels, valid))
-    return dict(tmodel=tmodel, model=model, report=report, want=want, got=got)
+    return dict(tmodel=tmodel, model=model, variables=variables, report=report, want=want,
+                got=got)
 
 
 def test_param_count():
@@ -189,6 +190,15 @@ def test_detections_equal_torchvision(run):
     got = transform.to_original(dets, [(320, 320)] * 2, [im.shape[:2] for im in IMAGES])
     for g, w in zip(got, run["want"]["detections"]):
         _assert_same_detections(g, w)
+
+
+def test_predict_equals_torchvision_on_photo_shapes(run):
+    """detection.predict from the module alone: its own mean/std and fixed 320x320 resize, and
+    the boxes mapped back to 480x640 and 333x500 as torchvision's transform does."""
+    got, want = predict_both(run["tmodel"], run["model"], run["variables"], DEFAULT_IMAGES)
+    errs = [assert_detections_match(g, w, score_atol=1e-5, box_tol=2e-3)
+            for g, w in zip(got, want)]
+    ERRORS["photo shapes scores"], ERRORS["photo shapes boxes"] = np.max(errs, axis=0)
 
 
 def test_train_loss_and_statistics_equal(run):

@@ -16,3 +16,15 @@ def tiny_config(**train):
     c.logging.update(progress_bar=False, num_images=4)
     c.train.update(**train)
     return c
+
+
+RESNET18_CONVS = 20  # the stem, sixteen 3x3s, three 1x1 shortcuts
+
+
+def fast_path(chosen) -> bool:
+    """Whether each resnet18 trace at 32 px in ``chosen`` took the CPU rewrites: its 1x1
+    shortcuts as GEMMs, the 3x3s on the 2x2 and 1x1 maps of layer3 and layer4 by im2col (on
+    any CPU class)."""
+    traces = [chosen[i:i + RESNET18_CONVS] for i in range(0, len(chosen), RESNET18_CONVS)]
+    return bool(traces) and len(chosen) % RESNET18_CONVS == 0 and all(
+        t.count("einsum") == 3 and t.count("im2col") >= 8 for t in traces)

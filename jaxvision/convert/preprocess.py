@@ -3,13 +3,14 @@
 torchvision's weights differ per release (resnet50 IMAGENET1K_V2 is resized to 232, not 256), so
 a converted directory records the preprocessing of the exact weights it holds: from torchvision's
 weights enum when the file is one of torchvision's (matched by its download name, or named with
-``--weights``), else the registry spec of the model.
+``--weights``), from timm's ``pretrained_cfg`` for ``timm:`` weights, else the registry spec.
 """
 from __future__ import annotations
 
 import os
 from importlib import resources
 
+from jaxvision.convert import timm_hub
 from jaxvision.convert.merge import ConversionError
 
 
@@ -59,8 +60,12 @@ def categories(name_or_file: str) -> list[str]:
 
 def describe(spec, src, weights_name=None, categories_arg=None, num_classes=None) -> dict:
     """The ``preprocessing`` and ``categories`` entries of a converted directory's metadata."""
-    weights = torchvision_weights(spec, src, weights_name)
-    out = {"preprocessing": weights_preprocessing(weights) if weights else spec_preprocessing(spec)}
+    if timm_hub.is_timm(src):
+        weights, out = None, {"preprocessing": timm_hub.preprocessing(src, timm_hub.fetch(src)[1])}
+    else:
+        weights = torchvision_weights(spec, src, weights_name)
+        out = {"preprocessing": weights_preprocessing(weights) if weights
+               else spec_preprocessing(spec)}
     names = categories(categories_arg) if categories_arg else (
         list(weights.meta["categories"]) if weights and weights.meta.get("categories") else None)
     if names is not None:

@@ -5,6 +5,7 @@ at any point leaves nothing at the destination.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -60,27 +61,38 @@ def clean_stale_temps(out_dir: str) -> list[str]:
     return removed
 
 
-def save(out_dir, model_name: str, variables: Mapping, model_kwargs: Mapping[str, Any],
-         extra: Mapping[str, Any] | None = None) -> str:
+@contextlib.contextmanager
+def atomic_dir(out_dir):
+    """A temporary directory beside ``out_dir`` (which must be absent or empty) to fill; renamed
+    to ``out_dir`` when the block ends, removed if it raises."""
     out_dir = check_destination(out_dir)
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
     clean_stale_temps(out_dir)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-{os.getpid()}-", dir=parent)
     try:
-        tree = jax.tree.map(np.asarray, dict(variables))
-        with ocp.StandardCheckpointer() as ckptr:
-            ckptr.save(os.path.join(tmp, ITEM), tree)
-        meta = {"model": model_name, "model_kwargs": dict(model_kwargs), **(extra or {})}
-        with open(os.path.join(tmp, META), "w") as f:
-            json.dump(meta, f, indent=2, sort_keys=True)
+        yield tmp
         if os.path.isdir(out_dir):
             os.rmdir(out_dir)  # empty, checked above
         os.rename(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return out_dir
+
+
+def write_meta(directory, meta: Mapping[str, Any]) -> None:
+    with open(os.path.join(directory, META), "w") as f:
+        json.dump(meta, f, indent=2, sort_keys=True)
+
+
+def save(out_dir, model_name: str, variables: Mapping, model_kwargs: Mapping[str, Any],
+         extra: Mapping[str, Any] | None = None) -> str:
+    with atomic_dir(out_dir) as tmp:
+        tree = jax.tree.map(np.asarray, dict(variables))
+        with ocp.StandardCheckpointer() as ckptr:
+            ckptr.save(os.path.join(tmp, ITEM), tree)
+        write_meta(tmp, {"model": model_name, "model_kwargs": dict(model_kwargs), **(extra or {})})
+    return os.path.abspath(os.fspath(out_dir))
 
 
 def read_meta(path) -> dict:

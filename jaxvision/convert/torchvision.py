@@ -14,6 +14,7 @@ key on ``.``, join a numeric part to the part before it with ``_`` (``layer1.0.c
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 from collections.abc import Mapping
@@ -21,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxvision.convert import pth, safetensors_io
 from jaxvision.convert.merge import ConversionError, Path, Report, flatten
 
 _CANDIDATES = {
@@ -54,12 +56,53 @@ def _to_kernel(w: np.ndarray) -> np.ndarray:
     return w
 
 
+_KERNEL_TO_TORCH = {4: (3, 2, 0, 1), 3: (2, 1, 0), 2: (1, 0)}  # HWIO -> OIHW, KIO -> OIK, (in, out)
+
+
 def torch_shape(path: Path, shape: tuple) -> tuple:
     """A Flax leaf's shape in torch's layout, for messages a torch user can read."""
     if path[-1] != "kernel":
         return shape
-    order = {4: (3, 2, 0, 1), 3: (2, 1, 0), 2: (1, 0)}.get(len(shape), range(len(shape)))
+    order = _KERNEL_TO_TORCH.get(len(shape), range(len(shape)))
     return tuple(shape[i] for i in order)
+
+
+# The rule's inverse (Flax path -> torch key). Joining ``.N`` with ``_`` loses one fact: which
+# ``_N`` endings were torchvision's own. Only these are (every torchvision model's keys round-trip:
+# tests/test_safetensors.py): Inception's branch3x3_1..., ViT's encoder_layer_0 and ln_1.
+_OWN_NUMBERED = re.compile(r"(branch\d+x\d+\w*|encoder_layer|ln)_\d+")
+_LEAF_NAME = {place: leaf for leaf, places in _CANDIDATES.items() for place in places}
+
+
+def torch_module(part: str) -> str:
+    if _OWN_NUMBERED.fullmatch(part):
+        return part
+    found = re.fullmatch(r"(.+?)((?:_\d+)+)", part)
+    return part if found is None else found.group(1) + found.group(2).replace("_", ".")
+
+
+def torch_key(path: Path) -> str:
+    """The torch state_dict key of a Flax variable path, e.g. ('params', 'layer1_0', 'conv1',
+    'kernel') -> 'layer1.0.conv1.weight'."""
+    collection, *mods, leaf = path
+    leaf = _LEAF_NAME.get((collection, leaf), leaf)
+    return ".".join([*(torch_module(m) for m in mods), leaf])
+
+
+def to_state_dict(variables: Mapping) -> dict[str, np.ndarray]:
+    """torchvision's state_dict of a model's variables (numpy arrays in torch's layouts), with
+    the ``num_batches_tracked`` counter (0: not tracked here) every trained BatchNorm has."""
+    flat = {p: v for p, v in flatten(variables).items() if p[0] in ("params", "batch_stats")}
+    out: dict[str, np.ndarray] = {}
+    for path, value in flat.items():
+        value = np.asarray(value)
+        if path[-1] == "kernel":
+            value = np.ascontiguousarray(value.transpose(_KERNEL_TO_TORCH.get(value.ndim, None)))
+        out[torch_key(path)] = value
+        if path[0] == "batch_stats" and path[-1] == "mean" and (*path[:-1], "scale") not in flat:
+            out[torch_key(path)[: -len("running_mean")] + "num_batches_tracked"] = np.zeros(
+                (), np.int64)  # a FrozenBatchNorm2d (statistics and affine in batch_stats) has none
+    return out
 
 
 def to_numpy(value: Any) -> np.ndarray:
@@ -110,28 +153,48 @@ def _unwrap(obj: Any, path: str) -> Mapping[str, Any]:
     return obj
 
 
-def load_state_dict(path: str | os.PathLike) -> Mapping[str, Any]:
-    """Read a ``.pth`` file with torch's ``weights_only`` loader: a file from the internet can
-    hold only tensors and plain containers, never code that runs here."""
+READERS = ("auto", "torch", "numpy")
+
+
+def pth_reader(reader: str | None = None) -> str:
+    """``torch`` or ``numpy``: the argument, else $JAXVISION_PTH_READER, else torch when it is
+    installed (both give the same arrays bit for bit; the numpy reader needs no torch)."""
+    reader = reader or os.environ.get("JAXVISION_PTH_READER") or "auto"
+    if reader not in READERS:
+        raise ValueError(f"pth reader {reader!r} (JAXVISION_PTH_READER): expected one of "
+                         f"{', '.join(READERS)}")
+    if reader == "auto":
+        try:
+            reader = "torch" if importlib.util.find_spec("torch") is not None else "numpy"
+        except (ImportError, ValueError):  # torch hidden or half-removed
+            reader = "numpy"
+    return reader
+
+
+def _torch_load(path: str):
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for truncated, foreign or unsafe files
+        glob = re.search(r"[Uu]nsupported (?:global: )?GLOBAL ([\w.]+)", str(e))
+        if glob:  # a pickled object (a whole model): never repeat torch's weights_only=False
+            raise pth.refused(path, glob.group(1)) from None
+        raise pth.unreadable(path, e) from e
+
+
+def load_state_dict(path: str | os.PathLike, reader: str | None = None) -> Mapping[str, Any]:
+    """Read a ``.safetensors`` file, or a ``.pth`` file so that a file from the internet can hold
+    only tensors and plain containers, never code that runs here: with torch's ``weights_only``
+    loader or, without torch, jaxvision's own restricted unpickler (``reader``: ``pth_reader``)."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such file")
     if os.path.isdir(path):
-        raise ConversionError(f"{path}: is a directory, expected a torch .pth file")
-    try:
-        import torch
-    except ImportError as e:
-        raise ImportError("reading .pth files needs torch: pip install 'jaxvision[torch]'") from e
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for truncated, foreign or unsafe files
-        glob = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
-        if glob:  # a pickled object (a whole model): never repeat torch's weights_only=False
-            raise ConversionError(
-                f"{path}: holds a pickled Python object ({glob.group(1)}), not a state_dict; "
-                "save model.state_dict() instead: torch.save(model.state_dict(), path)") from None
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConversionError(f"{path}: not a readable torch weights file ({first})") from e
+        raise ConversionError(f"{path}: is a directory, expected a torch .pth or .safetensors file")
+    if safetensors_io.is_safetensors(path):
+        return _unwrap(safetensors_io.load(path), path)
+    obj = _torch_load(path) if pth_reader(reader) == "torch" else pth.load(path)
     return _unwrap(obj, path)
 
 

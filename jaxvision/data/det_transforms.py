@@ -18,7 +18,7 @@ from PIL import Image
 from jaxvision.data.box_ops import crop_boxes, hflip_boxes, resize_boxes
 from jaxvision.data.errors import DataError
 from jaxvision.data.transforms import _RESAMPLE, to_rgb
-from jaxvision.models.detection.transform import resized_size
+from jaxvision.ops.resize import resized_size
 
 
 def _boxes(example):

@@ -14,7 +14,7 @@ from jaxvision.data.errors import DataError
 from jaxvision.data.policies import build_policy
 from jaxvision.data.repeated_sampler import RepeatedAugmentSampler
 from jaxvision.data.shapes import ShapesSource
-from jaxvision.data.workers import ExitWithParent
+from jaxvision.data.workers import RunWorker
 
 
 @dataclasses.dataclass
@@ -76,7 +76,7 @@ class Data:
                                       drop_remainder=True)]
         if c.num_workers:
             _absl_flags_ready()
-            ops.insert(0, ExitWithParent())  # no orphans after a SIGKILL of the trainer
+            ops.insert(0, RunWorker())  # no orphans, no shared memory left after a SIGKILL
         return grain.DataLoader(data_source=self.train_source, sampler=sampler, operations=ops,
                                 worker_count=c.num_workers)
 

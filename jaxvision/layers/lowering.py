@@ -11,18 +11,23 @@ XLA:CPU (jaxlib 0.10.2) has three slow spots that model code can route around:
 The alternatives below are exact rewrites of the same sums (only the order of float additions
 changes): ``im2col`` (pad + one strided slice per kernel tap + one ``dot``), ``einsum`` for
 ungrouped 1x1 convolutions (stride by slicing) and ``taps`` for depthwise convolutions (one
-multiply-add per kernel tap). On GPU every convolution stays ``lax.conv_general_dilated``
-(cuDNN).  The rewrites are opt-in for now (``JAXVISION_LOWERING=auto``, or a run's
-``config.conv_lowering="auto"`` as the quickstarts set; the default ``xla`` keeps XLA's
-convolution everywhere): they pass the ResNet, Inception and layer parity tests but
-have not yet been run against every model family's.  Where they are on, ``pool.max_pool2d``
-takes its gradient from ``pool.max_pool2d_first`` too.
+multiply-add per kernel tap). They are the default on the CPU backend wherever a model is
+traced (``create_model(...).apply`` in user code, the engine, the run tools, the bench); on GPU
+and TPU every convolution stays ``lax.conv_general_dilated`` (cuDNN...), and where the rewrites
+are on ``pool.max_pool2d`` takes its gradient from ``pool.max_pool2d_first`` too.
+
+``"xla"`` keeps XLA's convolution everywhere: a run's ``config.conv_lowering``, ``jaxvision
+bench --lowering``, or ``with lowering.using("xla"):`` around a trace. The choice lives in a
+context variable that only ``using`` sets, for the block and the thread it runs in; ``jit``
+binds one to a jitted function, so that its trace sees it whenever it happens. jax reuses a
+function's trace for arguments of the same shapes whatever this context says: a function
+traced once keeps the lowering of that trace (trace a new one, or bind it with ``jit``).
 """
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
-import os
 import re
 
 import jax
@@ -64,37 +69,66 @@ def out_size(size, k, s, p, d):
     return (size + 2 * p - d * (k - 1) - 1) // s + 1
 
 
-_mode = None  # set by set_mode (a run's config.conv_lowering); None: the environment's
+MODES = ("auto", "xla")
+DEFAULT_MODE = "auto"
+
+# (mode, platform) of the traces in this context, or None for (DEFAULT_MODE, the default
+# backend). Only ``using`` sets it, and puts the previous value back when its block ends.
+_context = contextvars.ContextVar("jaxvision_conv_lowering", default=None)
 
 
-def set_mode(mode) -> None:
-    """``"auto"`` or ``"xla"`` for the convolutions traced from now on in this process; ``""``
-    or None goes back to ``JAXVISION_LOWERING`` (default ``xla``)."""
-    global _mode
-    if mode not in (None, "", "auto", "xla"):
-        raise ValueError(f"conv_lowering must be 'auto', 'xla' or '' (JAXVISION_LOWERING's), "
-                         f"got {mode!r}")
-    _mode = mode or None
+def check_mode(mode, field: str = "conv_lowering") -> str | None:
+    """``mode`` if it is one of MODES; None for None or "" (no choice: the enclosing one)."""
+    if mode in (None, ""):
+        return None
+    if mode not in MODES:
+        raise ValueError(f"{field} must be one of {MODES} (or '' for the default, "
+                         f"{DEFAULT_MODE!r}), got {mode!r}")
+    return mode
+
+
+def current(platform=None) -> tuple[str, str]:
+    """(mode, platform) that a convolution traced here gets: ``platform`` if given, else the
+    enclosing ``using``'s, else ``jax.default_backend()``."""
+    mode, where = _context.get() or (DEFAULT_MODE, None)
+    return mode, platform or where or jax.default_backend()
 
 
 @contextlib.contextmanager
-def using(mode):
-    """``set_mode(mode)`` for the block, then the previous mode again."""
-    previous = _mode
-    set_mode(mode)
+def using(mode=None, platform=None):
+    """Convolutions traced in this block (in this thread) lower by ``mode`` ("auto" / "xla";
+    None or "": the enclosing choice) for ``platform`` (None: the enclosing one, else the
+    default backend)."""
+    mode = check_mode(mode)
+    outer_mode, outer_platform = _context.get() or (None, None)
+    token = _context.set((mode or outer_mode or DEFAULT_MODE, platform or outer_platform))
     try:
         yield
     finally:
-        set_mode(previous)
+        _context.reset(token)
 
 
-def rewrites_on(backend=None) -> bool:
-    """Whether the CPU rewrites apply: on the CPU backend in mode ``auto`` (``set_mode``, else
-    ``JAXVISION_LOWERING``)."""
-    mode = _mode or os.environ.get("JAXVISION_LOWERING", "xla")
-    if mode not in ("auto", "xla"):
-        raise ValueError(f"JAXVISION_LOWERING must be 'auto' or 'xla', got {mode!r}")
-    return mode == "auto" and (backend or jax.default_backend()) == "cpu"
+def rewrites_on(platform=None) -> bool:
+    """Whether the CPU rewrites apply to a convolution traced here (``current``)."""
+    mode, platform = current(platform)
+    return mode == "auto" and platform == "cpu"
+
+
+def jit(fun, conv_lowering=None, platform=None, **jit_kwargs):
+    """``jax.jit(fun, ...)`` whose trace lowers convolutions by ``conv_lowering`` (None or "":
+    the choice around this call) for ``platform`` (None: the device it compiles for is the
+    default backend's), with the matching ``compiler_options`` added to any given."""
+    mode, platform = current(platform)
+    mode = check_mode(conv_lowering) or mode
+
+    @functools.wraps(fun)
+    def traced(*args, **kwargs):
+        with using(mode, platform):
+            return fun(*args, **kwargs)
+
+    with using(mode, platform):
+        options = {**compiler_options(platform), **jit_kwargs.pop("compiler_options", {})}
+    return jax.jit(traced, compiler_options=options, **jit_kwargs)
 
 
 # jaxlib 0.10.2's XLA:CPU hands each convolution to YNNPACK on the AVX-512 CPU measured here (on
@@ -135,24 +169,24 @@ def _is_default_ynn_list(value: str, backend: str) -> bool:
     return default is not None and default == _compiled_text(backend, ((_YNN_OPTION, value),))
 
 
-def _eigen_convolutions(backend=None) -> bool:
-    """Whether compiler_options() moves this backend's convolutions from YNNPACK to Eigen."""
-    return bool(compiler_options(backend))
+def _eigen_convolutions(platform=None) -> bool:
+    """Whether compiler_options() moves this platform's convolutions from YNNPACK to Eigen."""
+    return bool(compiler_options(platform))
 
 
-def compiler_options(backend=None) -> dict:
-    """``jax.jit(..., compiler_options=...)`` for jaxvision's steps: where the CPU rewrites are on
-    (``rewrites_on``) and XLA sends convolutions to YNNPACK by default, the same fusions less
-    convolutions; otherwise nothing."""
-    backend = backend or jax.default_backend()
-    if not rewrites_on(backend) or not _is_default_ynn_list(",".join(_YNN_DEFAULT), backend):
+def compiler_options(platform=None) -> dict:
+    """``jax.jit(..., compiler_options=...)`` for a step traced here (``jit`` adds them): where
+    the CPU rewrites are on (``rewrites_on``) and XLA sends convolutions to YNNPACK by default,
+    the same fusions less convolutions; otherwise nothing."""
+    _, platform = current(platform)
+    if not rewrites_on(platform) or not _is_default_ynn_list(",".join(_YNN_DEFAULT), platform):
         return {}
     return {_YNN_OPTION: ",".join(_YNN_DEFAULT[:-1])}
 
 
-def choose(x_shape, kernel_shape, stride, padding, dilation, groups, backend=None):
-    """The lowering for this call: 'xla', 'im2col', 'einsum' or 'taps'."""
-    if not rewrites_on(backend):
+def choose(x_shape, kernel_shape, stride, padding, dilation, groups, platform=None):
+    """The lowering for this call: 'xla', 'im2col', 'einsum', 'taps' or 'xla_tapgrad'."""
+    if not rewrites_on(platform):
         return "xla"
     kh, kw, cin_g, cout = kernel_shape
     cin = x_shape[-1]
@@ -166,7 +200,7 @@ def choose(x_shape, kernel_shape, stride, padding, dilation, groups, backend=Non
         return "taps"
     oh = out_size(x_shape[1], kh, stride[0], padding[0], dilation[0])
     ow = out_size(x_shape[2], kw, stride[1], padding[1], dilation[1])
-    eigen = _eigen_convolutions(backend)
+    eigen = _eigen_convolutions(platform)
     if oh * ow <= IM2COL_ALWAYS_POSITIONS_PER_TAP * kh * kw or (
             oh * ow <= IM2COL_MAX_POSITIONS_PER_TAP * kh * kw
             and (cin >= IM2COL_MIN_CHANNELS or not eigen)):

@@ -351,12 +351,21 @@ def adapt_state_dict(state_dict: dict, model) -> dict:
     return state_dict
 
 
+def export_state_dict(state_dict: dict, model) -> dict:
+    """torchvision's ``relative_position_index`` beside each relative position bias table."""
+    size = model.partition_size
+    index = relative_position_index(size, size).reshape(size * size, size * size)
+    for key in [k for k in state_dict if k.endswith(".relative_position_bias_table")]:
+        state_dict[key[: -len("bias_table")] + "index"] = index.astype(np.int64)
+    return state_dict
+
+
 @register_model("maxvit_t", family="maxvit", torch_name="maxvit_t", num_params=30_919_624,
                 input_size=(224, 224), resize_size=224, crop_size=224, interpolation="bicubic",
                 features=(FeatureInfo("stem", 64, 2), FeatureInfo("stage1", 64, 4),
                           FeatureInfo("stage2", 128, 8), FeatureInfo("stage3", 256, 16),
                           FeatureInfo("stage4", 512, 32)),
-                adapt_state_dict=adapt_state_dict,
+                adapt_state_dict=adapt_state_dict, export_state_dict=export_state_dict,
                 notes="input size fixed at construction (input_size=(224, 224)), as torchvision")
 def maxvit_t(**kwargs):
     """torchvision's ``maxvit_t`` (any field may be overridden, e.g. input_size=(448, 448))."""

@@ -301,6 +301,20 @@ def adapt_state_dict(state_dict: dict, model) -> dict:
     return state_dict
 
 
+def export_state_dict(state_dict: dict, model) -> dict:
+    """torchvision's position buffers beside each attention's bias table (V1) or MLP (V2)."""
+    wh, ww = model.window_size
+    for key in list(state_dict):
+        for ending in (".relative_position_bias_table", ".cpb_mlp.0.weight"):
+            if key.endswith(ending):
+                attn = key[: -len(ending)]
+                state_dict[f"{attn}.relative_position_index"] = relative_position_index(
+                    wh, ww).astype(np.int64)
+                if model.v2:
+                    state_dict[f"{attn}.relative_coords_table"] = relative_coords_table(wh, ww)
+    return state_dict
+
+
 _VARIANTS = {
     # name: (embed, depths, heads, window, sd prob, v2, params, resize, crop)
     "swin_t": (96, (2, 2, 6, 2), (3, 6, 12, 24), 7, 0.2, False, 28_288_354, 232, 224),
@@ -325,7 +339,8 @@ def _register(name, embed, depths, heads, window, sd_prob, v2, num_params, resiz
     register_model(name, family="swin", torch_name=name, num_params=num_params,
                    input_size=(crop, crop), resize_size=resize, crop_size=crop,
                    interpolation="bicubic", features=features,
-                   adapt_state_dict=adapt_state_dict)(build)
+                   adapt_state_dict=adapt_state_dict,
+                   export_state_dict=export_state_dict)(build)
 
 
 for _name, _args in _VARIANTS.items():

@@ -1,12 +1,8 @@
 """Necks: dict of NHWC feature maps in (``feature_info`` order) -> dict of maps out."""
+from jaxvision.necks.aspp import ASPP
+from jaxvision.necks.base import single_map
+from jaxvision.necks.fpn import FPN, LastLevelP6P7
+from jaxvision.necks.pan import PAN
+from jaxvision.necks.spp import SPP
 
-
-def single_map(module_name: str, x, fn):
-    """The neck contract for single-map necks (ASPP, SPP): a dict has its last (coarsest) map
-    replaced by ``fn(map)``; a bare NHWC array is transformed directly."""
-    if isinstance(x, dict):
-        key = list(x)[-1]
-        return {**x, key: single_map(module_name, x[key], fn)}
-    if x.ndim != 4:
-        raise ValueError(f"{module_name} expected NHWC input, got shape {tuple(x.shape)}")
-    return fn(x)
+__all__ = ["ASPP", "FPN", "LastLevelP6P7", "PAN", "SPP", "single_map"]

@@ -14,7 +14,7 @@ import flax.linen as nn
 
 from jaxvision.layers.blocks import conv_norm_act
 from jaxvision.layers.interpolate import interpolate
-from jaxvision.necks import single_map
+from jaxvision.necks.base import single_map
 
 
 class ASPP(nn.Module):

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from jaxvision.layers.pool import max_pool2d
-from jaxvision.necks import single_map
+from jaxvision.necks.base import single_map
 
 
 class SPP(nn.Module):

@@ -74,7 +74,8 @@ class Task:
         return {}
 
     def predict(self, model, variables, paths, data, **options) -> list[str]:
-        """``jaxvision predict``: a printable line per image (and files it writes)."""
+        """``jaxvision predict``: a printable line per image (and files it writes); the
+        ``conv_lowering`` option is the run's (``layers.lowering.jit``)."""
         raise NotImplementedError
 
     def lr_multipliers(self, params):

@@ -7,6 +7,7 @@ import numpy as np
 import optax
 from PIL import Image, ImageDraw
 
+from jaxvision.layers import lowering
 from jaxvision.tasks.base import Task, read_image
 from jaxvision.tasks.batch_mix import check_alpha, erase, mix_batch
 from jaxvision.tasks.distill import distill_loss
@@ -133,7 +134,7 @@ class Classification(Task):
         return tiles
 
     def predict(self, model, variables, paths, data, topk: int = 5, temperature: float = 1.0,
-                **_):
+                conv_lowering=None, **_):
         """``path: name prob, ...`` for the top-k classes of each image; the probabilities are
         ``softmax(logits / temperature)`` (above 1 softer, below 1 sharper)."""
         from jaxvision.data.transforms import eval_image
@@ -143,8 +144,9 @@ class Classification(Task):
         images = [eval_image(read_image(p), data.eval_image_size, data.resize_size,
                              c.interpolation)
                   for p in paths]
-        outputs = model.apply(variables, normalize(np.stack(images), data.mean, data.std),
-                              train=False)
+        fwd = lowering.jit(lambda v, x: model.apply(v, normalize(x, data.mean, data.std),
+                                                    train=False), conv_lowering)
+        outputs = fwd(variables, np.stack(images))
         probs = np.asarray(jax.nn.softmax(split_outputs(outputs)[0] / temperature, -1))
         k = min(topk, probs.shape[-1])
         names = data.class_names

@@ -111,7 +111,8 @@ class Detection(Task):
                          pic.width < 128 else np.asarray(pic))
         return tiles
 
-    def predict(self, model, variables, paths, data, out_dir="predictions", **_):
+    def predict(self, model, variables, paths, data, out_dir="predictions", conv_lowering=None,
+                **_):
         """Writes ``<out_dir>/<name>.png`` per image with its detections drawn; a line per
         image lists them (class, score, box in the image's pixels)."""
         from jaxvision.train.normalize import normalize_batch
@@ -120,8 +121,8 @@ class Detection(Task):
         os.makedirs(out_dir, exist_ok=True)
         prep = data.eval_transform()
         norm = (data.mean, data.std)
-        fwd = jax.jit(lambda v, b: self.forward(model, v, normalize_batch(b, norm), False),
-                      compiler_options=lowering.compiler_options())
+        fwd = lowering.jit(lambda v, b: self.forward(model, v, normalize_batch(b, norm), False),
+                           conv_lowering)
         lines = []
         for path, dst in zip(paths, outs):
             img = np.asarray(read_image(path))
@@ -178,21 +179,29 @@ def predict(model, variables, images: Sequence[np.ndarray], name: str | None = N
             batch_size: int = 8) -> list[dict]:
     """What torchvision's detector returns in eval mode for ``images`` (HWC float32 in [0, 1],
     any sizes): per image numpy ``boxes`` (n, 4) xyxy in that image's pixels, ``scores`` (n,),
-    ``labels`` (n,).  ``name`` picks the registered preprocessing (mean/std; SSD's fixed size)
-    when the model does not carry it; sizes from ``model.min_size`` / ``max_size``."""
-    spec = get_spec(name) if name else None
-    mean = spec.mean if spec else (0.485, 0.456, 0.406)
-    std = spec.std if spec else (0.229, 0.224, 0.225)
-    fixed = tuple(spec.input_size) if spec and spec.family == "ssd" else None
-    min_size = getattr(model, "min_size", 800)
-    max_size = getattr(model, "max_size", 1333)
-    apply = jax.jit(lambda v, x, s: model.apply(v, x, image_sizes=s),
-                    compiler_options=lowering.compiler_options())
+    ``labels`` (n,).  The preprocessing is the model's own (``model.preprocessing``, as
+    torchvision's ``model.transform``); ``name`` is only read for a module that carries none
+    (the registered mean/std and SSD's fixed size, sizes from ``model.min_size``/``max_size``)."""
+    pre = preprocessing_of(model, name)
+    apply = lowering.jit(lambda v, x, s: model.apply(v, x, image_sizes=s))
     results = []
     for start in range(0, len(images), batch_size):
         chunk = list(images[start:start + batch_size])
-        batch, sizes = transform.prepare(chunk, mean, std, min_size, max_size, fixed,
-                                         1 if fixed else 32)
+        batch, sizes = pre.prepare(chunk)
         dets = jax.device_get(apply(variables, batch, sizes))
         results += transform.to_original(dets, sizes, [np.shape(im)[:2] for im in chunk])
     return results
+
+
+def preprocessing_of(model, name: str | None = None) -> transform.Preprocessing:
+    """``model.preprocessing``, or for a module without one what the registry knows of
+    ``name`` (ImageNet mean/std without a name)."""
+    own = getattr(model, "preprocessing", None)
+    if own is not None:
+        return own
+    spec = get_spec(name) if name else None
+    fixed = tuple(spec.input_size) if spec and spec.family == "ssd" else None
+    return transform.Preprocessing(
+        spec.mean if spec else (0.485, 0.456, 0.406), spec.std if spec else (0.229, 0.224, 0.225),
+        getattr(model, "min_size", 800), getattr(model, "max_size", 1333), fixed,
+        1 if fixed else 32)

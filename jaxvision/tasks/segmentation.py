@@ -149,7 +149,8 @@ class Segmentation(Task):
             tiles.append(np.concatenate([_fit(t, 96) for t in row], 1))
         return tiles
 
-    def predict(self, model, variables, paths, data, out_dir="predictions", **_):
+    def predict(self, model, variables, paths, data, out_dir="predictions", conv_lowering=None,
+                **_):
         """Writes ``<out_dir>/<name>.png`` per image: the prediction blended over the image,
         a legend of the classes present beside it. Returns a line per image."""
         import os
@@ -160,9 +161,8 @@ class Segmentation(Task):
         outs = output_paths(paths, out_dir)
         os.makedirs(out_dir, exist_ok=True)
         names, lines = data.class_names, []
-        fwd = jax.jit(lambda v, x: split_outputs(model.apply(
-            v, normalize(x, data.mean, data.std), train=False))[0].argmax(-1),
-            compiler_options=lowering.compiler_options())
+        fwd = lowering.jit(lambda v, x: split_outputs(model.apply(
+            v, normalize(x, data.mean, data.std), train=False))[0].argmax(-1), conv_lowering)
         for path, out in zip(paths, outs):
             img = read_image(path)
             x = np.asarray(resize_shorter(img, data.resize_size, data.cfg.interpolation))[None]

@@ -2,8 +2,12 @@
 
 Orbax writes each step under a temporary name and renames it when complete, so a run killed at
 any moment leaves only whole checkpoints.  The last ``keep`` steps and the best by the chosen
-metric are kept: Orbax's own ``best_fn``/``best_mode`` rank the steps (and make Orbax write each
-step's metrics, so the ranking survives a restart) and a ``BestN`` policy preserves the best.
+metric are kept: Orbax's own ``best_fn``/``best_mode`` rank the steps by the metrics stored in
+each step (so the ranking survives a restart) and a ``BestN`` policy preserves the best.
+
+A step is saved before it is evaluated (an evaluation that fails on a bad val file, or is
+killed, must not cost the steps just trained); ``record_metrics`` then adds the evaluation to
+the saved step.  Until the next save, the previous best stays on disk beside a new best.
 
 Nothing non-finite is saved (``guards.all_finite`` before every save), a write that fails names
 the path and the cause in one line, a step that cannot be read is named with its file, and a
@@ -12,15 +16,19 @@ resume whose state no longer fits the checkpoint names the config keys that chan
 from __future__ import annotations
 
 import errno
+import gc
 import json
+import logging
 import math
 import os
 import re
+import sys
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as cm
+from orbax.checkpoint import checkpoint_manager as orbax_manager
 
 from jaxvision.train import guards
 
@@ -59,6 +67,17 @@ def _best_fn(metric: str, mode: str):
     return fn
 
 
+class _SaveBeforeEval(logging.Filter):
+    """Every step is saved before its evaluation, so Orbax's warning that a save of a manager
+    tracking the best came without metrics would be printed at every save."""
+
+    def filter(self, record):
+        return "did not provide metrics" not in record.getMessage()
+
+
+_SAVE_BEFORE_EVAL = _SaveBeforeEval()
+
+
 def manager(workdir: str, keep: int = 3, best_metric: str | None = "val_top1",
             best_mode: str | None = None, read_only: bool = False):
     best_mode = best_mode or (infer_best_mode(best_metric) if best_metric else "max")
@@ -79,6 +98,7 @@ def manager(workdir: str, keep: int = 3, best_metric: str | None = "val_top1",
     handlers = {"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler(),
                 "meta": ocp.JsonCheckpointHandler()}
     directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    logging.getLogger("absl").addFilter(_SAVE_BEFORE_EVAL)  # Orbax logs through absl
     try:
         return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
     except OSError as e:
@@ -125,6 +145,30 @@ def save(mgr, step: int, state, data_state: bytes, meta: dict, metrics: dict | N
         # `from None`: the asyncio/tensorstore chain under it is hundreds of lines of noise
         raise write_error(e, os.path.join(str(mgr.directory), str(step)),
                           f"cannot write checkpoint step {step}", kept) from None
+
+
+def record_metrics(mgr, step: int, metrics: dict):
+    """Adds the evaluation of ``step`` (saved before it ran) to the step, where Orbax reads each
+    step's metrics, and lets the manager rank it.  The file is replaced whole (a temporary name,
+    then a rename): a kill mid-write leaves the step without metrics, never with half a file."""
+    directory = os.path.join(str(mgr.directory), str(step), orbax_manager.METRIC_ITEM_NAME)
+    path = os.path.join(directory, orbax_manager.METRIC_ITEM_NAME)
+    if jax.process_index() == 0:
+        tmp = path + ".tmp"
+        try:
+            os.makedirs(directory, exist_ok=True)
+            with open(tmp, "w") as f:
+                json.dump(metrics, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError as e:
+            raise write_error(e, path, f"cannot record the evaluation of step {step}") from None
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(f"jaxvision record_metrics {step}")
+    mgr.reload()
 
 
 def _data_states(data_state: bytes) -> dict:
@@ -215,14 +259,54 @@ def corrupt(mgr, step: int, exc) -> CorruptCheckpoint:
     return CorruptCheckpoint(f"checkpoint step {step} is corrupt ({where}): {detail}", step)
 
 
+def _echo_of_aborted_read(unraisable) -> bool:
+    if isinstance(unraisable.exc_value, RuntimeError) and unraisable.object is None:
+        return str(unraisable.exc_value) == "Event loop is closed"
+    code = getattr(unraisable.object, "cr_code", None)  # an Orbax read coroutine, closed
+    return code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
+
+
+class _FailedReadEchoes(logging.Filter):
+    """Orbax reads a step's arrays concurrently; when one read fails, the others end after its
+    event loop has closed, and each prints a traceback ("Event loop is closed", "Exception
+    ignored in: <coroutine ...>", "Future exception was never retrieved") around the one line
+    that names the broken file.  They are echoes of that error: dropped (only they) while a
+    restore runs, and for the rest of the process once one failed, as its last reads end later.
+    """
+
+    ECHOES = ("Future exception was never retrieved", "Task exception was never retrieved")
+
+    def __init__(self):
+        self.previous = sys.unraisablehook
+        sys.unraisablehook = self.unraisable
+        logging.getLogger("asyncio").addFilter(self)
+
+    def unraisable(self, unraisable):
+        if not _echo_of_aborted_read(unraisable):
+            self.previous(unraisable)
+
+    def filter(self, record):
+        return not record.getMessage().startswith(self.ECHOES)
+
+    def remove(self):
+        if sys.unraisablehook == self.unraisable:
+            sys.unraisablehook = self.previous
+        logging.getLogger("asyncio").removeFilter(self)
+
+
 def restore(mgr, step: int, abstract_state):
+    echoes = _FailedReadEchoes()
     try:
         out = mgr.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore(),
             meta=ocp.args.JsonRestore()))
     except Exception as e:
-        raise corrupt(mgr, step, e) from None
-    return out["state"], _own_data_state(out["data"], step), out["meta"]
+        error = corrupt(mgr, step, e)
+    else:
+        echoes.remove()
+        return out["state"], _own_data_state(out["data"], step), out["meta"]
+    gc.collect()  # out of the except block the failed reads are garbage: their echoes come now
+    raise error
 
 
 def best_or_latest(mgr) -> tuple[int | None, str]:

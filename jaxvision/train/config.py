@@ -8,6 +8,8 @@ import os
 
 import ml_collections
 
+from jaxvision.layers import lowering
+
 
 class ConfigError(ValueError):
     pass
@@ -142,6 +144,10 @@ def check_config(config):
                 raise ConfigError(f"config key {key!r}: expected an int >= {low}, got {node!r}")
     if not config.train.steps and not config.train.epochs:
         raise ConfigError("train.steps and train.epochs are both 0: nothing to train")
+    mode = config.get("conv_lowering")
+    if mode not in (None, "", *lowering.MODES):
+        raise ConfigError(f"config key 'conv_lowering': expected one of {lowering.MODES} (or '' "
+                          f"for the default, {lowering.DEFAULT_MODE!r}), got {mode!r}")
     from jaxvision.tasks import check_model
     from jaxvision.tasks.distill import check_distill
 

@@ -48,7 +48,8 @@ def default_config() -> ml_collections.ConfigDict:
     # XLA's persistent compilation cache: a directory, "" turns it off
     c.compile_cache = default_compile_cache()
     # how convolutions lower on the CPU: "auto" takes jaxvision.layers.lowering's exact rewrites
-    # where XLA:CPU is slow (several times faster training of small models), "xla" XLA's own,
-    # "" the JAXVISION_LOWERING environment variable's (default "xla")
+    # where XLA:CPU is slow (several times faster training of small models), "xla" XLA's own
+    # convolution everywhere; "" the library's default ("auto", unless the code that calls
+    # train() chose otherwise with lowering.using)
     c.conv_lowering = ""
     return c

@@ -1,6 +1,7 @@
 """The training loop: data -> jitted step over a Mesh -> metrics, TensorBoard, Orbax checkpoints."""
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -10,10 +11,12 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 import jaxvision as jv
-from jaxvision.data import build_data
+from jaxvision.data import build_data, workers
+from jaxvision.data.errors import DataError
 from jaxvision.layers import lowering
 from jaxvision.tasks import build_task, task_name
-from jaxvision.train import checkpoint, freeze, guards, optim, teacher as teachers
+from jaxvision.train import checkpoint, freeze, guards, optim, workdir_lock
+from jaxvision.train import teacher as teachers
 from jaxvision.train.config import check_config, save_config
 from jaxvision.train.ema import EmaRule
 from jaxvision.train.guards import NonFiniteLoss  # noqa: F401  (re-exported: cli, tests)
@@ -67,8 +70,8 @@ def initial_variables(config, model, num_classes, log=print, task=None):
     if m.pretrained_backbone:
         return backbone_variables(m, model, log)
     size = config.data.image_size
-    return jax.jit(lambda k: model.init(k, jnp.zeros((1, size, size, 3)), train=False))(
-        jax.random.key(config.train.seed))
+    return lowering.jit(lambda k: model.init(k, jnp.zeros((1, size, size, 3)), train=False),
+                        config.get("conv_lowering"))(jax.random.key(config.train.seed))
 
 
 def backbone_variables(m, model, log=print):
@@ -134,13 +137,20 @@ def ema_rule(config, steps_per_epoch: int):
 
 def train(config, workdir: str, log=print) -> dict:
     """Trains ``config`` in ``workdir`` (resuming what is there); the final metrics."""
-    with lowering.using(config.get("conv_lowering", "")):
-        return _train(config, workdir, log)
+    with contextlib.ExitStack() as run:
+        return _train(config, workdir, log, run)
 
 
-def _train(config, workdir: str, log) -> dict:
+def _train(config, workdir: str, log, run: contextlib.ExitStack) -> dict:
+    """``run`` holds what the run must let go of however it ends (lock, workers, manager)."""
     check_config(config)
     checkpoint.make_workdir(workdir)
+    # before anything in the workdir is read or written: one trainer per workdir
+    run.enter_context(workdir_lock.hold(workdir))
+    removed, nbytes, pids = workers.remove_dead_runs_segments()
+    if removed:
+        log(f"removed {removed} shared memory segments ({nbytes / 1e6:.1f} MB) left in "
+            f"{workers.SHM_DIR} by killed runs (pids {', '.join(map(str, pids))})")
     data = build_data(config.data, config.model.name, task_name(config))
     num_classes = config.model.num_classes or data.num_classes
     data.check_targets(num_classes, log)
@@ -153,6 +163,7 @@ def _train(config, workdir: str, log) -> dict:
     if teacher is not None:
         meta["teacher"] = f"{config.train.distill.teacher} sha256:{teachers.digest(teacher_vars)}"
     mgr = checkpoint.manager(workdir, config.checkpoint.keep, *best_metric(config, task))
+    run.callback(mgr.close)
     start = checkpoint.check_workdir(mgr, meta, task.meta_keys) or 0  # before anything is written
 
     t = config.train
@@ -171,11 +182,13 @@ def _train(config, workdir: str, log) -> dict:
         mesh, make_train_step(model, tx, task, ema_decay=ema_rule(config, steps_per_epoch),
                               accum_steps=t.grad_accum_steps, norm=(data.mean, data.std),
                               teacher=teacher),
-        make_eval_step(model, task, norm=(data.mean, data.std)), teacher=teacher is not None)
+        make_eval_step(model, task, norm=(data.mean, data.std)), config.get("conv_lowering"),
+        teacher=teacher is not None)
     if teacher is not None:
         train_step = teachers.bind(train_step, mesh, teacher_vars)
-    loader_it = iter(data.train_loader(config.data.seed, jax.process_index(),
-                                       jax.process_count()))
+    loader_it = workers.Received(iter(data.train_loader(config.data.seed, jax.process_index(),
+                                                        jax.process_count())))
+    run.callback(loader_it.close)
     if start:
         abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state)
         checkpoint.check_resume(mgr, start, abstract, config, workdir)
@@ -191,10 +204,37 @@ def _train(config, workdir: str, log) -> dict:
     logger = Logger(workdir, config, total, start, data.class_names, data.mean, data.std)
     results, acc, last_log, t0 = {}, None, start, time.perf_counter()
 
-    def save(step, metrics=None):
-        checkpoint.save(mgr, step, state, it.get_state(), meta, metrics)
+    def save(step):
+        checkpoint.save(mgr, step, state, it.get_state(), meta)
+
+    def is_eval_point(done):
+        epoch = math.ceil(done / steps_per_epoch)
+        end_of_epoch = done % steps_per_epoch == 0 or done == total
+        return end_of_epoch and (epoch % t.eval_every_epochs == 0 or done == total)
+
+    def run_eval(done):
+        """Evaluates saved step ``done`` and records the result in it."""
+        try:
+            results = evaluate_state(eval_step, state, data, mesh, task)
+        except DataError as e:
+            raise DataError(f"{e} (evaluating step {done}; the trained state is saved: a rerun "
+                            f"on {workdir} resumes from step {done} and evaluates it first)"
+                            ) from None
+        except Exception:
+            log(f"evaluation of step {done} failed; the trained state is saved: a rerun on "
+                f"{workdir} resumes from step {done} and evaluates it first")
+            raise
+        checkpoint.record_metrics(mgr, done, results)
+        logger.scalars(done, {f"val/{k[4:]}": v for k, v in results.items()})
+        with lowering.using(config.get("conv_lowering")):  # an op-by-op forward
+            logger.samples(done, model, state.eval_variables(), data, task)
+        log(f"step {done} epoch {math.ceil(done / steps_per_epoch)}: " + ", ".join(
+            f"{k}={v:.4f}" for k, v in results.items() if k != "val_count"))
+        return results
 
     with StopSignal(t.log_every) as stop, logger:
+        if start and is_eval_point(start) and mgr.metrics(start) is None:
+            results = run_eval(start)  # saved before an evaluation that did not end
         for step in range(start, total):
             state, metrics = train_step(state, next(it))
             if step == start:  # compile (or a compile-cache read) + the first batch: one wait
@@ -205,9 +245,7 @@ def _train(config, workdir: str, log) -> dict:
             acc = add_metrics(acc, {**metrics, "nonfinite": guards.nonfinite_flag(metrics)})
             done = step + 1
             stopping = stop.now(done)  # agreed by every process
-            end_of_epoch = done % steps_per_epoch == 0 or done == total
-            epoch = math.ceil(done / steps_per_epoch)
-            want_eval = end_of_epoch and (epoch % t.eval_every_epochs == 0 or done == total)
+            want_eval = is_eval_point(done)
             want_save = want_eval or stopping or (
                 config.checkpoint.save_every_steps and done % config.checkpoint.save_every_steps == 0)
             if done % t.log_every == 0 or want_save or done == total:
@@ -230,17 +268,12 @@ def _train(config, workdir: str, log) -> dict:
                     log(logger.text_line(done))
                 acc, last_log, t0 = None, done, time.perf_counter()
             logger.advance(done)
-            if want_eval:
-                results = evaluate_state(eval_step, state, data, mesh, task)
-                logger.scalars(done, {f"val/{k[4:]}": v for k, v in results.items()})
-                logger.samples(done, model, state.eval_variables(), data, task)
-                log(f"step {done} epoch {epoch}: " + ", ".join(
-                    f"{k}={v:.4f}" for k, v in results.items() if k != "val_count"))
-            if want_save:
-                save(done, {k: v for k, v in results.items()} if want_eval else None)
+            if want_save:  # before the evaluation: a bad val file must not cost these steps
+                save(done)
+            if want_eval and not stopping:  # a stopped run's resume evaluates it first
+                results = run_eval(done)
             if stopping:
                 log(f"stopped by signal at step {done}; checkpoint saved in {mgr.directory}")
                 results["preempted"] = True
                 break
-    mgr.close()
     return {**results, "step": int(jax.device_get(state.step))}

@@ -5,7 +5,6 @@ import json
 import os
 import sys
 
-import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
@@ -39,7 +38,6 @@ def load_task_run(workdir: str, log=None):
         raise FileNotFoundError(f"{path}: no such file; is {workdir} a jaxvision train workdir?")
     with open(path) as f:
         config = ml_collections.ConfigDict(json.load(f))
-    lowering.set_mode(config.get("conv_lowering", ""))
     # the best metric is a class attribute of the task: no class count needed yet
     metric, mode = best_metric(config, TASKS[task_name(config)])
     mgr = checkpoint.manager(workdir, config.checkpoint.keep, metric, mode, read_only=True)
@@ -85,8 +83,8 @@ def evaluate_run(workdir: str) -> dict:
 
     config, meta, task, model, variables, step = load_task_run(workdir)
     data = _data(config)
-    eval_step = jax.jit(make_eval_step(model, task, norm=(data.mean, data.std)),
-                        compiler_options=lowering.compiler_options())
+    eval_step = lowering.jit(make_eval_step(model, task, norm=(data.mean, data.std)),
+                             config.get("conv_lowering"))
     result, sums = evaluate(eval_step, variables, data, make_mesh(), task, return_sums=True)
     return {**result, **task.details(sums, meta["class_names"]), "step": step}
 
@@ -102,7 +100,8 @@ def predict(workdir: str, paths, topk: int = 5, out_dir: str | None = None,
     # the run's own record, not the dataset: predict works where the data is not
     data = predict_data(config.data, config.model.name, task.name, meta["class_names"])
     return task.predict(model, variables, paths, data, topk=topk, temperature=temperature,
-                        out_dir=out_dir or os.path.join(workdir, "predictions"))
+                        out_dir=out_dir or os.path.join(workdir, "predictions"),
+                        conv_lowering=config.get("conv_lowering"))
 
 
 def extract(workdir: str, split: str, out: str) -> int:
@@ -117,8 +116,8 @@ def extract(workdir: str, split: str, out: str) -> int:
         data = data.__class__(data.val_source, data.train_source, data.class_names, data.cfg,
                               data.mean, data.std, data.resize_size)
     mean, std = data.mean, data.std
-    fwd = jax.jit(lambda v, x: backbone.apply(v, normalize(x, mean, std), train=False),
-                  compiler_options=lowering.compiler_options())
+    fwd = lowering.jit(lambda v, x: backbone.apply(v, normalize(x, mean, std), train=False),
+                       config.get("conv_lowering"))
     feats, labels = [], []
     for batch in data.eval_loader():
         keep = batch["valid"]

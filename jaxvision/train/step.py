@@ -119,17 +119,16 @@ def make_eval_step(model, task, norm=None):
     return step
 
 
-def jit_steps(mesh: Mesh, train_step, eval_step, teacher: bool = False):
-    """``teacher``: the train step takes the teacher's variables, replicated, as a third
-    argument."""
+def jit_steps(mesh: Mesh, train_step, eval_step, conv_lowering=None, teacher: bool = False):
+    """The jitted steps; ``conv_lowering`` (a run's config field; None or "": the library's
+    default) is how their convolutions lower on the CPU (``layers.lowering``). ``teacher``: the
+    train step takes the teacher's variables, replicated, as a third argument."""
     repl = NamedSharding(mesh, P())
     data = NamedSharding(mesh, P("data"))
-    opts = lowering.compiler_options()
-    train = jax.jit(train_step, in_shardings=(repl, data) + (repl,) * teacher,
-                    out_shardings=(repl, repl),
-                    donate_argnums=0, compiler_options=opts)
-    evaluate = jax.jit(eval_step, in_shardings=(repl, data), out_shardings=repl,
-                       compiler_options=opts)
+    train = lowering.jit(train_step, conv_lowering, in_shardings=(repl, data) + (repl,) * teacher,
+                         out_shardings=(repl, repl), donate_argnums=0)
+    evaluate = lowering.jit(eval_step, conv_lowering, in_shardings=(repl, data),
+                            out_shardings=repl)
     return train, evaluate
 
 

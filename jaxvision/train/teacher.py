@@ -20,7 +20,6 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxvision.convert import store
 from jaxvision.convert.merge import ConversionError
-from jaxvision.layers import lowering
 
 
 def digest(variables) -> str:
@@ -33,12 +32,10 @@ def digest(variables) -> str:
     return h.hexdigest()
 
 
-def _from_workdir(config, name, path, log):
+def _from_workdir(name, path, log):
     from jaxvision.train.restore import load_run
 
-    # load_run takes the teacher run's convolution lowering: the student's stays in force
-    with lowering.using(config.get("conv_lowering", "")):
-        _, meta, model, variables, step = load_run(path, log)
+    _, meta, model, variables, _ = load_run(path, log)
     if meta["model"] != name:
         raise ValueError(f"train.distill.teacher_weights: {path} is a run of {meta['model']!r}, "
                          f"train.distill.teacher is {name!r}")
@@ -64,7 +61,7 @@ def load_teacher(config, num_classes: int, dtype=jnp.float32, log=print):
         return None, None
     name, path = d.teacher, d.teacher_weights
     if os.path.isfile(os.path.join(path, "config.json")):
-        model, variables = _from_workdir(config, name, path, log)
+        model, variables = _from_workdir(name, path, log)
     elif store.is_store(path):
         saved = store.read_meta(path).get("model")
         if saved != name:

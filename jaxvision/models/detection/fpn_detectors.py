@@ -24,6 +24,7 @@ from jaxvision.heads.fcos import FCOSHead, fcos_loss, fcos_postprocess
 from jaxvision.heads.retinanet import RetinaNetHead, retinanet_loss, retinanet_postprocess
 from jaxvision.layers import check_nhwc
 from jaxvision.models._stages import StageLayout
+from jaxvision.models.detection.transform import Preprocessing
 from jaxvision.models.resnet import ResNet
 from jaxvision.necks.fpn import FPN
 from jaxvision.registry import register_model
@@ -75,8 +76,10 @@ class FPNDetector(nn.Module):
     fg_iou_thresh: float = 0.5
     bg_iou_thresh: float = 0.4
     center_sampling_radius: float = 1.5
-    min_size: int = 800  # read by the transform (jaxvision.models.detection.transform)
+    min_size: int = 800  # torchvision's transform settings (see ``preprocessing``)
     max_size: int = 1333
+    image_mean: Sequence[float] = (0.485, 0.456, 0.406)
+    image_std: Sequence[float] = (0.229, 0.224, 0.225)
     trainable_backbone_layers: Optional[int] = None  # torchvision's: 3 with weights
     norm: Optional[str] = None  # default: "batch" for retinanet_v2, else "frozen"
     norm_eps: Optional[float] = None
@@ -103,6 +106,11 @@ class FPNDetector(nn.Module):
         if not 0 <= k <= 5:
             raise ValueError(f"trainable_backbone_layers must be in [0, 5], got {k}")
         return 4 - k
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return Preprocessing(tuple(self.image_mean), tuple(self.image_std), self.min_size,
+                             self.max_size)
 
     def _setting(self, i, value):
         return _DEFAULTS[self.kind][i] if value is None else value

@@ -23,6 +23,7 @@ from jaxvision import ops
 from jaxvision.heads.ssd import SSDHead, ssd_loss, ssd_postprocess
 from jaxvision.layers import Conv2d, check_nhwc, kaiming_normal_fan_out, max_pool2d
 from jaxvision.models._stages import StageLayout, block_range
+from jaxvision.models.detection.transform import Preprocessing
 from jaxvision.models.vgg import CFGS
 from jaxvision.registry import register_model
 
@@ -88,7 +89,18 @@ class SSD(nn.Module):
     topk_candidates: int = 400
     iou_thresh: float = 0.5
     positive_fraction: float = 0.25
+    # torchvision's SSD(size, image_mean, image_std): its transform resizes every image to
+    # ``size``, read as (width, height) as torchvision's GeneralizedRCNNTransform reads it
+    size: Sequence[int] = (300, 300)
+    image_mean: Sequence[float] = (0.48235, 0.45882, 0.40784)
+    image_std: Sequence[float] = (1.0 / 255.0,) * 3
     dtype: Any = jnp.float32
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        w, h = self.size
+        return Preprocessing(tuple(self.image_mean), tuple(self.image_std), min(self.size),
+                             max(self.size), (h, w), 1)
 
     @property
     def stage_layout(self) -> StageLayout:

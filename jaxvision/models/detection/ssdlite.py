@@ -102,6 +102,9 @@ class SSDLite(SSD):
     nms_thresh: float = 0.55
     detections_per_img: int = 300
     topk_candidates: int = 300
+    size: Sequence[int] = (320, 320)
+    image_mean: Sequence[float] = (0.5, 0.5, 0.5)
+    image_std: Sequence[float] = (0.5, 0.5, 0.5)
     width_mult: float = 1.0
     reduced_tail: bool = True
     dilated: bool = False

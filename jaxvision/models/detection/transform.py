@@ -1,13 +1,14 @@
 """torchvision's ``GeneralizedRCNNTransform`` for inference: normalise, resize, batch; and the
 way back from a padded batch's detections to each original image.
 
-Resizing follows torchvision to the pixel: scale = min(min_size / short side, max_size / long
-side) in float32, output size floor(side * scale), bilinear without antialiasing (or a fixed
-size, as SSD); the batch is zero-padded at the bottom/right to a multiple of
-``size_divisible``.  Detections come back through each image's own (height, width) ratios.
+Resizing follows torchvision's eager mode to the pixel (``jaxvision.ops.resize.resized_size``),
+bilinear without antialiasing at the in/out size ratio (or a fixed size, as SSD); the batch is
+zero-padded at the bottom/right to a multiple of ``size_divisible``.  Detections come back
+through each image's own (height, width) ratios.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Optional, Sequence
 
@@ -15,12 +16,28 @@ import numpy as np
 import jax.numpy as jnp
 
 from jaxvision.layers.interpolate import interpolate
+from jaxvision.ops.resize import resized_size
+
+__all__ = ["Preprocessing", "resized_size", "prepare", "to_original"]
 
 
-def resized_size(height: int, width: int, min_size: int, max_size: int) -> tuple[int, int]:
-    short, long = np.float32(min(height, width)), np.float32(max(height, width))
-    scale = float(min(np.float32(min_size) / short, np.float32(max_size) / long))
-    return math.floor(height * scale), math.floor(width * scale)
+@dataclasses.dataclass(frozen=True)
+class Preprocessing:
+    """What torchvision keeps in a detector's ``model.transform``: each jaxvision detector
+    carries one (``model.preprocessing``), so ``jaxvision.tasks.detection.predict`` needs the
+    module alone.  ``fixed_size`` is (height, width) (SSD's), else ``min_size``/``max_size``
+    set the resize."""
+    image_mean: tuple
+    image_std: tuple
+    min_size: float
+    max_size: float
+    fixed_size: Optional[tuple[int, int]] = None
+    size_divisible: int = 32
+
+    def prepare(self, images: Sequence[np.ndarray]):
+        """HWC float images in [0, 1] -> (NHWC padded batch, resized (h, w) per image)."""
+        return prepare(images, self.image_mean, self.image_std, self.min_size, self.max_size,
+                       self.fixed_size, self.size_divisible)
 
 
 def prepare(images: Sequence[np.ndarray], mean, std, min_size: int, max_size: int,

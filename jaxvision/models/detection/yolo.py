@@ -31,6 +31,7 @@ from jaxvision.layers import check_nhwc
 from jaxvision.layers.blocks import conv_norm_act
 from jaxvision.models._stages import StageLayout
 from jaxvision.models.darknet import CHANNELS, DEPTHS, Darknet, darknet_stage_layout
+from jaxvision.models.detection.transform import Preprocessing
 from jaxvision.necks.pan import PAN, leaky
 from jaxvision.necks.spp import SPP
 from jaxvision.registry import register_model
@@ -68,11 +69,18 @@ class YOLO(nn.Module):
     detections_per_img: int = 100
     topk_candidates: int = 1000
     ignore_thresh: float = 0.5
-    min_size: int = 608  # read by jaxvision.models.detection.transform
+    min_size: int = 608  # see ``preprocessing``
     max_size: int = 608
+    image_mean: Sequence[float] = (0.0, 0.0, 0.0)  # darknet feeds [0, 1] RGB as it is
+    image_std: Sequence[float] = (1.0, 1.0, 1.0)
     frozen_stages: int = -1  # -1 trains all; k freezes the stem and backbone stages 1..k
     norm: str = "batch"
     dtype: Any = jnp.float32
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return Preprocessing(tuple(self.image_mean), tuple(self.image_std), self.min_size,
+                             self.max_size)
 
     @property
     def stage_layout(self) -> StageLayout:
