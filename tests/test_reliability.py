@@ -353,7 +353,8 @@ def test_export_safetensors_loads_into_torchvision_with_the_same_logits(base_run
     x = np.random.default_rng(0).standard_normal((2, 32, 32, 3)).astype(np.float32)
     with torch.no_grad():
         want = tmodel(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
-    np.testing.assert_allclose(model.apply(variables, x, train=False), want, atol=1e-4)
+    # rtol: the shared lr-0.2 run may end with logits of ~1e6, where float32 holds ~0.06
+    np.testing.assert_allclose(model.apply(variables, x, train=False), want, rtol=1e-5, atol=1e-4)
 
 
 def test_export_stablehlo_runs_in_a_process_without_jaxvision(base_run, tmp_path):
@@ -382,7 +383,7 @@ def test_export_stablehlo_runs_in_a_process_without_jaxvision(base_run, tmp_path
     _, _, model, variables, _ = load_run(str(base_run))
     for b in (1, 3):
         want = model.apply(variables, np.load(tmp_path / f"x{b}.npy"), train=False)
-        np.testing.assert_allclose(np.load(tmp_path / f"y{b}.npy"), want, atol=1e-5)
+        np.testing.assert_allclose(np.load(tmp_path / f"y{b}.npy"), want, rtol=1e-5, atol=1e-5)
 
 
 def test_bad_val_file_keeps_the_trained_steps_and_the_resume_evaluates_them(tmp_path, capsys):
