@@ -67,6 +67,18 @@ def weights_file(name: str, source):
     return timm_hub.fetch(source)[0]
 
 
+def map_weights(name: str, state_dict: Any, model, target: Mapping, report: merge.Report):
+    """``(state_dict, source, names)``: ``state_dict`` read (what ``load_pretrained`` takes),
+    adapted to ``name``'s family and mapped onto the leaves of ``target`` (``model``'s variables,
+    or a sub-tree of a user's variables that holds it), ready for ``merge.fill``."""
+    spec = get_spec(name)
+    sd = tv.as_state_dict(weights_file(name, state_dict))
+    if spec.adapt_state_dict is not None:
+        sd = spec.adapt_state_dict(dict(sd), model)
+    source, names = tv.map_state_dict(sd, target, report)
+    return sd, source, names
+
+
 def load_pretrained(name: str, state_dict: Any, /, strict: bool = True, *, model=None,
                     return_report: bool = False, **model_kwargs):
     """Flax variables for model ``name`` from a torchvision state_dict.
@@ -77,14 +89,10 @@ def load_pretrained(name: str, state_dict: Any, /, strict: bool = True, *, model
     same shape; ``strict=False`` loads what fits and keeps the model's initial values for the
     rest (e.g. a new head).  A ``features_only`` model ignores the classifier's tensors.
     """
-    spec = get_spec(name)
     model = build_model(name, **model_kwargs) if model is None else model
-    sd = tv.as_state_dict(weights_file(name, state_dict))
-    if spec.adapt_state_dict is not None:
-        sd = spec.adapt_state_dict(dict(sd), model)
     target = init_variables(model, name, abstract=strict)
     report = merge.Report()
-    source, names = tv.map_state_dict(sd, target, report)
+    _, source, names = map_weights(name, state_dict, model, target, report)
     variables = merge.fill(target, source, names, report, strict,
                            allow_unexpected=bool(getattr(model, "features_only", False)),
                            shown_shape=tv.torch_shape)

@@ -14,10 +14,9 @@ from typing import Any, Mapping, Sequence, Union
 
 from flax import traverse_util
 
-from jaxvision.api import build_model, init_variables, weights_file
+from jaxvision.api import build_model, init_variables, map_weights
 from jaxvision.convert import merge, store
 from jaxvision.convert import torchvision as tv
-from jaxvision.registry import get_spec
 
 
 def _split(path: Union[str, Sequence[str]]) -> tuple[str, ...]:
@@ -88,11 +87,7 @@ def _fill(name: str, source: Any, model, target: Mapping, strict: bool, report: 
             raise merge.ConversionError(f"holds weights for {meta.get('model')!r}, not {name!r}")
         return merge.fill(target, merge.flatten(saved), {}, report, strict,
                           allow_unexpected=features_only)
-    sd = tv.as_state_dict(weights_file(name, source))
-    spec = get_spec(name)
-    if spec.adapt_state_dict is not None:
-        sd = spec.adapt_state_dict(dict(sd), model)
-    flat, names = tv.map_state_dict(sd, target, report)
+    sd, flat, names = map_weights(name, source, model, target, report)
     if strict and features_only and report.unexpected:
         _refuse_foreign(name, sd, report.unexpected, model_kwargs)
     return merge.fill(target, flat, names, report, strict, allow_unexpected=features_only,
