@@ -1,5 +1,6 @@
-"""Knowledge distillation: the loss against torch's, the teacher as an argument of the step,
-its loading and refusals, and a short run on shapes that resumes bitwise."""
+"""Knowledge distillation (task "distillation"): the loss against torch's, the teacher as an
+argument of the step, its loading and refusals, its val top-1 reported once, and a short run
+on shapes that resumes bitwise."""
 import json
 import os
 
@@ -13,7 +14,7 @@ import torch.nn.functional as F
 
 import jaxvision as jv
 from jaxvision.convert import store
-from jaxvision.tasks import Classification
+from jaxvision.tasks import Classification, Distillation
 from jaxvision.tasks.distill import kd_loss
 from jaxvision.train import checkpoint, teacher as teachers
 from jaxvision.train.loop import train
@@ -66,7 +67,7 @@ def test_alpha_mixes_kd_and_cross_entropy():
     s, t = (jnp.asarray(rng.normal(0, 2, (4, 5)), jnp.float32) for _ in range(2))
     batch = {"label": jnp.array([0, 1, 2, 3]), "teacher_logits": t}
     ce = float(Classification(5).loss(s, {"label": batch["label"]})[0])
-    loss = lambda a: float(Classification(5, distill=(2.0, a)).loss(s, batch)[0])
+    loss = lambda a: float(Distillation(5, temperature=2.0, alpha=a).loss(s, batch)[0])
     np.testing.assert_allclose(loss(0.0), ce, rtol=1e-6)
     np.testing.assert_allclose(loss(1.0), float(kd_loss(s, t, 2.0)), rtol=1e-6)
     np.testing.assert_allclose(loss(0.3), 0.3 * loss(1.0) + 0.7 * ce, rtol=1e-6)
@@ -92,8 +93,9 @@ def distill_config(teacher_weights, **train_kw):
     c = tiny_config(**{"steps": 24, **train_kw})
     # its own choice: the module-scoped run and the tests' resumes trace under one lowering
     c.conv_lowering = "xla"
-    c.train.distill.update(teacher="resnet18", teacher_weights=str(teacher_weights),
-                           temperature=4.0, alpha=0.5)
+    c.task = "distillation"
+    c.teacher.update(name="resnet18", pretrained=str(teacher_weights))
+    c.distill.update(temperature=4.0, alpha=0.5)
     return c
 
 
@@ -103,7 +105,7 @@ def test_teacher_is_an_argument_of_the_step_and_left_unchanged(teacher_dirs):
     before = jax.tree.map(np.array, tv_a)
     student, variables = model, tv_b  # any resnet18 start will do
     tx = optax.sgd(0.01)
-    task = Classification(3, distill=(4.0, 0.5))
+    task = Distillation(3, temperature=4.0, alpha=0.5)
     mesh = make_mesh()
     step, _ = jit_steps(mesh, make_train_step(student, tx, task, teacher=model),
                         make_eval_step(student, task), teacher=True)
@@ -161,6 +163,27 @@ def test_short_run_loss_falls_and_resume_is_bitwise_equal(tmp_path, teacher_dirs
     assert_trees_equal(a[1], b[1])
 
 
+def test_teacher_top1_is_reported_once(straight, teacher_dirs):
+    from jaxvision.data import build_data
+    from jaxvision.train.normalize import normalize
+
+    with open(os.path.join(straight, "metrics.jsonl")) as f:
+        evals = [r for r in map(json.loads, f) if "val/top1" in r]
+    # evaluated at the end of epoch 1 (step 16) and at step 24; the teacher at the first only
+    assert [r["step"] for r in evals] == [16, 24], evals
+    assert [("val/teacher_top1" in r) for r in evals] == [True, False]
+    # the same number by hand: the teacher's eval-mode argmax over the val split
+    c = distill_config(teacher_dirs["a"])
+    data = build_data(c.data, "resnet18")
+    model, v = jv.create_model("resnet18", pretrained=teacher_dirs["a"])
+    fwd = jax.jit(lambda x: model.apply(v, normalize(x, data.mean, data.std), train=False))
+    hits = [(np.asarray(fwd(b["image"])).argmax(-1) == b["label"])[b["valid"]]
+            for b in data.eval_loader()]
+    hits = np.concatenate(hits)
+    assert len(hits) == 40
+    assert evals[0]["val/teacher_top1"] == pytest.approx(hits.mean(), abs=1e-6)
+
+
 def test_teacher_from_a_train_workdir(straight):
     from jaxvision.train.restore import load_run
 
@@ -168,25 +191,31 @@ def test_teacher_from_a_train_workdir(straight):
     _, _, _, want, _ = load_run(straight, log=lambda m: None)
     assert_trees_equal(variables, want)
     c = distill_config(straight)
-    c.train.distill.teacher = "resnet34"
-    with pytest.raises(ValueError, match="is a run of 'resnet18', train.distill.teacher is "
-                                         "'resnet34'"):
+    c.teacher.name = "resnet34"
+    with pytest.raises(ValueError, match="is a run of 'resnet18', teacher.name is 'resnet34'"):
         teachers.load_teacher(c, 3, log=lambda m: None)
 
 
 @pytest.mark.parametrize("field,value,match", [
-    ("teacher", "resnet999", "train.distill.teacher: unknown model 'resnet999'"),
-    ("teacher", "retinanet_resnet50_fpn", "must be a classifier"),
-    ("temperature", 0.0, "train.distill.temperature must be a number > 0, got 0.0"),
-    ("temperature", -2.0, "train.distill.temperature must be a number > 0"),
-    ("alpha", 1.5, r"train.distill.alpha must be in \[0, 1\], got 1.5"),
-    ("alpha", -0.1, r"train.distill.alpha must be in \[0, 1\]"),
-    ("teacher_weights", "", "train.distill.teacher_weights is empty"),
-    ("teacher_weights", "/nonexistent/t.pth", "/nonexistent/t.pth: no such file"),
+    ("teacher.name", "resnet999", "teacher.name: unknown model 'resnet999'"),
+    ("teacher.name", "retinanet_resnet50_fpn", "must be a classifier"),
+    ("teacher.name", "", "task='distillation' needs teacher.name"),
+    ("distill.temperature", 0.0, "distill.temperature must be a number > 0, got 0.0"),
+    ("distill.temperature", -2.0, "distill.temperature must be a number > 0"),
+    ("distill.alpha", 1.5, r"distill.alpha must be in \[0, 1\], got 1.5"),
+    ("distill.alpha", -0.1, r"distill.alpha must be in \[0, 1\]"),
+    ("teacher.pretrained", "", "teacher.pretrained is empty"),
+    ("teacher.pretrained", "/nonexistent/t.pth", "/nonexistent/t.pth: no such file"),
+    # a teacher is never silently unused
+    ("task", "classification", "teacher.name / teacher.pretrained are set but task is "
+                               "'classification'"),
+    ("model.name", "fcos_resnet50_fpn", "task='distillation' cannot train "
+                                        "model.name='fcos_resnet50_fpn'"),
 ])
 def test_bad_distill_values_are_refused_before_the_workdir(tmp_path, field, value, match):
     c = distill_config(tmp_path)
-    c.train.distill[field] = value
+    section, key = field.rsplit(".", 1) if "." in field else (None, field)
+    (c[section] if section else c)[key] = value
     with pytest.raises((ValueError, FileNotFoundError), match=match):
         train(c, str(tmp_path / "run"))
     assert not os.path.exists(tmp_path / "run")

@@ -5,10 +5,11 @@ from __future__ import annotations
 from jaxvision.tasks.base import Task
 from jaxvision.tasks.classification import Classification
 from jaxvision.tasks.detection import Detection
+from jaxvision.tasks.distill import Distillation
 from jaxvision.tasks.segmentation import Segmentation
 
 TASKS = {"classification": Classification, "segmentation": Segmentation,
-         "detection": Detection}
+         "detection": Detection, "distillation": Distillation}
 
 
 def task_name(config) -> str:
@@ -17,6 +18,12 @@ def task_name(config) -> str:
     if name not in TASKS:
         raise ValueError(f"task must be one of {'|'.join(TASKS)}, got {name!r}")
     return name
+
+
+def data_task(config) -> str:
+    """The kind of data ``config.task`` reads (labels, masks, boxes): distillation trains on
+    classification's."""
+    return TASKS[task_name(config)].data_task
 
 
 def model_task(family: str) -> str:
@@ -32,16 +39,16 @@ def check_model(config) -> None:
 
     name, model = task_name(config), config.model.name
     family = get_spec(model).family
-    kind = model_task(family)
-    if kind != name:
-        takes = [m for m in list_models() if model_task(get_spec(m).family) == name]
+    kind, wants = model_task(family), TASKS[name].data_task
+    if kind != wants:
+        takes = [m for m in list_models() if model_task(get_spec(m).family) == wants]
         raise ValueError(f"task={name!r} cannot train model.name={model!r}: a {kind} model "
                          f"(family {family}); {name} takes e.g. {', '.join(takes[:3])}")
 
 
 def build_task(config, num_classes: int) -> Task:
     name = task_name(config)
-    if name != "classification":
+    if TASKS[name].data_task != "classification":
         t, a = config.train, config.data.augment
         used = {"train.mixup_alpha": t.get("mixup_alpha", 0.0),
                 "train.cutmix_alpha": t.get("cutmix_alpha", 0.0),
@@ -55,5 +62,5 @@ def build_task(config, num_classes: int) -> Task:
     return TASKS[name].from_config(config, num_classes)
 
 
-__all__ = ["TASKS", "Task", "Classification", "Detection", "Segmentation", "build_task",
-           "check_model", "model_task", "task_name"]
+__all__ = ["TASKS", "Task", "Classification", "Detection", "Distillation", "Segmentation",
+           "build_task", "check_model", "data_task", "model_task", "task_name"]

@@ -14,6 +14,7 @@ from PIL import Image
 
 class Task:
     name: str = ""
+    data_task: str = ""  # the data its batches carry: "classification" | "segmentation" | ...
     best_metric: str = ""  # a key of ``summary()``'s result
     best_mode: str = "max"  # "max" | "min"
     # checkpoint metadata a resumed run must share with the checkpoints in its workdir

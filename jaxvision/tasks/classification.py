@@ -10,7 +10,6 @@ from PIL import Image, ImageDraw
 from jaxvision.layers import lowering
 from jaxvision.tasks.base import Task, read_image
 from jaxvision.tasks.batch_mix import check_alpha, erase, mix_batch
-from jaxvision.tasks.distill import distill_loss
 
 # Aux-head loss weights of the models that have them, keyed by the outputs tuple they return in
 # train mode: GoogLeNet's paper (and torchvision's port) weighs its two aux heads 0.3 each,
@@ -33,13 +32,13 @@ def split_outputs(out):
 
 class Classification(Task):
     name = "classification"
+    data_task = "classification"
     best_metric = "val_top1"
     best_mode = "max"
     meta_keys = ("model", "num_classes")
 
     def __init__(self, num_classes: int, label_smoothing: float = 0.0, mixup_alpha: float = 0.0,
-                 cutmix_alpha: float = 0.0, mix_prob: float = 1.0, erasing_noise: bool = False,
-                 distill: tuple[float, float] | None = None):
+                 cutmix_alpha: float = 0.0, mix_prob: float = 1.0, erasing_noise: bool = False):
         self.num_classes, self.label_smoothing = int(num_classes), float(label_smoothing)
         check_alpha("train.mixup_alpha", mixup_alpha)
         check_alpha("train.cutmix_alpha", cutmix_alpha)
@@ -47,19 +46,13 @@ class Classification(Task):
             raise ValueError(f"train.mix_prob must be in [0, 1], got {mix_prob}")
         self.mixup_alpha, self.cutmix_alpha = float(mixup_alpha), float(cutmix_alpha)
         self.mix_prob, self.erasing_noise = float(mix_prob), bool(erasing_noise)
-        # (temperature, alpha): the loss reads the teacher's logits from the batch
-        self.distill = None if distill is None else (float(distill[0]), float(distill[1]))
-        if distill is not None:  # a resume must find the teacher it started with
-            self.meta_keys = (*self.meta_keys, "teacher")
 
     @classmethod
     def from_config(cls, config, num_classes):
         t = config.train
-        d = t.get("distill")
         return cls(num_classes, t.label_smoothing, t.get("mixup_alpha", 0.0),
                    t.get("cutmix_alpha", 0.0), t.get("mix_prob", 1.0),
-                   config.data.augment.get("random_erasing_noise", False),
-                   (d.temperature, d.alpha) if d is not None and d.teacher else None)
+                   config.data.augment.get("random_erasing_noise", False))
 
     def train_batch(self, batch, key):
         """After normalising: the workers' RandomErasing boxes, then MixUp / CutMix, whose
@@ -79,8 +72,7 @@ class Classification(Task):
         """Cross-entropy against the one-hot labels, or the soft ``target`` of MixUp/CutMix,
         smoothed as torch's ``CrossEntropyLoss(label_smoothing)`` smooths probabilities:
         ``(1 - eps) * target + eps / classes``. Accuracy counts the target's largest class, as
-        torchvision's reference does. With ``teacher_logits`` in the batch (distillation), the
-        loss is ``tasks.distill.distill_loss`` of them and this cross-entropy."""
+        torchvision's reference does."""
         logits, aux = split_outputs(outputs)
         if "target" in batch:
             soft = batch["target"]
@@ -93,11 +85,6 @@ class Classification(Task):
         loss = ce(logits)
         for w, a in aux:
             loss = loss + w * ce(a)
-        if "teacher_logits" in batch:
-            if self.distill is None:
-                raise ValueError("classification: the batch holds teacher_logits but the task "
-                                 "was built without train.distill (temperature, alpha)")
-            loss = distill_loss(logits, batch["teacher_logits"], loss, *self.distill)
         correct = jnp.sum(jnp.argmax(logits, -1) == labels).astype(jnp.float32)
         return loss, {"correct": correct}
 

@@ -25,6 +25,7 @@ def gt_valid(batch):
 
 class Detection(Task):
     name = "detection"
+    data_task = "detection"
     best_metric = "val_ap"
     best_mode = "max"
     meta_keys = ("model", "num_classes", "task")

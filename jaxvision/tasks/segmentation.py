@@ -71,6 +71,7 @@ def iou_from_confusion(cm):
 
 class Segmentation(Task):
     name = "segmentation"
+    data_task = "segmentation"
     best_metric = "val_miou"
     best_mode = "max"
     meta_keys = ("model", "num_classes", "task")

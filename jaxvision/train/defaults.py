@@ -9,7 +9,7 @@ from jaxvision.train.optim import default_optimizer_config, default_schedule_con
 
 def default_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.task = "classification"  # classification | segmentation | detection (jaxvision.tasks)
+    c.task = "classification"  # classification | segmentation | detection | distillation
     c.model = ml_collections.ConfigDict(dict(
         name="resnet18", num_classes=0,  # 0: the data's number of classes
         pretrained="", pretrained_strict=True, dtype="float32", kwargs={},
@@ -30,11 +30,12 @@ def default_config() -> ml_collections.ConfigDict:
         # adjusted to batch, ema_steps and epochs; copies during the warm-up; train/ema.py)
         ema_decay=ml_collections.FieldReference(None, float), ema_steps=1, ema_reference=False,
         log_every=50, eval_every_epochs=1))
-    # knowledge distillation (tasks/distill.py): a frozen classifier ``teacher`` (a model name)
-    # with its weights (a torchvision .pth, a 'jaxvision convert' directory or a train workdir);
+    # task "distillation" (tasks/distill.py): the student (``model``) learns from a frozen
+    # classifier ``teacher.name`` whose weights are ``teacher.pretrained`` (a torchvision .pth,
+    # a 'jaxvision convert' directory or a jaxvision train workdir);
     # loss = alpha * T^2 * KL(teacher || student at temperature T) + (1 - alpha) * CE
-    c.train.distill = ml_collections.ConfigDict(dict(teacher="", teacher_weights="",
-                                                     temperature=4.0, alpha=0.5))
+    c.teacher = ml_collections.ConfigDict(dict(name="", pretrained=""))
+    c.distill = ml_collections.ConfigDict(dict(temperature=4.0, alpha=0.5))
     # best_metric "": the task's (val_top1 / val_miou; with EMA on, its EMA weights' val_top1_ema
     # / val_miou_ema: both weights are evaluated then); best_mode "": the task's for its own
     # metric, else inferred (a metric ending in "loss" is minimised)

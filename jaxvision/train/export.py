@@ -59,12 +59,12 @@ def from_workdir(workdir: str) -> Exportable:
     """The best checkpoint's eval weights (EMA if used), with what the run's eval transform used,
     without reading the data (which may be gone by now)."""
     from jaxvision.data.loader import preprocessing as run_preprocessing
-    from jaxvision.tasks import task_name
+    from jaxvision.tasks import data_task
     from jaxvision.train.restore import load_run
 
     config, meta, model, variables, step = load_run(workdir)
     d = config.data
-    mean, std, resize = run_preprocessing(d, config.model.name, task_name(config))
+    mean, std, resize = run_preprocessing(d, config.model.name, data_task(config))
     preprocessing = {"resize_size": int(resize), "crop_size": int(d.image_size),
                      "interpolation": d.interpolation,
                      "mean": [float(m) for m in mean], "std": [float(s) for s in std],

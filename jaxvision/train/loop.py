@@ -14,7 +14,7 @@ import jaxvision as jv
 from jaxvision.data import build_data, workers
 from jaxvision.data.errors import DataError
 from jaxvision.layers import lowering
-from jaxvision.tasks import build_task, task_name
+from jaxvision.tasks import build_task, data_task
 from jaxvision.train import checkpoint, freeze, guards, optim, workdir_lock
 from jaxvision.train import teacher as teachers
 from jaxvision.train.config import check_config, save_config
@@ -24,7 +24,7 @@ from jaxvision.train.metrics_log import Logger
 from jaxvision.train.prefetch import DevicePrefetch
 from jaxvision.train.preempt import StopSignal
 from jaxvision.train.state import TrainState
-from jaxvision.train.step import (add_metrics, jit_steps, make_eval_step, make_mesh,
+from jaxvision.train.step import (add_metrics, jit_eval, jit_steps, make_eval_step, make_mesh,
                                   make_train_step, shard_batch)
 
 
@@ -125,6 +125,14 @@ def evaluate_state(eval_step, state, data, mesh, task) -> dict:
     return results
 
 
+def evaluate_teacher(teacher, variables, data, mesh, task, conv_lowering=None) -> dict:
+    """The distillation teacher's summary on the val split, each key ``val_teacher_*``: what the
+    student is measured against."""
+    step = jit_eval(mesh, make_eval_step(teacher, task, norm=(data.mean, data.std)), conv_lowering)
+    results = evaluate(step, variables, data, mesh, task)
+    return {f"val_teacher_{k[4:]}": v for k, v in results.items() if k != "val_count"}
+
+
 def ema_rule(config, steps_per_epoch: int):
     """The EMA rule of ``config.train`` (None: no EMA); torchvision's reference copies during
     the schedule's warm-up, counted in epochs."""
@@ -151,7 +159,7 @@ def _train(config, workdir: str, log, run: contextlib.ExitStack) -> dict:
     if removed:
         log(f"removed {removed} shared memory segments ({nbytes / 1e6:.1f} MB) left in "
             f"{workers.SHM_DIR} by killed runs (pids {', '.join(map(str, pids))})")
-    data = build_data(config.data, config.model.name, task_name(config))
+    data = build_data(config.data, config.model.name, data_task(config))
     num_classes = config.model.num_classes or data.num_classes
     data.check_targets(num_classes, log)
     task = build_task(config, num_classes)
@@ -161,7 +169,7 @@ def _train(config, workdir: str, log, run: contextlib.ExitStack) -> dict:
     meta = {"model": config.model.name, "num_classes": num_classes, "task": task.name,
             "class_names": list(data.class_names)}
     if teacher is not None:
-        meta["teacher"] = f"{config.train.distill.teacher} sha256:{teachers.digest(teacher_vars)}"
+        meta["teacher"] = f"{config.teacher.name} sha256:{teachers.digest(teacher_vars)}"
     mgr = checkpoint.manager(workdir, config.checkpoint.keep, *best_metric(config, task))
     run.callback(mgr.close)
     start = checkpoint.check_workdir(mgr, meta, task.meta_keys) or 0  # before anything is written
@@ -185,6 +193,7 @@ def _train(config, workdir: str, log, run: contextlib.ExitStack) -> dict:
         make_eval_step(model, task, norm=(data.mean, data.std)), config.get("conv_lowering"),
         teacher=teacher is not None)
     if teacher is not None:
+        teacher_vars = jax.device_put(teacher_vars, NamedSharding(mesh, P()))
         train_step = teachers.bind(train_step, mesh, teacher_vars)
     loader_it = workers.Received(iter(data.train_loader(config.data.seed, jax.process_index(),
                                                         jax.process_count())))
@@ -203,6 +212,7 @@ def _train(config, workdir: str, log, run: contextlib.ExitStack) -> dict:
 
     logger = Logger(workdir, config, total, start, data.class_names, data.mean, data.std)
     results, acc, last_log, t0 = {}, None, start, time.perf_counter()
+    teacher_results = {}  # the teacher's val metrics: evaluated once, at the run's first eval
 
     def save(step):
         checkpoint.save(mgr, step, state, it.get_state(), meta)
@@ -216,6 +226,10 @@ def _train(config, workdir: str, log, run: contextlib.ExitStack) -> dict:
         """Evaluates saved step ``done`` and records the result in it."""
         try:
             results = evaluate_state(eval_step, state, data, mesh, task)
+            if teacher is not None and not teacher_results:  # it does not change: once
+                teacher_results.update(evaluate_teacher(teacher, teacher_vars, data, mesh, task,
+                                                        config.get("conv_lowering")))
+                results.update(teacher_results)
         except DataError as e:
             raise DataError(f"{e} (evaluating step {done}; the trained state is saved: a rerun "
                             f"on {workdir} resumes from step {done} and evaluates it first)"
@@ -276,4 +290,4 @@ def _train(config, workdir: str, log, run: contextlib.ExitStack) -> dict:
                 log(f"stopped by signal at step {done}; checkpoint saved in {mgr.directory}")
                 results["preempted"] = True
                 break
-    return {**results, "step": int(jax.device_get(state.step))}
+    return {**results, **teacher_results, "step": int(jax.device_get(state.step))}

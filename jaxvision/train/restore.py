@@ -71,9 +71,9 @@ def load_task_run(workdir: str, log=None):
 
 
 def _data(config):
-    from jaxvision.tasks import task_name
+    from jaxvision.tasks import data_task
 
-    return build_data(config.data, config.model.name, task_name(config))
+    return build_data(config.data, config.model.name, data_task(config))
 
 
 def evaluate_run(workdir: str) -> dict:
@@ -98,7 +98,8 @@ def predict(workdir: str, paths, topk: int = 5, out_dir: str | None = None,
 
     config, meta, task, model, variables, _ = load_task_run(workdir)
     # the run's own record, not the dataset: predict works where the data is not
-    data = predict_data(config.data, config.model.name, task.name, meta["class_names"])
+    data = predict_data(config.data, config.model.name, task.data_task,
+                        meta["class_names"])
     return task.predict(model, variables, paths, data, topk=topk, temperature=temperature,
                         out_dir=out_dir or os.path.join(workdir, "predictions"),
                         conv_lowering=config.get("conv_lowering"))
@@ -107,7 +108,7 @@ def predict(workdir: str, paths, topk: int = 5, out_dir: str | None = None,
 def extract(workdir: str, split: str, out: str) -> int:
     """Pooled backbone embeddings (the model with ``num_classes=0``) and labels to ``out``."""
     config, meta, task, model, variables, _ = load_task_run(workdir)
-    if task.name != "classification":
+    if task.data_task != "classification":
         raise ValueError(f"jaxvision extract: pooled embeddings are defined for classification "
                          f"runs; {workdir} is a {task.name} run")
     data = _data(config)

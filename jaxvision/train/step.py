@@ -123,13 +123,16 @@ def jit_steps(mesh: Mesh, train_step, eval_step, conv_lowering=None, teacher: bo
     """The jitted steps; ``conv_lowering`` (a run's config field; None or "": the library's
     default) is how their convolutions lower on the CPU (``layers.lowering``). ``teacher``: the
     train step takes the teacher's variables, replicated, as a third argument."""
-    repl = NamedSharding(mesh, P())
-    data = NamedSharding(mesh, P("data"))
+    repl, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
     train = lowering.jit(train_step, conv_lowering, in_shardings=(repl, data) + (repl,) * teacher,
                          out_shardings=(repl, repl), donate_argnums=0)
-    evaluate = lowering.jit(eval_step, conv_lowering, in_shardings=(repl, data),
-                            out_shardings=repl)
-    return train, evaluate
+    return train, jit_eval(mesh, eval_step, conv_lowering)
+
+
+def jit_eval(mesh: Mesh, eval_step, conv_lowering=None):
+    """The jitted ``eval_step(variables, batch)``: variables replicated, the batch sharded."""
+    repl, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    return lowering.jit(eval_step, conv_lowering, in_shardings=(repl, data), out_shardings=repl)
 
 
 def add_metrics(total, new):

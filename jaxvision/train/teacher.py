@@ -1,5 +1,6 @@
-"""The distillation teacher of ``train.distill``: its model and frozen variables, from a
-torchvision ``.pth``, a ``jaxvision convert`` directory or a jaxvision train workdir.
+"""The teacher of ``task = "distillation"`` (``teacher.name``, ``teacher.pretrained``): its
+model and frozen variables, from a torchvision ``.pth``, a ``jaxvision convert`` directory or
+a jaxvision train workdir.
 
 The variables reach the jitted train step as an argument: they are not compiled in as
 constants, not in the optimizer, not in the checkpoints. A resumed run reloads them from the
@@ -37,8 +38,8 @@ def _from_workdir(name, path, log):
 
     _, meta, model, variables, _ = load_run(path, log)
     if meta["model"] != name:
-        raise ValueError(f"train.distill.teacher_weights: {path} is a run of {meta['model']!r}, "
-                         f"train.distill.teacher is {name!r}")
+        raise ValueError(f"teacher.pretrained: {path} is a run of {meta['model']!r}, "
+                         f"teacher.name is {name!r}")
     return model, variables
 
 
@@ -49,36 +50,37 @@ def _from_pth(name, path, num_classes, dtype):
     try:
         return model, jv.load_pretrained(name, tv.load_state_dict(path), True, model=model)
     except ConversionError as e:
-        raise ValueError(f"train.distill.teacher_weights: {path} does not fit {name} with "
+        raise ValueError(f"teacher.pretrained: {path} does not fit {name} with "
                          f"{num_classes} classes (the student's): {e}") from None
 
 
 def load_teacher(config, num_classes: int, dtype=jnp.float32, log=print):
-    """``(model, variables)`` of the config's teacher, or ``(None, None)`` without one. Its
-    class count must be the student's ``num_classes``."""
-    d = config.train.distill
-    if not d.teacher:
+    """``(model, variables)`` of the config's teacher, or ``(None, None)`` for a task other
+    than distillation. Its class count must be the student's ``num_classes``."""
+    from jaxvision.tasks import task_name
+
+    if task_name(config) != "distillation":
         return None, None
-    name, path = d.teacher, d.teacher_weights
+    name, path, d = config.teacher.name, config.teacher.pretrained, config.distill
     if os.path.isfile(os.path.join(path, "config.json")):
         model, variables = _from_workdir(name, path, log)
     elif store.is_store(path):
         saved = store.read_meta(path).get("model")
         if saved != name:
-            raise ValueError(f"train.distill.teacher_weights: {path} holds weights for "
-                             f"{saved!r}, train.distill.teacher is {name!r}")
+            raise ValueError(f"teacher.pretrained: {path} holds weights for {saved!r}, "
+                             f"teacher.name is {name!r}")
         model, variables = jv.create_model(name, pretrained=path, dtype=dtype)
     elif os.path.isfile(path):
         model, variables = _from_pth(name, path, num_classes, dtype)
     else:
-        raise ValueError(f"train.distill.teacher_weights: {path} is neither a .pth file, a "
+        raise ValueError(f"teacher.pretrained: {path} is neither a .pth file, a "
                          "'jaxvision convert' directory nor a jaxvision train workdir")
     size = config.data.image_size
     out = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((1, size, size, 3)), train=False),
                          variables)
     classes = out.shape[-1]
     if classes != num_classes:
-        raise ValueError(f"train.distill: the teacher {name} ({path}) predicts {classes} classes, "
+        raise ValueError(f"teacher: {name} ({path}) predicts {classes} classes, "
                          f"the student {num_classes}; distillation needs the same classes")
     variables = {k: variables[k] for k in ("params", "batch_stats") if k in variables}
     log(f"distilling from {name} ({path}) at temperature {d.temperature}, alpha {d.alpha}")
