@@ -287,3 +287,19 @@ def test_predict_temperature_with_a_weights_directory(tmp_path, teacher_dirs):
     want = np.exp(logp / 3) / np.exp(logp / 3).sum()
     np.testing.assert_allclose([p3[n] for n in sorted(p1)], want, rtol=1e-5)
     assert not np.allclose(want, np.exp(logp), atol=1e-3)
+
+
+def test_shapes_config_arms_differ_only_by_the_teacher(tmp_path):
+    from jaxvision.train.config import _flat, check_config, load_config_file
+
+    path = os.path.join(os.path.dirname(__file__), "..", "configs", "distill_shapes.py")
+    kd, base = load_config_file(path), load_config_file(path + ":baseline")
+    kd.teacher.pretrained = str(tmp_path)  # exists; the README passes runs/quickstart
+    check_config(kd)
+    check_config(base)
+    a, b = _flat(kd.to_dict()), _flat(base.to_dict())
+    assert {k for k in a if a[k] != b[k]} == {"task", "teacher.name", "teacher.pretrained"}
+    assert kd.distill.temperature == 4.0
+    with pytest.raises(ValueError, match="distill_shapes.py:other: expected :distill or "
+                                         ":baseline"):
+        load_config_file(path + ":other")

@@ -65,7 +65,8 @@ class Distillation(Classification):
             raise ValueError("distillation: the batch holds no teacher_logits; the train step "
                              "must be built with the teacher (make_train_step(teacher=...))")
         hard, sums = super().loss(outputs, batch)
-        loss = distill_loss(split_outputs(outputs)[0], batch["teacher_logits"], hard, self.temperature, self.alpha)
+        loss = distill_loss(split_outputs(outputs)[0], batch["teacher_logits"], hard,
+                            self.temperature, self.alpha)
         return loss, sums
 
 
