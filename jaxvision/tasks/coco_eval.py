@@ -98,8 +98,10 @@ def _annotations(entries, kind, iou_type):
     for i, d in enumerate(entries):
         where = f"{kind}[{i}]"
         box = None
-        if "boxes" in d or iou_type == "bbox":
-            box = _xywh(d.get("boxes", np.zeros((0, 4))), where)
+        if iou_type == "bbox" and "boxes" not in d:
+            raise ValueError(f"{where}: no 'boxes' (keys: {sorted(d)}), needed for box AP")
+        if "boxes" in d:
+            box = _xywh(d["boxes"], where)
         n = len(box) if box is not None else np.size(d.get("labels", ()))
         labels = _column(d, "labels", n, where)
         rles, hw = _rles(d, n, where) if iou_type == "segm" else (None, None)
@@ -200,10 +202,23 @@ def _set_sigmas(params, sigmas, anns):
 def instance_metrics(gts, dets, masks: bool = True, keypoints: bool = False) -> dict:
     """Box AP (KEYS) beside mask AP (``mask_`` + KEYS) and keypoint AP (``kp_`` + KP_KEYS),
     each over the whole split: what an instance-segmentation or keypoint task reports (with
-    ``val_`` in front: val_ap, val_mask_ap, val_mask_ap50, val_mask_ap75, val_kp_ap)."""
+    ``val_`` in front: val_ap, val_mask_ap, val_mask_ap50, val_mask_ap75, val_kp_ap). Where
+    masks are given, a ground truth's area is its mask's (as COCO's files hold it) for every
+    kind of AP, and each mask is encoded once."""
+    if masks:
+        from pycocotools import mask as coco_mask
+
+        gts, dets = ([_with_rles(d, f"{kind}[{i}]") for i, d in enumerate(entries)]
+                     for kind, entries in (("gts", gts), ("dets", dets)))
+        gts = [g if "areas" in g else g | {"areas": coco_mask.area(g["masks"])} for g in gts]
     out = coco_metrics(gts, dets)
     if masks:
         out |= {f"mask_{k}": v for k, v in coco_metrics(gts, dets, "segm").items()}
     if keypoints:
         out |= {f"kp_{k}": v for k, v in coco_metrics(gts, dets, "keypoints").items()}
     return out
+
+
+def _with_rles(d, where):
+    n = len(d["boxes"]) if "boxes" in d else np.size(d.get("labels", ()))
+    return d | {"masks": _rles(d, n, where)[0]}
