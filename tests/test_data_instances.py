@@ -52,13 +52,17 @@ def _annotations():
     counts.append(run)
     return [
         {"id": 10, "image_id": 1, "category_id": 1, "bbox": [4, 2, 10, 12], "iscrowd": 0,
+         "area": 119.5,
          "segmentation": [[4, 2, 14, 2, 14, 14, 4, 14]],  # a polygon covering its box
          "keypoints": _kps((1, 5, 3), (2, 12, 3), (0, 8, 10))},
         {"id": 11, "image_id": 1, "category_id": 3, "bbox": [30, 2, 6, 4], "iscrowd": 0,
+         "area": 24,
          "segmentation": {"size": [H, W], "counts": counts}},  # no keypoints: all unlabelled
         {"id": 12, "image_id": 1, "category_id": 1, "bbox": [2, 20, 28, 8], "iscrowd": 1,
+         "area": 224,
          "segmentation": _rle(_crowd_mask()), "keypoints": [0] * 51},
         {"id": 13, "image_id": 2, "category_id": 3, "bbox": [1, 1, 8, 8], "iscrowd": 0,
+         "area": 48,
          "segmentation": [[1, 1, 9, 1, 9, 9], [20, 20, 24, 20, 24, 24, 20, 24]]},  # two parts
     ]
 
@@ -272,3 +276,41 @@ def test_detection_eval_keeps_crowd_regions_as_ignore_regions():
     np.testing.assert_array_equal(total["gts"][0]["iscrowd"], [0, 1])
     assert plain["val_ap"] == pytest.approx(0.5)  # the detection on the crowd: a false positive
     assert task.summary(total)["val_ap"] == pytest.approx(1.0)  # ignored
+
+
+def test_eval_targets_score_as_pycocotools_on_the_file(coco_files):
+    """The source's original-pixel ground truth (crowd regions and the file's areas
+    included) scores detections as COCOeval does on the annotation file itself."""
+    from pycocotools import mask as coco_mask
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from jaxvision.tasks.coco_eval import KEYS, coco_metrics
+
+    ann, folder = coco_files
+    src = CocoSource(ann, folder, masks=True, crowd=True)
+    gts = [src.eval_targets(i) for i in range(len(src))]
+    np.testing.assert_array_equal(gts[0]["iscrowd"], [0, 0, 1])
+    np.testing.assert_array_equal(gts[0]["labels"], [1, 3, 1])
+    np.testing.assert_array_equal(coco_mask.decode(gts[0]["masks"][2]), _crowd_mask())
+    np.testing.assert_array_equal(gts[0]["areas"], [119.5, 24, 224])  # the file's
+    # detections: the first image's instances shifted a pixel, one inside the crowd region,
+    # a false positive on the second image
+    dets, results = [], []
+    for i, (iid, masks) in enumerate([(1, np.roll(src[0]["masks"], 1, 2)),
+                                      (2, np.roll(src[1]["masks"], 9, 1))]):
+        masks = np.concatenate([masks, _crowd_mask()[None]]) if i == 0 else masks
+        scores = np.linspace(0.5, 0.9, len(masks))  # the crowd detection first
+        labels = np.array([1, 3, 1][:len(masks)] if i == 0 else [3])
+        dets.append({"masks": masks, "scores": scores, "labels": labels})
+        for m, s, c in zip(masks, scores, labels):
+            r = coco_mask.encode(np.asfortranarray(m))
+            results.append({"image_id": iid, "category_id": int(c), "score": float(s),
+                            "segmentation": {"size": r["size"], "counts": r["counts"].decode()}})
+    ref = COCO(ann)
+    ev = COCOeval(ref, ref.loadRes(results), "segm")
+    ev.evaluate(), ev.accumulate(), ev.summarize()
+    got = coco_metrics(gts, dets, "segm")
+    assert 0 < ev.stats[0] < 1
+    for k, want in zip(KEYS, ev.stats):
+        assert got[k] == pytest.approx(want, abs=1e-12) or (np.isnan(got[k]) and want == -1)

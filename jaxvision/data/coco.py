@@ -163,20 +163,24 @@ def _read_keypoints(path, anns, k):
     return out
 
 
+def _to_rle(seg, h, w):
+    """One pycocotools RLE of polygons / an RLE, as ``COCO.annToRLE``."""
+    from pycocotools import mask as coco_mask
+
+    if isinstance(seg, list):  # polygons: one object may have several parts
+        return coco_mask.merge(coco_mask.frPyObjects(seg, h, w))
+    if isinstance(seg["counts"], list):  # uncompressed RLE
+        return coco_mask.frPyObjects(seg, h, w)
+    return seg
+
+
 def _decode(segms, h, w) -> np.ndarray:
     """(n, h, w) uint8 masks of polygons / RLEs, as pycocotools' ``COCO.annToMask``."""
     from pycocotools import mask as coco_mask
 
-    rles = []
-    for seg in segms:
-        if isinstance(seg, list):  # polygons: one object may have several parts
-            rles.append(coco_mask.merge(coco_mask.frPyObjects(seg, h, w)))
-        elif isinstance(seg["counts"], list):  # uncompressed RLE
-            rles.append(coco_mask.frPyObjects(seg, h, w))
-        else:
-            rles.append(seg)
-    if not rles:
+    if not segms:
         return np.zeros((0, h, w), np.uint8)
+    rles = [_to_rle(seg, h, w) for seg in segms]
     return np.ascontiguousarray(np.moveaxis(coco_mask.decode(rles), -1, 0))
 
 
@@ -258,12 +262,17 @@ class CocoSource:
         pos = {iid: k for k, iid in enumerate(ids)}
         owner = np.array([pos.get(iid, -1) for iid in img_of], np.int64)
         sel, self._start = _group(np.flatnonzero(keep & (owner >= 0)), owner, len(ids))
+        # COCO's own area (the segment's), else the box's: what evaluation ranks by size
+        areas = np.array([a.get("area", w * h) for a, (_, _, w, h) in zip(anns, xywh)],
+                         np.float64).reshape(-1)
         self._boxes = xyxy[sel].astype(np.float32)
         self._classes = np.array([label_of[rows[i][2]] for i in sel], np.int32)
+        self._areas = areas[sel]
         cut, self._crowd_start = _group(np.flatnonzero(crowd & (owner >= 0)), owner, len(ids))
         if self.crowd:
             self._crowd_boxes = xyxy[cut].astype(np.float32)
             self._crowd_classes = np.array([label_of[rows[i][2]] for i in cut], np.int32)
+            self._crowd_areas = areas[cut]
         if self.masks:
             for i in np.concatenate([sel, cut if self.crowd else sel[:0]]):
                 _check_segmentation(path, anns[i], size[i])
@@ -283,6 +292,32 @@ class CocoSource:
     def box_counts(self) -> np.ndarray:
         """The number of boxes of each example, without reading an image."""
         return np.diff(self._start)
+
+    def eval_targets(self, index) -> dict:
+        """Example ``index``'s ground truth as COCO evaluates it, in the original image's pixels
+        (a ``coco_eval`` entry; no image is read): ``boxes``, ``labels``, ``areas`` (the
+        file's), ``iscrowd`` (the crowd regions last, where ``crowd``), with ``masks`` as
+        pycocotools RLEs where ``masks`` and ``keypoints`` where ``keypoints`` (crowd regions:
+        none labelled)."""
+        a, b = self._start[index], self._start[index + 1]
+        c, d = (self._crowd_start[index], self._crowd_start[index + 1]) if self.crowd else (0, 0)
+
+        def rows(name):
+            own = getattr(self, "_" + name)[a:b]
+            return np.concatenate([own, getattr(self, "_crowd_" + name)[c:d]]) if d > c else \
+                own.copy()
+
+        out = {"boxes": rows("boxes"), "labels": rows("classes"), "areas": rows("areas"),
+               "iscrowd": np.repeat([0, 1], [b - a, d - c]).astype(np.int32)}
+        if self.masks:
+            w, h = (int(v) for v in self._sizes[index])
+            out["masks"] = [_to_rle(seg, h, w)
+                            for seg in self._segms[a:b] + self._crowd_segms[c:d]]
+        if self.keypoints:
+            kps = self._keypoints[a:b]
+            out["keypoints"] = np.concatenate([kps, np.zeros((d - c, *kps.shape[1:]),
+                                                             np.float32)])
+        return out
 
     def crowd_counts(self) -> np.ndarray:
         """The number of crowd regions of each example (0 everywhere unless ``crowd``)."""
