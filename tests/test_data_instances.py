@@ -314,3 +314,20 @@ def test_eval_targets_score_as_pycocotools_on_the_file(coco_files):
     assert 0 < ev.stats[0] < 1
     for k, want in zip(KEYS, ev.stats):
         assert got[k] == pytest.approx(want, abs=1e-12) or (np.isnan(got[k]) and want == -1)
+
+
+def test_coco_loader_batches_carry_instances_and_val_crowd(coco_files, tmp_path):
+    ann, folder = coco_files
+    cfg = default_data_config()
+    cfg.source, cfg.batch_size, cfg.eval_batch_size, cfg.image_size = "coco", 2, 2, 30
+    cfg.coco.update(root=str(tmp_path), train_ann=ann, val_ann=ann, train_images=folder,
+                    val_images=folder)
+    cfg.detection.update(max_size=40, max_boxes=3, masks=True, keypoints=True, crowd=True)
+    data = build_data(cfg, task="detection")
+    train = next(iter(data.train_loader(seed=0)))
+    assert train["masks"].shape == (2, 3, 64, 64) and train["keypoints"].shape == (2, 3, 17, 3)
+    assert "num_crowd" not in train  # crowd regions are no training targets
+    val = next(iter(data.eval_loader()))
+    assert val["crowd_masks"].shape == (2, 1, 64, 64)
+    np.testing.assert_array_equal(val["num_crowd"], [1, 0])
+    np.testing.assert_array_equal(val["crowd_masks"][0, 0, :30, :40], _crowd_mask())
