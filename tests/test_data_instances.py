@@ -231,6 +231,9 @@ def test_eval_transform_pads_masks_and_crowd(coco_files):
     np.testing.assert_array_equal(out["keypoints"][0, 1], [10, 6, 2])
     with pytest.raises(DataError, match="holds 1 crowd regions, more than max_crowd=0"):
         DetEvalTransform(60, 80, canvas=96, max_boxes=4, max_crowd=0).map(src[0])
+    bad = dict(src[0], masks=src[0]["masks"][:, :20])  # a source's masks off its image
+    with pytest.raises(DataError, match=r"masks of shape \(2, 20, 40\), expected \(2, 30, 40\)"):
+        t.map(bad)
     plain = DetEvalTransform(60, 80, canvas=96, max_boxes=4).map(CocoSource(*coco_files)[0])
     assert set(plain) == {"image", "boxes", "classes", "num_boxes", "image_size", "scale"}
 
