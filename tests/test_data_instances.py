@@ -334,3 +334,21 @@ def test_coco_loader_batches_carry_instances_and_val_crowd(coco_files, tmp_path)
     assert val["crowd_masks"].shape == (2, 1, 64, 64)
     np.testing.assert_array_equal(val["num_crowd"], [1, 0])
     np.testing.assert_array_equal(val["crowd_masks"][0, 0, :30, :40], _crowd_mask())
+
+
+def test_hflip_refused_for_a_keypoint_layout_it_cannot_mirror(tmp_path):
+    cats = [dict(CATS[0], keypoints=["a", "b", "c"]), CATS[1]]
+    anns = [dict(a, keypoints=[1, 1, 2] * 3) if "keypoints" in a else a for a in _annotations()]
+    ann, folder = _write(tmp_path, anns, cats)
+    assert CocoSource(ann, folder, keypoints=True).num_keypoints == 3
+    cfg = default_data_config()
+    cfg.source, cfg.batch_size = "coco", 1
+    cfg.coco.update(root=str(tmp_path), train_ann=ann, val_ann=ann, train_images=folder,
+                    val_images=folder)
+    cfg.detection.keypoints = True
+    data = build_data(cfg, task="detection")
+    with pytest.raises(DataError, match="hflip with 3 keypoints per instance"):
+        data.train_transform()
+    cfg.detection.hflip = False
+    assert data.train_transform().random_map(data.train_source[0], np.random.default_rng(0))[
+        "keypoints"].shape == (100, 3, 3)

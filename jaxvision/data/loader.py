@@ -11,6 +11,7 @@ from jaxvision.data import transforms as T
 from jaxvision.data.det_transforms import DetEvalTransform, DetTrainTransform
 from jaxvision.data.erasing import RandomErasing
 from jaxvision.data.errors import DataError
+from jaxvision.data.instance_ops import COCO_KEYPOINT_FLIP
 from jaxvision.data.policies import build_policy
 from jaxvision.data.repeated_sampler import RepeatedAugmentSampler
 from jaxvision.data.shapes import ShapesSource
@@ -94,6 +95,11 @@ class Data:
         c = self.cfg
         if self.task == "detection":
             d = c.detection
+            k = getattr(self.train_source, "num_keypoints", None) if d.keypoints else None
+            if d.hflip and k not in (None, len(COCO_KEYPOINT_FLIP)):  # which is whose mirror?
+                raise DataError(f"data.detection.hflip with {k} keypoints per instance: the "
+                                f"flip knows COCO's {len(COCO_KEYPOINT_FLIP)} person keypoints "
+                                "only; set data.detection.hflip=False")
             return DetTrainTransform(*self.detection_sizes(), tuple(d.scale_range), d.hflip,
                                      d.max_boxes, interpolation=c.interpolation)
         if self.task == "segmentation":
