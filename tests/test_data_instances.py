@@ -352,3 +352,36 @@ def test_hflip_refused_for_a_keypoint_layout_it_cannot_mirror(tmp_path):
     cfg.detection.hflip = False
     assert data.train_transform().random_map(data.train_source[0], np.random.default_rng(0))[
         "keypoints"].shape == (100, 3, 3)
+
+
+def _voc_instances(root, objects, classes):
+    for d in ("JPEGImages", "SegmentationClass", "SegmentationObject", "ImageSets/Segmentation"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.zeros((*objects.shape, 3), np.uint8)).save(root / "JPEGImages" / "a.jpg")
+    Image.fromarray(classes.astype(np.uint8)).save(root / "SegmentationClass" / "a.png")
+    Image.fromarray(objects.astype(np.uint8)).save(root / "SegmentationObject" / "a.png")
+    for split in ("train", "val"):
+        (root / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("a\n")
+
+
+def test_voc_segmentation_object_layout(tmp_path):
+    objects, classes = np.zeros((20, 24), np.uint8), np.zeros((20, 24), np.uint8)
+    objects[2:8, 3:10], classes[2:8, 3:10] = 1, 2
+    objects[10:18, 12:20], classes[10:18, 12:20] = 2, 1
+    objects[10:18, 11], classes[10:18, 11] = 255, 255  # a border: no object's pixel
+    _voc_instances(tmp_path, objects, classes)
+    cfg = default_data_config()
+    cfg.source, cfg.batch_size, cfg.eval_batch_size, cfg.image_size = "voc", 1, 1, 20
+    cfg.voc.update(root=str(tmp_path), num_classes=3)
+    cfg.detection.update(max_size=24, max_boxes=3, masks=True)
+    data = build_data(cfg, task="detection")
+    ex = data.train_source[0]
+    np.testing.assert_array_equal(ex["boxes"], [[3, 2, 10, 8], [12, 10, 20, 18]])
+    np.testing.assert_array_equal(ex["classes"], [2, 1])
+    np.testing.assert_array_equal(ex["masks"], [objects == 1, objects == 2])
+    assert next(iter(data.eval_loader()))["masks"].shape == (1, 3, 32, 32)
+    classes[9:12, 12:14] = 2  # object 2 now lies on two classes
+    _voc_instances(tmp_path, objects, classes)
+    with pytest.raises(DataError, match=r"SegmentationObject/a.png: object 2 lies on class ids "
+                                        r"\[1, 2\] of .*SegmentationClass/a.png"):
+        build_data(cfg, task="detection").train_source[0]

@@ -261,7 +261,8 @@ def build_data(cfg, model_name: str | None = None, task: str = "classification")
     elif cfg.source == "voc":
         from jaxvision.data.voc import voc_sources
 
-        train, val, names = voc_sources(cfg.voc)
+        det = task == "detection"  # the objects of SegmentationObject/
+        train, val, names = voc_sources(cfg.voc, det, det and _instance_fields(cfg, "masks"))
     elif cfg.source == "tfds":
         from jaxvision.data.tfds_source import tfds_sources
 
@@ -271,8 +272,9 @@ def build_data(cfg, model_name: str | None = None, task: str = "classification")
     else:
         raise DataError("data.source must be 'shapes', 'imagefolder', 'voc', 'coco' or "
                         f"'tfds', got {cfg.source!r}")
-    if cfg.source == "voc" and not seg:
-        raise DataError("data.source='voc' holds segmentation masks: set task='segmentation'")
+    if cfg.source == "voc" and task == "classification":
+        raise DataError("data.source='voc' holds segmentation masks: set task='segmentation' "
+                        "(or 'detection' with root/SegmentationObject/)")
     return Data(train, val, names, cfg, mean, std, resize, task)
 
 
@@ -284,7 +286,7 @@ def _instance_fields(cfg, supported: str) -> bool:
         if d[field] and field != supported:
             raise DataError(f"data.detection.{field}=True, but data.source={cfg.source!r} "
                             f"holds no instance {field}: use 'coco'"
-                            + (" or 'shapes' (masks)" if field == "masks" else ""))
+                            + (", 'voc' or 'shapes' (masks)" if field == "masks" else ""))
     return bool(d.masks)
 
 
