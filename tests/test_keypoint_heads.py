@@ -13,13 +13,12 @@ from torchvision.models.detection import keypoint_rcnn as tv_kp, roi_heads as tr
 import jax
 import flax.linen as nn
 
-from jaxvision.convert import merge, torchvision as tv
 from jaxvision.heads.keypoint_rcnn import (COCO_PERSON_KEYPOINT_NAMES, KEYPOINT_LAYERS,
                                            KeypointRCNNPredictor, heatmaps_to_keypoints,
                                            keypoint_rcnn_heads, keypointrcnn_loss,
                                            keypoints_to_heatmap)
 
-from det_helpers import randomize_
+from det_helpers import assert_exports_back, load_strict, randomize_
 
 K = 17
 
@@ -67,16 +66,8 @@ def test_heads_and_predictor_equal_torchvision_and_convert_both_ways():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2, 2, 14, 14, 32)).astype(np.float32)
     model = Model(layers)
-    target = jax.eval_shape(lambda: model.init(jax.random.key(0), x))
-    report = merge.Report()
-    sd = tmodel.state_dict()
-    source, names = tv.map_state_dict(sd, target, report)
-    variables = merge.fill(dict(target), source, names, report, True,
-                           shown_shape=tv.torch_shape)
-    back = tv.to_state_dict(variables)
-    assert sorted(back) == sorted(sd)
-    for key, value in sd.items():
-        np.testing.assert_array_equal(back[key], value.numpy(), err_msg=key)
+    variables = load_strict(model, tmodel, x)
+    assert_exports_back(variables, tmodel.state_dict())
     assert not any((v == 0).all() for v in jax.tree.leaves(variables))
 
     tx = torch.from_numpy(x.reshape(4, 14, 14, 32).transpose(0, 3, 1, 2).copy())

@@ -15,12 +15,12 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from jaxvision.convert import merge, torchvision as tv
+from jaxvision.convert import torchvision as tv
 from jaxvision.heads.mask_rcnn import (MaskRCNNPredictor, mask_rcnn_heads, maskrcnn_inference,
                                        maskrcnn_loss, paste_masks_in_image,
                                        project_masks_on_boxes)
 
-from det_helpers import randomize_
+from det_helpers import assert_exports_back, load_strict, randomize_
 
 NUM_CLASSES = 5
 TORCH_NORMS = {None: None, "batch": tnn.BatchNorm2d,
@@ -96,16 +96,8 @@ def test_heads_and_predictor_equal_torchvision_and_convert_both_ways(norm):
     if norm == "batch":  # statistics of a real batch, perturbed: none of them the init's
         calibrate_(tmodel.roi_heads.mask_head, tx)
     model = Model(layers, norm)
-    target = jax.eval_shape(lambda: model.init(jax.random.key(0), x))
-    report = merge.Report()
-    sd = tmodel.state_dict()
-    source, names = tv.map_state_dict(sd, target, report)
-    variables = merge.fill(dict(target), source, names, report, True,
-                           shown_shape=tv.torch_shape)
-    back = tv.to_state_dict(variables)
-    assert sorted(back) == sorted(sd)
-    for key, value in sd.items():
-        np.testing.assert_array_equal(back[key], value.numpy(), err_msg=key)
+    variables = load_strict(model, tmodel, x)
+    assert_exports_back(variables, tmodel.state_dict())
 
     tmodel.eval()
     with torch.no_grad():
