@@ -123,7 +123,7 @@ def test_heatmap_targets_and_loss_equal_torchvision_with_gradient(loss_case):
     t_logits = torch.from_numpy(np.concatenate([logits[i, :c] for i, c in enumerate(counts)])
                                 .transpose(0, 3, 1, 2).copy()).requires_grad_()
     kp = np.take_along_axis(keypoints, matched[:, :, None, None], 1)
-    cells, ok = keypoints_to_heatmap(kp, proposals, 56)
+    cells, ok = jax.jit(keypoints_to_heatmap, static_argnums=2)(kp, proposals, 56)
     n_valid = 0
     for i, c in enumerate(counts):
         want_cells, want_ok = trh.keypoints_to_heatmap(t_kps[i][t_matched[i]], t_props[i], 56)
@@ -195,7 +195,7 @@ def test_bad_input_is_named_and_an_undersized_bound_is_loud():
     with pytest.raises(ValueError, match=r"rois must be \(1, 2, 4\) \(one xyxy box per heatmap "
                                          r"set\), got shape \(2, 4\)"):
         heatmaps_to_keypoints(logits, proposals[0], (64, 64))
-    xy, scores = heatmaps_to_keypoints(logits[0], np.array([[0, 0, 70, 10], [0, 0, 64, 64]],
-                                                           np.float32), (64, 64))
+    rois = np.array([[0, 0, 70, 10], [0, 0, 64, 64]], np.float32)  # the first is too wide
+    xy, scores = jax.jit(heatmaps_to_keypoints, static_argnums=2)(logits[0], rois, (64, 64))
     assert np.isnan(xy[0]).all() and np.isnan(scores[0]).all()
     assert np.isfinite(xy[1]).all()
