@@ -238,6 +238,13 @@ def test_paste_masks_equal_torchvision():
     assert outside >= 10 and err <= 1e-3 and iou >= 0.99
 
 
+def test_a_box_beyond_the_sampling_bound_is_loud():
+    boxes = np.array([[[0, 0, 60, 60], [0, 0, 20, 20]]], np.float32)  # 3 and 1 samples a side
+    out = jax.jit(project_masks_on_boxes, static_argnums=(3, 4))(
+        np.ones((1, 1, 64, 64), np.uint8), boxes, np.zeros((1, 2), np.int32), 28, 1)
+    assert np.isnan(out[0, 0]).all() and np.allclose(out[0, 1], 1.0)
+
+
 def test_bad_input_is_named():
     masks, boxes = np.zeros((3, 28, 28), np.float32), np.zeros((3, 4), np.float32)
     with pytest.raises(ValueError, match=r"boxes must be \(3, 4\) \(one xyxy box per mask\), "

@@ -29,7 +29,7 @@ from jaxvision.layers.conv import (Conv2d, ConvTranspose2d, kaiming_normal_fan_o
                                    uniform_bias)
 from jaxvision.layers.interpolate import linear_taps
 from jaxvision.layers.norm import norm_factory
-from jaxvision.ops.roi_align import default_max_sampling, rounded, sample_roi_grid
+from jaxvision.ops.roi_align import _axis, default_max_sampling, exact_div, rounded
 
 MASK_LAYERS = (256, 256, 256, 256)
 MASK_NORMS = (None, "batch", "group")
@@ -88,13 +88,30 @@ class MaskRCNNPredictor(nn.Module):
         return x.reshape(*lead, *x.shape[1:])
 
 
+def _sampling_matrix(start, size, grid, bins: int, bound: int, pixels: int):
+    """RoIAlign along one axis as a (K, bins, pixels) matrix: each bin's bilinear samples'
+    weights added at the rows (columns) they read (``_axis``'s, 0 for the outside samples)."""
+    index, weight = _axis(start, size, grid, bins, bound, jnp.full(start.shape, pixels))
+    k = start.shape[0]
+    rois = jnp.arange(k)[:, None, None, None]
+    cells = jnp.arange(bins)[None, :, None, None]
+    return jnp.zeros((k, bins, pixels), jnp.float32).at[rois, cells, index].add(weight)
+
+
 def project_masks_on_boxes(gt_masks, boxes, matched_idxs, output_size: int = 28,
                            max_sampling: Optional[Union[int, Sequence[int]]] = None):
     """torchvision's ``project_masks_on_boxes`` for a padded batch: RoIAlign (spatial scale 1,
     adaptive sampling, aligned=False) of ground-truth mask ``matched_idxs[n, p]`` of image n
     onto box ``boxes[n, p]``.  ``gt_masks`` (N, G, H, W), ``boxes`` (N, P, 4) xyxy,
     ``matched_idxs`` (N, P) -> (N, P, M, M).  ``max_sampling`` bounds the adaptive grid (by
-    default enough for any box inside the mask; a box that needs more gives NaN)."""
+    default enough for any box inside the mask; a box that needs more gives NaN).
+
+    On one channel RoIAlign is separable: a sample's weight is a row weight times a column
+    weight, and a sample outside the map is outside along one axis.  So each RoI's targets are
+    ``rows @ mask @ cols.T`` / samples, with (M, H) and (M, W) matrices holding every sample's
+    weights: two matmuls where ``ops.roi_align`` gathers every sample of a grid bounded by the
+    largest box (at COCO's 800 x 1066 masks, 256 RoIs: 18.6 s that way here, torchvision
+    1.1 s).  Equal to torchvision's up to the order of float32 additions."""
     if gt_masks.ndim != 4:
         raise ValueError(f"project_masks_on_boxes: gt_masks must be (N, G, H, W), got shape "
                          f"{gt_masks.shape}")
@@ -105,17 +122,32 @@ def project_masks_on_boxes(gt_masks, boxes, matched_idxs, output_size: int = 28,
     if matched_idxs.shape != boxes.shape[:2]:
         raise ValueError(f"project_masks_on_boxes: matched_idxs must be (N, P) = "
                          f"{boxes.shape[:2]}, got shape {matched_idxs.shape}")
-    p = boxes.shape[1]
-    size = (output_size, output_size)
-    bound = default_max_sampling((h, w), size) if max_sampling is None else (
+    p, m = boxes.shape[1], output_size
+    my, mx = default_max_sampling((h, w), m) if max_sampling is None else (
         (max_sampling, max_sampling) if isinstance(max_sampling, int) else tuple(max_sampling))
+    # sample_roi_grid's RoI arithmetic (aligned=False: at least 1 x 1, no half-pixel shift)
+    b = jax.lax.stop_gradient(jnp.asarray(boxes, jnp.float32)).reshape(-1, 4)
+    x1, y1, x2, y2 = (rounded(b[:, j], b[:, j]) for j in range(4))
+    bin_h = exact_div(jnp.maximum(y2 - y1, 1.0), m)
+    bin_w = exact_div(jnp.maximum(x2 - x1, 1.0), m)
+    grid_h, grid_w = jnp.ceil(bin_h).astype(jnp.int32), jnp.ceil(bin_w).astype(jnp.int32)
+    rows = _sampling_matrix(y1, bin_h, grid_h, m, my, h)  # (K, M, H)
+    cols = _sampling_matrix(x1, bin_w, grid_w, m, mx, w)  # (K, M, W)
+    count = jnp.maximum(grid_h * grid_w, 1).astype(jnp.float32)
     which = jnp.arange(n, dtype=jnp.int32)[:, None] * g + jnp.clip(matched_idxs, 0, g - 1)
-    table = jax.lax.stop_gradient(gt_masks.astype(jnp.float32)).reshape(n * g * h * w, 1)
-    full = lambda v: jnp.full((n * p,), v, jnp.int32)
-    out = sample_roi_grid(table, which.reshape(-1) * (h * w), full(h), full(w),
-                          boxes.reshape(-1, 4), jnp.ones((n * p,), jnp.float32), size, -1,
-                          False, bound)
-    return out.reshape(n, p, output_size, output_size)
+    masks = jax.lax.stop_gradient(jnp.asarray(gt_masks)).reshape(n * g, h, w)
+    hi = jax.lax.Precision.HIGHEST
+
+    def one(args):
+        r, c, i = args
+        mask = jax.lax.dynamic_index_in_dim(masks, i, keepdims=False).astype(jnp.float32)
+        return jnp.matmul(jnp.matmul(r, mask, precision=hi), c.T, precision=hi)
+
+    out = jax.lax.map(one, (rows, cols, which.reshape(-1)), batch_size=min(16, n * p))
+    out = exact_div(out, count[:, None, None])
+    over = (grid_h > my) | (grid_w > mx)  # more samples than the static bound: say so
+    out = jnp.where(over[:, None, None], jnp.nan, out)
+    return out.reshape(n, p, m, m)
 
 
 def maskrcnn_loss(mask_logits, proposals, gt_masks, gt_labels, matched_idxs, valid,
