@@ -153,7 +153,7 @@ def test_heatmaps_to_keypoints_equal_torchvision():
     map nearly tie), RoIs from under a pixel (clamped to 1) to the image's size, fractional
     corners; one padded batch of two images."""
     rng = np.random.default_rng(4)
-    r, h, w = 24, 96, 128
+    r, h, w = 16, 96, 128
     noise = rng.normal(size=(r, K, 56, 56)).astype(np.float32)
     yy, xx = np.mgrid[0:56, 0:56]
     centres = rng.uniform(0, 56, (2, r, K, 1, 1))

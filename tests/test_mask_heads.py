@@ -12,7 +12,6 @@ from torch import nn as tnn
 from torchvision.models.detection import mask_rcnn as tv_mask, roi_heads as trh
 
 import jax
-import jax.numpy as jnp
 import flax.linen as nn
 
 from jaxvision.convert import torchvision as tv

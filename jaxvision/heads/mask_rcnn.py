@@ -35,10 +35,10 @@ MASK_LAYERS = (256, 256, 256, 256)
 MASK_NORMS = (None, "batch", "group")
 
 
-def _rois(x, what: str, roi_shape: int = 3):
-    if x.ndim < roi_shape + 1:
+def _rois(x, what: str):
+    if x.ndim < 4:
         raise ValueError(f"{what}: expected RoI maps (..., H, W, C), got shape {x.shape}")
-    return x.reshape(-1, *x.shape[-roi_shape:])
+    return x.reshape(-1, *x.shape[-3:])
 
 
 def mask_rcnn_heads(x, train: bool = False, layers: Sequence[int] = MASK_LAYERS,
