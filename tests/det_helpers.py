@@ -25,12 +25,26 @@ def randomize_(module, scale=0.05):
     return module
 
 
+def load_strict(module, tmodule, *args):
+    """``module``'s variables converted strictly (every tensor and every leaf used once) from
+    ``tmodule``'s state_dict by the generic converter; ``args`` are ``module``'s inputs."""
+    target = jax.eval_shape(lambda: module.init(jax.random.key(0), *args))
+    report = merge.Report()
+    source, names = tv.map_state_dict(tmodule.state_dict(), target, report)
+    return merge.fill(dict(target), source, names, report, True, shown_shape=tv.torch_shape)
+
+
+def assert_exports_back(variables, state_dict):
+    """The inverse converter gives back ``state_dict``: the same keys, the same tensors."""
+    back = tv.to_state_dict(variables)
+    assert sorted(back) == sorted(state_dict)
+    for key, value in state_dict.items():
+        np.testing.assert_array_equal(back[key], value.numpy(), err_msg=key)
+
+
 def run_both(head, thead, feats):
     """(jaxvision outputs, torchvision outputs) of ``head`` loaded strictly from ``thead``."""
-    target = jax.eval_shape(lambda: head.init(jax.random.key(0), feats))
-    report = merge.Report()
-    source, names = tv.map_state_dict(thead.state_dict(), target, report)
-    variables = merge.fill(dict(target), source, names, report, True, shown_shape=tv.torch_shape)
+    variables = load_strict(head, thead, feats)
     with torch.no_grad():
         want = thead([nchw(f) for f in feats])
     return jax.jit(head.apply)(variables, feats), want

@@ -1,9 +1,16 @@
 """COCO-format detection data: an ``instances_*.json`` file and its image folder.
 
-Read as torchvision's detection reference reads it: crowd annotations dropped, ``[x, y, w, h]``
-turned into xyxy, clamped to the image, and boxes left with no width or height dropped
-(``ConvertCocoPolysToMask``). Labels are the category ids themselves (torchvision's 91-class
+Read as torchvision's detection reference reads it: crowd annotations are no targets,
+``[x, y, w, h]`` turned into xyxy, clamped to the image, and boxes left with no width or height
+dropped (``ConvertCocoPolysToMask``). Labels are the category ids themselves (torchvision's 91-class
 COCO layout, 0 = background) unless ``contiguous=True`` numbers the categories 1..K.
+
+Opt-in, for instance segmentation and keypoints: ``masks=True`` adds each instance's mask
+(polygons or RLE, decoded by pycocotools when an example is read), ``keypoints=True`` its
+keypoints (K x (x, y, v), K from the categories' ``keypoints`` names, COCO's 17 for people),
+and ``crowd=True`` keeps the crowd regions apart (``crowd_boxes``, ``crowd_classes``,
+``num_crowd``, with ``crowd_masks``), so evaluation can ignore the detections that fall on them
+as COCO does, instead of counting them as false positives.
 
 The whole file is checked when the source is built, in one pass over the annotations, so a bad
 file fails before training starts rather than at the batch that reaches it.
@@ -104,6 +111,85 @@ def _class_names(coco, contiguous):
     return names, {c: c for c in cats}
 
 
+def _check_segmentation(path, ann, size):
+    """A DataError unless ``ann['segmentation']`` is polygons of 3+ points or an RLE of its
+    image's size ``(w, h)``."""
+    seg, where = ann.get("segmentation"), f"{path}: annotation id {ann['id']} of image id " \
+        f"{ann['image_id']}"
+    if isinstance(seg, list):
+        if not seg:
+            raise DataError(f"{where}: 'segmentation' is an empty list, expected polygons")
+        for k, poly in enumerate(seg):
+            # pycocotools would take a 4-number polygon for a box, and fail on fewer
+            if (not isinstance(poly, list) or len(poly) < 6 or len(poly) % 2
+                    or not all(isinstance(v, (int, float)) for v in poly)):
+                got = f"{len(poly)} numbers" if isinstance(poly, list) else repr(poly)[:40]
+                raise DataError(f"{where}: polygon #{k} has {got}, expected a flat list "
+                                "[x1, y1, x2, y2, ...] of at least 3 points")
+        return
+    if isinstance(seg, dict) and "counts" in seg and "size" in seg:
+        w, h = size
+        if list(seg["size"]) != [h, w]:
+            raise DataError(f"{where}: RLE of size {list(seg['size'])}, but its image is "
+                            f"[{h:g}, {w:g}] ([height, width])")
+        return
+    raise DataError(f"{where}: 'segmentation' is {repr(seg)[:60]}, expected polygons (a list "
+                    "of [x1, y1, ...]) or an RLE {'size': [h, w], 'counts': ...}")
+
+
+def _num_keypoints(path, data) -> int:
+    """K: the length of the categories' ``keypoints`` names (one K for the whole file: a
+    batch holds one shape), COCO's 17 where no category names them."""
+    counts = {len(c["keypoints"]) for c in data["categories"] if c.get("keypoints")}
+    if len(counts) > 1:
+        raise DataError(f"{path}: categories name {sorted(counts)} keypoints; expected one "
+                        "count for the whole file")
+    return counts.pop() if counts else 17
+
+
+def _read_keypoints(path, anns, k):
+    """(n, K, 3) float32; an annotation without keypoints has none labelled (all zeros)."""
+    out = np.zeros((len(anns), k, 3), np.float32)
+    for i, a in enumerate(anns):
+        kp = a.get("keypoints")
+        if kp is None:
+            continue
+        if (not isinstance(kp, list) or len(kp) != 3 * k
+                or not all(isinstance(v, (int, float)) for v in kp)):
+            got = f"of length {len(kp)}" if isinstance(kp, list) else repr(kp)[:40]
+            raise DataError(f"{path}: annotation id {a['id']} of image id {a['image_id']}: "
+                            f"keypoints {got}, expected {3 * k} numbers ({k} x (x, y, v))")
+        out[i] = np.reshape(kp, (k, 3))
+    return out
+
+
+def _to_rle(seg, h, w):
+    """One pycocotools RLE of polygons / an RLE, as ``COCO.annToRLE``."""
+    from pycocotools import mask as coco_mask
+
+    if isinstance(seg, list):  # polygons: one object may have several parts
+        return coco_mask.merge(coco_mask.frPyObjects(seg, h, w))
+    if isinstance(seg["counts"], list):  # uncompressed RLE
+        return coco_mask.frPyObjects(seg, h, w)
+    return seg
+
+
+def _decode(segms, h, w) -> np.ndarray:
+    """(n, h, w) uint8 masks of polygons / RLEs, as pycocotools' ``COCO.annToMask``."""
+    from pycocotools import mask as coco_mask
+
+    if not segms:
+        return np.zeros((0, h, w), np.uint8)
+    rles = [_to_rle(seg, h, w) for seg in segms]
+    return np.ascontiguousarray(np.moveaxis(coco_mask.decode(rles), -1, 0))
+
+
+def _group(sel, owner, n):
+    """``sel`` sorted by image (file order within one) and each image's slice start."""
+    sel = sel[np.argsort(owner[sel], kind="stable")]
+    return sel, np.searchsorted(owner[sel], np.arange(n + 1))
+
+
 class CocoSource:
     """A grain random-access source over a COCO-format file: ``[i]`` -> ``{"image" (H, W, 3)
     uint8, "boxes" (n, 4) float32 xyxy pixels, "classes" (n,) int32, "num_boxes" int32}``,
@@ -113,12 +199,17 @@ class CocoSource:
     torchvision's reference does for training (crowd annotations count there, as in the
     reference). ``box_tolerance``: how far (px) a box may reach past its image before the file
     is refused; COCO's own boxes overshoot by fractions of a pixel.
+
+    ``masks``: add ``masks`` (n, H, W) uint8; ``keypoints``: add ``keypoints`` (n, K, 3)
+    float32; ``crowd``: add the crowd regions (see the module's note).
     """
 
     def __init__(self, annotation_file: str, image_dir: str, skip_empty: bool = False,
-                 contiguous: bool = False, box_tolerance: float = 1.0):
+                 contiguous: bool = False, box_tolerance: float = 1.0, masks: bool = False,
+                 keypoints: bool = False, crowd: bool = False):
         self.annotation_file, self.image_dir = annotation_file, image_dir
         self.skip_empty, self.contiguous = bool(skip_empty), bool(contiguous)
+        self.masks, self.keypoints, self.crowd = bool(masks), bool(keypoints), bool(crowd)
         path = annotation_file
         data = _load(path)
         for i, c in enumerate(data["categories"]):
@@ -156,7 +247,8 @@ class CocoSource:
         xyxy = _checked_xyxy(path, xywh, size, [images[i][0] for i in img_of], ann_ids, img_of,
                              box_tolerance)
 
-        # torchvision's reference: crowd regions are not targets; clamp, keep x2 > x1, y2 > y1
+        # torchvision's reference: crowd regions are not targets (``crowd`` keeps them apart);
+        # clamp, keep x2 > x1, y2 > y1
         xyxy[:, 0::2] = np.clip(xyxy[:, 0::2], 0, size[:, :1])
         xyxy[:, 1::2] = np.clip(xyxy[:, 1::2], 0, size[:, 1:])
         crowd = np.array([bool(a.get("iscrowd", 0)) for a in anns], bool)
@@ -169,11 +261,26 @@ class CocoSource:
         # per image: a slice of one array (cheap to pickle into grain's workers)
         pos = {iid: k for k, iid in enumerate(ids)}
         owner = np.array([pos.get(iid, -1) for iid in img_of], np.int64)
-        sel = np.flatnonzero(keep & (owner >= 0))
-        sel = sel[np.argsort(owner[sel], kind="stable")]  # file order within an image
+        sel, self._start = _group(np.flatnonzero(keep & (owner >= 0)), owner, len(ids))
+        # COCO's own area (the segment's), else the box's: what evaluation ranks by size
+        areas = np.array([a.get("area", w * h) for a, (_, _, w, h) in zip(anns, xywh)],
+                         np.float64).reshape(-1)
         self._boxes = xyxy[sel].astype(np.float32)
         self._classes = np.array([label_of[rows[i][2]] for i in sel], np.int32)
-        self._start = np.searchsorted(owner[sel], np.arange(len(ids) + 1))
+        self._areas = areas[sel]
+        cut, self._crowd_start = _group(np.flatnonzero(crowd & (owner >= 0)), owner, len(ids))
+        if self.crowd:
+            self._crowd_boxes = xyxy[cut].astype(np.float32)
+            self._crowd_classes = np.array([label_of[rows[i][2]] for i in cut], np.int32)
+            self._crowd_areas = areas[cut]
+        if self.masks:
+            for i in np.concatenate([sel, cut if self.crowd else sel[:0]]):
+                _check_segmentation(path, anns[i], size[i])
+            self._segms = [anns[i]["segmentation"] for i in sel]
+            self._crowd_segms = [anns[i]["segmentation"] for i in cut] if self.crowd else []
+        if self.keypoints:
+            self.num_keypoints = _num_keypoints(path, data)
+            self._keypoints = _read_keypoints(path, [anns[i] for i in sel], self.num_keypoints)
         self.image_ids = ids
         self.files = [os.path.join(image_dir, images[iid][0]) for iid in ids]
         self._sizes = [images[iid][1:] for iid in ids]
@@ -186,10 +293,41 @@ class CocoSource:
         """The number of boxes of each example, without reading an image."""
         return np.diff(self._start)
 
+    def eval_targets(self, index) -> dict:
+        """Example ``index``'s ground truth as COCO evaluates it, in the original image's pixels
+        (a ``coco_eval`` entry; no image is read): ``boxes``, ``labels``, ``areas`` (the
+        file's), ``iscrowd`` (the crowd regions last, where ``crowd``), with ``masks`` as
+        pycocotools RLEs where ``masks`` and ``keypoints`` where ``keypoints`` (crowd regions:
+        none labelled)."""
+        a, b = self._start[index], self._start[index + 1]
+        c, d = (self._crowd_start[index], self._crowd_start[index + 1]) if self.crowd else (0, 0)
+
+        def rows(name):
+            own = getattr(self, "_" + name)[a:b]
+            return np.concatenate([own, getattr(self, "_crowd_" + name)[c:d]]) if d > c else \
+                own.copy()
+
+        out = {"boxes": rows("boxes"), "labels": rows("classes"), "areas": rows("areas"),
+               "iscrowd": np.repeat([0, 1], [b - a, d - c]).astype(np.int32)}
+        if self.masks:
+            w, h = (int(v) for v in self._sizes[index])
+            out["masks"] = [_to_rle(seg, h, w)
+                            for seg in self._segms[a:b] + self._crowd_segms[c:d]]
+        if self.keypoints:
+            kps = self._keypoints[a:b]
+            out["keypoints"] = np.concatenate([kps, np.zeros((d - c, *kps.shape[1:]),
+                                                             np.float32)])
+        return out
+
+    def crowd_counts(self) -> np.ndarray:
+        """The number of crowd regions of each example (0 everywhere unless ``crowd``)."""
+        return np.diff(self._crowd_start) if self.crowd else np.zeros(len(self), np.int64)
+
     def __repr__(self):  # grain compares repr(source) when restoring a loader's state
+        extra = "".join(f", {k}=True" for k in ("masks", "keypoints", "crowd") if getattr(self, k))
         return (f"CocoSource(annotation_file={self.annotation_file!r}, image_dir="
                 f"{self.image_dir!r}, skip_empty={self.skip_empty}, contiguous="
-                f"{self.contiguous}, n={len(self.image_ids)})")
+                f"{self.contiguous}{extra}, n={len(self.image_ids)})")
 
     def __len__(self):
         return len(self.image_ids)
@@ -208,8 +346,21 @@ class CocoSource:
             raise DataError(f"{path}: image is {image.shape[1]}x{image.shape[0]}, but "
                             f"{self.annotation_file} gives it as {w:g}x{h:g}")
         a, b = self._start[index], self._start[index + 1]
-        return {"image": image, "boxes": self._boxes[a:b].copy(),
-                "classes": self._classes[a:b].copy(), "num_boxes": np.int32(b - a)}
+        ex = {"image": image, "boxes": self._boxes[a:b].copy(),
+              "classes": self._classes[a:b].copy(), "num_boxes": np.int32(b - a)}
+        h, w = image.shape[:2]
+        if self.masks:
+            ex["masks"] = _decode(self._segms[a:b], h, w)
+        if self.keypoints:
+            ex["keypoints"] = self._keypoints[a:b].copy()
+        if self.crowd:
+            c, d = self._crowd_start[index], self._crowd_start[index + 1]
+            ex |= {"crowd_boxes": self._crowd_boxes[c:d].copy(),
+                   "crowd_classes": self._crowd_classes[c:d].copy(),
+                   "num_crowd": np.int32(d - c)}
+            if self.masks:
+                ex["crowd_masks"] = _decode(self._crowd_segms[c:d], h, w)
+        return ex
 
 
 def _why_empty(source) -> str:
@@ -220,17 +371,19 @@ def _why_empty(source) -> str:
             + (" and over 1 px both ways" if source.skip_empty else ""))
 
 
-def coco_sources(cfg):
-    """(train, val, class_names) from ``data.coco``: train skips images without boxes."""
+def coco_sources(cfg, masks: bool = False, keypoints: bool = False, crowd: bool = False):
+    """(train, val, class_names) from ``data.coco``: train skips images without boxes; the
+    flags as ``CocoSource``'s (``crowd`` only for val: crowd regions are not targets)."""
     require_root(cfg.root, "data.coco.root",
                  "holding annotations/instances_*.json and the image folders")
     at = lambda p: os.path.join(cfg.root, p)  # noqa: E731
     train = CocoSource(at(cfg.train_ann), at(cfg.train_images), skip_empty=True,
-                       contiguous=cfg.contiguous)
+                       contiguous=cfg.contiguous, masks=masks, keypoints=keypoints)
     if not len(train):  # else: "steps_per_epoch=0" far from the cause
         raise DataError(f"{train.annotation_file}: holds no annotations to train on "
                         f"({_why_empty(train)})")
-    val = CocoSource(at(cfg.val_ann), at(cfg.val_images), contiguous=cfg.contiguous)
+    val = CocoSource(at(cfg.val_ann), at(cfg.val_images), contiguous=cfg.contiguous,
+                     masks=masks, keypoints=keypoints, crowd=crowd)
     if not val.box_counts().sum():  # every AP would be NaN, and the best checkpoint a guess
         raise DataError(f"{val.annotation_file}: holds no annotations to evaluate against "
                         f"({_why_empty(val)})")

@@ -42,11 +42,16 @@ def default_data_config() -> ml_collections.ConfigDict:
     # detection (task="detection"): image_size is torchvision's min_size (the shorter side);
     # the longer side is capped at max_size (None: image_size * 1333 / 800, torchvision's
     # ratio); images are padded to a canvas square (None: max_size rounded up to 32); train
-    # draws the shorter side from scale_range * image_size (multi-scale training)
+    # draws the shorter side from scale_range * image_size (multi-scale training).
+    # Instance segmentation / keypoints: masks adds each box's mask (max_boxes, canvas, canvas)
+    # uint8 to a batch, keypoints its keypoints (max_boxes, K, 3) (coco, shapes: masks only);
+    # crowd keeps COCO's crowd regions in the val batches (crowd_boxes, crowd_classes,
+    # num_crowd, with masks crowd_masks) so that evaluation ignores detections on them
     c.detection = ml_collections.ConfigDict(dict(
         max_size=ml_collections.FieldReference(None, field_type=int),
         canvas=ml_collections.FieldReference(None, field_type=int),
-        scale_range=(1.0, 1.0), hflip=True, max_boxes=100))
+        scale_range=(1.0, 1.0), hflip=True, max_boxes=100, masks=False, keypoints=False,
+        crowd=False))
     c.voc = ml_collections.ConfigDict(dict(
         root="", train_split="train", val_split="val", num_classes=21))
     c.shapes = ml_collections.ConfigDict(dict(

@@ -11,6 +11,7 @@ from jaxvision.data import transforms as T
 from jaxvision.data.det_transforms import DetEvalTransform, DetTrainTransform
 from jaxvision.data.erasing import RandomErasing
 from jaxvision.data.errors import DataError
+from jaxvision.data.instance_ops import COCO_KEYPOINT_FLIP
 from jaxvision.data.policies import build_policy
 from jaxvision.data.repeated_sampler import RepeatedAugmentSampler
 from jaxvision.data.shapes import ShapesSource
@@ -94,6 +95,11 @@ class Data:
         c = self.cfg
         if self.task == "detection":
             d = c.detection
+            k = getattr(self.train_source, "num_keypoints", None) if d.keypoints else None
+            if d.hflip and k not in (None, len(COCO_KEYPOINT_FLIP)):  # which is whose mirror?
+                raise DataError(f"data.detection.hflip with {k} keypoints per instance: the "
+                                f"flip knows COCO's {len(COCO_KEYPOINT_FLIP)} person keypoints "
+                                "only; set data.detection.hflip=False")
             return DetTrainTransform(*self.detection_sizes(), tuple(d.scale_range), d.hflip,
                                      d.max_boxes, interpolation=c.interpolation)
         if self.task == "segmentation":
@@ -116,10 +122,9 @@ class Data:
         c = self.cfg
         if self.task == "detection":
             # every box of the split: max_boxes caps what training matches, not the truth
-            counts = _box_counts(self.val_source)
-            most = int(counts.max()) if counts is not None and len(counts) else 0
+            most, crowd = (_most(self.val_source, m) for m in ("box_counts", "crowd_counts"))
             return DetEvalTransform(*self.detection_sizes(), max(c.detection.max_boxes, most),
-                                    c.interpolation)
+                                    c.interpolation, max(1, crowd))
         if self.task == "segmentation":
             canvas = c.segmentation.eval_size or max(c.image_size, self.resize_size)
             return T.SegEvalTransform(self.resize_size, canvas, c.interpolation)
@@ -180,10 +185,16 @@ class Data:
                 .batch(batch, drop_remainder=False))
 
 
-def _box_counts(source):
-    """Each example's box count where the source knows it without reading images, else None."""
-    counts = getattr(source, "box_counts", None)
+def _box_counts(source, method="box_counts"):
+    """Each example's box (or crowd region) count where the source knows it without reading
+    images, else None."""
+    counts = getattr(source, method, None)
     return None if counts is None else np.asarray(counts())
+
+
+def _most(source, method) -> int:
+    counts = _box_counts(source, method)
+    return int(counts.max()) if counts is not None and len(counts) else 0
 
 
 def _absl_flags_ready():
@@ -228,8 +239,10 @@ def build_data(cfg, model_name: str | None = None, task: str = "classification")
         # masks hold 0 for background and kind + 1 on the shape; for detection the box classes
         # shift alike (label 0 is the background, as torchvision's detectors count classes)
         shift = int(task == "detection")
-        train = ShapesSource(s.num_train, s.num_classes, s.image_size, s.seed, shift)
-        val = ShapesSource(s.num_val, s.num_classes, s.image_size, s.seed + 1_000_003, shift)
+        masks = shift and _instance_fields(cfg, "masks")
+        train = ShapesSource(s.num_train, s.num_classes, s.image_size, s.seed, shift, masks)
+        val = ShapesSource(s.num_val, s.num_classes, s.image_size, s.seed + 1_000_003, shift,
+                           masks)
         names = (["background"] if seg or shift else []) + train.class_names
     elif cfg.source == "imagefolder":
         if task != "classification":
@@ -243,21 +256,38 @@ def build_data(cfg, model_name: str | None = None, task: str = "classification")
             raise DataError("data.source='coco' holds boxes: set task='detection'")
         from jaxvision.data.coco import coco_sources
 
-        train, val, names = coco_sources(cfg.coco)
+        d = cfg.detection
+        train, val, names = coco_sources(cfg.coco, d.masks, d.keypoints, d.crowd)
     elif cfg.source == "voc":
         from jaxvision.data.voc import voc_sources
 
-        train, val, names = voc_sources(cfg.voc)
+        det = task == "detection"  # the objects of SegmentationObject/
+        train, val, names = voc_sources(cfg.voc, det, det and _instance_fields(cfg, "masks"))
     elif cfg.source == "tfds":
         from jaxvision.data.tfds_source import tfds_sources
 
+        if task == "detection":
+            _instance_fields(cfg, "")
         train, val, names = tfds_sources(cfg.tfds, task)
     else:
         raise DataError("data.source must be 'shapes', 'imagefolder', 'voc', 'coco' or "
                         f"'tfds', got {cfg.source!r}")
-    if cfg.source == "voc" and not seg:
-        raise DataError("data.source='voc' holds segmentation masks: set task='segmentation'")
+    if cfg.source == "voc" and task == "classification":
+        raise DataError("data.source='voc' holds segmentation masks: set task='segmentation' "
+                        "(or 'detection' with root/SegmentationObject/)")
     return Data(train, val, names, cfg, mean, std, resize, task)
+
+
+def _instance_fields(cfg, supported: str) -> bool:
+    """Whether data.detection asks for masks; a DataError where it asks for instance fields
+    that ``data.source`` cannot give (``supported``: the one it can, if any)."""
+    d = cfg.detection
+    for field in ("masks", "keypoints"):
+        if d[field] and field != supported:
+            raise DataError(f"data.detection.{field}=True, but data.source={cfg.source!r} "
+                            f"holds no instance {field}: use 'coco'"
+                            + (", 'voc' or 'shapes' (masks)" if field == "masks" else ""))
+    return bool(d.masks)
 
 
 TASKS = ("classification", "segmentation", "detection")

@@ -3,7 +3,8 @@
 Example ``i`` is a pure function of ``(seed, i)``: nothing is downloaded or held in memory.
 Each example carries a class label (the shape's kind), a per-pixel mask (0 background, class + 1
 on the shape) and the shape's box (``boxes``, ``classes``, ``num_boxes``: the detection
-contract), so classification, segmentation and detection can all train on it.
+contract), so classification, segmentation and detection can all train on it; ``masks=True``
+adds the shape's instance mask (``masks`` (1, H, W) uint8) for instance segmentation.
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ class ShapesSource:
     """A grain random-access source: ``len()`` and ``[i]`` -> dict of numpy arrays."""
 
     def __init__(self, num_examples: int, num_classes: int = 4, image_size: int = 32,
-                 seed: int = 0, box_class_offset: int = 0):
+                 seed: int = 0, box_class_offset: int = 0, masks: bool = False):
         if not 2 <= num_classes <= len(KINDS):
             raise DataError(f"data.shapes.num_classes must be in [2, {len(KINDS)}], "
                              f"got {num_classes}")
@@ -46,14 +47,15 @@ class ShapesSource:
         self.num_examples, self.num_classes = int(num_examples), int(num_classes)
         self.image_size, self.seed = int(image_size), int(seed)
         self.box_class_offset = int(box_class_offset)  # added to ``classes`` (not ``label``)
+        self.masks = bool(masks)
         self.class_names = list(KINDS[:num_classes])
 
     def __repr__(self) -> str:
         # grain checks repr(source) when a loader's state is restored: it must not hold an id
         return (f"ShapesSource(num_examples={self.num_examples}, num_classes={self.num_classes}, "
                 f"image_size={self.image_size}, seed={self.seed}"
-                + (f", box_class_offset={self.box_class_offset})" if self.box_class_offset
-                   else ")"))
+                + (f", box_class_offset={self.box_class_offset}" if self.box_class_offset
+                   else "") + (", masks=True)" if self.masks else ")"))
 
     def __len__(self) -> int:
         return self.num_examples
@@ -81,7 +83,10 @@ class ShapesSource:
         mask = np.where(inside, label + 1, 0).astype(np.int32)
         ys, xs = np.nonzero(inside)
         boxes = np.array([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], np.float32)
-        return {"image": np.clip(image, 0, 255).astype(np.uint8), "label": np.int32(label),
-                "mask": mask, "boxes": boxes,
-                "classes": np.array([label + self.box_class_offset], np.int32),
-                "num_boxes": np.int32(1)}
+        ex = {"image": np.clip(image, 0, 255).astype(np.uint8), "label": np.int32(label),
+              "mask": mask, "boxes": boxes,
+              "classes": np.array([label + self.box_class_offset], np.int32),
+              "num_boxes": np.int32(1)}
+        if self.masks:
+            ex["masks"] = inside[None].astype(np.uint8)
+        return ex

@@ -1,6 +1,6 @@
 """Small shared blocks used by every model family."""
-from jaxvision.layers.conv import (Conv2d, Linear, kaiming_normal_fan_out, torch_default_kernel,
-                                   uniform_bias)
+from jaxvision.layers.conv import (Conv2d, ConvTranspose2d, Linear, kaiming_normal_fan_out,
+                                   torch_default_kernel, uniform_bias)
 from jaxvision.layers.blocks import conv_norm_act
 from jaxvision.layers.interpolate import interpolate
 from jaxvision.layers.misc import check_nhwc, make_divisible
@@ -8,7 +8,8 @@ from jaxvision.layers.norm import NORMS, BatchNorm, FrozenBatchNorm, GroupNorm, 
 from jaxvision.layers.pool import adaptive_avg_pool2d, avg_pool2d, max_pool2d
 
 __all__ = [
-    "Conv2d", "Linear", "kaiming_normal_fan_out", "torch_default_kernel", "uniform_bias",
+    "Conv2d", "ConvTranspose2d", "Linear", "kaiming_normal_fan_out", "torch_default_kernel",
+    "uniform_bias",
     "check_nhwc", "make_divisible", "NORMS", "BatchNorm", "FrozenBatchNorm", "GroupNorm",
     "norm_factory", "conv_norm_act", "interpolate",
     "adaptive_avg_pool2d", "avg_pool2d", "max_pool2d",

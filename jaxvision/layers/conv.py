@@ -83,3 +83,41 @@ def Linear(features: int, in_features: int, dtype: Any = None, kernel_init=None,
         features, use_bias=bias, dtype=dtype, param_dtype=jnp.float32,
         kernel_init=kernel_init or torch_default_kernel,
         bias_init=bias_init or uniform_bias(in_features), name=name)
+
+
+class ConvTranspose2d(nn.Module):
+    """``torch.nn.ConvTranspose2d`` (symmetric integer ``padding``, no groups or dilation).
+
+    The kernel is stored (kh, kw, out, in): torch's (in, out, kh, kw) weight through the
+    converter's OIHW -> HWIO rule, so torchvision's weights load and export with no exception.
+    A kernel the size of its stride without padding (Mask R-CNN's 2x2 / 2) paints one block per
+    input pixel: one matmul and a reshape, exact, instead of a convolution over a zero-dilated
+    map; other shapes go through ``lax.conv_transpose``."""
+
+    features: int
+    kernel_size: tuple
+    stride: tuple
+    padding: tuple = (0, 0)
+    use_bias: bool = True
+    dtype: Any = None
+    kernel_init: Any = kaiming_normal_fan_out  # torch's fan_out of (in, out, k, k): in * k * k
+    bias_init: Any = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, x):
+        (kh, kw), (sh, sw), (ph, pw) = (_pair(self.kernel_size), _pair(self.stride),
+                                        _pair(self.padding))
+        kernel = self.param("kernel", self.kernel_init, (kh, kw, self.features, x.shape[-1]),
+                            jnp.float32)
+        bias = (self.param("bias", self.bias_init, (self.features,), jnp.float32)
+                if self.use_bias else None)
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        n, h, w, _ = x.shape
+        if (kh, kw) == (sh, sw) and (ph, pw) == (0, 0):
+            y = jnp.einsum("nhwc,ijoc->nhiwjo", x, kernel).reshape(n, h * kh, w * kw,
+                                                                   self.features)
+        else:
+            y = jax.lax.conv_transpose(
+                x, kernel, (sh, sw), [(kh - 1 - ph, kh - 1 - ph), (kw - 1 - pw, kw - 1 - pw)],
+                dimension_numbers=("NHWC", "HWIO", "NHWC"), transpose_kernel=True)
+        return y if bias is None else y + bias

@@ -78,3 +78,50 @@ def interpolate(x, size: Union[int, Sequence[int]], mode: str = "nearest",
     # float32 rounding only)
     x = _lerp_axis(x, 1, oh, align_corners)
     return _lerp_axis(x, 2, ow, align_corners)
+
+
+# Output sizes known only at run time (a box's size): the same rules traced with jnp, for
+# output positions ``dst`` (ints) of an axis of static length ``n_in`` resized to ``n_out``
+# (traced ints broadcastable to ``dst``).  Positions at or past ``n_out`` get indices inside the
+# input and finite weights: the caller masks them.
+
+def _source_index(dst, n_in: int, n_out):
+    """torch's ``area_pixel_compute_source_index`` (align_corners=False) with the scale of
+    ``F.interpolate(size=...)``, ``(float) in / out``."""
+    scale = jnp.float32(n_in) / jnp.asarray(n_out).astype(jnp.float32)
+    return scale * (jnp.asarray(dst).astype(jnp.float32) + 0.5) - 0.5
+
+
+def linear_taps(dst, n_in: int, n_out):
+    """Bilinear, align_corners=False (torch's ``compute_source_index_and_lambda``):
+    ``((i0, i1), (w0, w1))`` with out[dst] = w0 * in[i0] + w1 * in[i1]."""
+    src = jnp.maximum(_source_index(dst, n_in, n_out), 0.0)
+    i0 = jnp.minimum(jnp.floor(src).astype(jnp.int32), n_in - 1)
+    w1 = jnp.clip(src - i0.astype(jnp.float32), 0.0, 1.0)
+    i1 = jnp.where(i0 < n_in - 1, i0 + 1, i0)
+    same = jnp.asarray(n_out) == n_in  # torch copies: index dst, weights (1, 0)
+    dst = jnp.asarray(dst, jnp.int32)
+    i0, i1 = jnp.where(same, dst, i0), jnp.where(same, dst, i1)
+    w1 = jnp.where(same, 0.0, w1)
+    return (i0, i1), (1.0 - w1, w1)
+
+
+def _cubic1(x, a):
+    return ((a + 2) * x - (a + 3)) * x * x + 1
+
+
+def _cubic2(x, a):
+    return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+
+
+def cubic_taps(dst, n_in: int, n_out):
+    """Bicubic, align_corners=False, A = -0.75 (torch's ``HelperInterpCubic``): four
+    indices (clamped to the input) and weights, each a tuple of arrays like ``dst``."""
+    src = _source_index(dst, n_in, n_out)  # not clamped at 0: cubic reads index -1
+    i0 = jnp.minimum(jnp.floor(src).astype(jnp.int32), n_in - 1)
+    t = jnp.clip(src - i0.astype(jnp.float32), 0.0, 1.0)
+    a = jnp.float32(-0.75)
+    u = 1.0 - t
+    weights = (_cubic2(t + 1.0, a), _cubic1(t, a), _cubic1(u, a), _cubic2(u + 1.0, a))
+    index = tuple(jnp.clip(i0 - 1 + j, 0, n_in - 1) for j in range(4))
+    return index, weights

@@ -36,7 +36,10 @@ class BatchNorm(nn.Module):
     zero_init: bool = False  # scale starts at 0 (torchvision's zero_init_residual)
 
     @nn.compact
-    def __call__(self, x, train: bool = False):
+    def __call__(self, x, train: bool = False, mask=None):
+        """``mask`` (x's shape without channels, or broadcastable to it): the positions whose
+        statistics count in training, e.g. the real RoIs of a padded batch (torch never sees the
+        padding); a batch with none leaves the running statistics as they were."""
         c = x.shape[-1]
         scale_init = nn.initializers.zeros if self.zero_init else nn.initializers.ones
         scale = self.param("scale", scale_init, (c,), jnp.float32)
@@ -46,13 +49,24 @@ class BatchNorm(nn.Module):
         if train and not self.use_running_average:
             axes = tuple(range(x.ndim - 1))
             xf = x.astype(jnp.float32)
-            mean = jnp.mean(xf, axes)
-            var = jnp.mean(jnp.square(xf - mean), axes)
-            if not self.is_initializing():
+            if mask is None:
+                mean = jnp.mean(xf, axes)
+                var = jnp.mean(jnp.square(xf - mean), axes)
                 n = x.size // c
+            else:
+                w = jnp.broadcast_to(mask, x.shape[:-1])[..., None].astype(jnp.float32)
+                n = w.sum()
+                mean = (xf * w).sum(axes) / jnp.maximum(n, 1.0)
+                var = (jnp.square(xf - mean) * w).sum(axes) / jnp.maximum(n, 1.0)
+            if not self.is_initializing():
                 m = self.momentum
-                ra_mean.value = (1 - m) * ra_mean.value + m * mean
-                ra_var.value = (1 - m) * ra_var.value + m * var * (n / max(n - 1, 1))
+                new_mean = (1 - m) * ra_mean.value + m * mean
+                unbias = n / max(n - 1, 1) if mask is None else n / jnp.maximum(n - 1, 1)
+                new_var = (1 - m) * ra_var.value + m * var * unbias
+                if mask is not None:
+                    new_mean = jnp.where(n > 0, new_mean, ra_mean.value)
+                    new_var = jnp.where(n > 0, new_var, ra_var.value)
+                ra_mean.value, ra_var.value = new_mean, new_var
         else:
             mean, var = ra_mean.value, ra_var.value
         return _normalize(x, mean, var, scale, bias, self.epsilon, self.dtype)

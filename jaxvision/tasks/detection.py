@@ -54,15 +54,17 @@ class Detection(Task):
 
     def eval_sums(self, outputs, batch):
         """Not sums: every image's detections and ground truth, gathered on the host by
-        ``accumulate`` for COCO evaluation."""
+        ``accumulate`` for COCO evaluation (with the crowd regions, where the data keeps them)."""
+        crowd = {k: batch[k] for k in ("crowd_boxes", "crowd_classes", "num_crowd") if k in batch}
         return {"det_boxes": outputs["boxes"], "det_scores": outputs["scores"],
                 "det_labels": outputs["labels"], "det_count": outputs["count"],
                 "gt_boxes": batch["boxes"], "gt_classes": batch["classes"],
                 "gt_count": batch["num_boxes"], "scale": batch["scale"],
-                "valid": batch["valid"]}
+                "valid": batch["valid"], **crowd}
 
     def accumulate(self, total, sums):
-        """Per real image: detections and ground truth in the original image's pixels."""
+        """Per real image: detections and ground truth in the original image's pixels; crowd
+        regions join the ground truth as COCO's ignore regions (``iscrowd`` 1)."""
         s = jax.device_get(sums)
         total = total if total is not None else {"gts": [], "dets": []}
         for i in np.nonzero(np.asarray(s["valid"]))[0]:
@@ -71,8 +73,15 @@ class Detection(Task):
             total["dets"].append({"boxes": boxes_to_original(s["det_boxes"][i, :n], scale),
                                   "scores": np.asarray(s["det_scores"][i, :n]),
                                   "labels": np.asarray(s["det_labels"][i, :n])})
-            total["gts"].append({"boxes": boxes_to_original(s["gt_boxes"][i, :m], scale),
-                                 "labels": np.asarray(s["gt_classes"][i, :m])})
+            gt = {"boxes": boxes_to_original(s["gt_boxes"][i, :m], scale),
+                  "labels": np.asarray(s["gt_classes"][i, :m])}
+            if "num_crowd" in s:
+                c = int(s["num_crowd"][i])
+                gt = {"boxes": np.concatenate(
+                          [gt["boxes"], boxes_to_original(s["crowd_boxes"][i, :c], scale)]),
+                      "labels": np.concatenate([gt["labels"], s["crowd_classes"][i, :c]]),
+                      "iscrowd": np.repeat([0, 1], [m, c])}
+            total["gts"].append(gt)
         return total
 
     def train_summary(self, sums):
