@@ -89,12 +89,12 @@ def teacher_dirs(tmp_path_factory):
     return out
 
 
-def distill_config(teacher_weights, **train_kw):
+def distill_config(pretrained, **train_kw):
     c = tiny_config(**{"steps": 24, **train_kw})
     # its own choice: the module-scoped run and the tests' resumes trace under one lowering
     c.conv_lowering = "xla"
     c.task = "distillation"
-    c.teacher.update(name="resnet18", pretrained=str(teacher_weights))
+    c.teacher.update(name="resnet18", pretrained=str(pretrained))
     c.distill.update(temperature=4.0, alpha=0.5)
     return c
 
