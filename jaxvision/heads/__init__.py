@@ -1,7 +1,8 @@
 """Task heads: segmentation (FCN, DeepLabV3, DeepLabV3+, LR-ASPP) and detection (RetinaNet,
-FCOS, SSD, YOLO, the RPN of two-stage detectors), each with its loss and post-processing where
+FCOS, SSD, YOLO, EfficientDet, the RPN of two-stage detectors), each with its loss and post-processing where
 the head defines them."""
 from jaxvision.heads.dense import DenseTower
+from jaxvision.heads.efficientdet import EfficientDetHead
 from jaxvision.heads.fcos import FCOSHead, fcos_loss, fcos_postprocess
 from jaxvision.heads.retinanet import RetinaNetHead, retinanet_loss, retinanet_postprocess
 from jaxvision.heads.rpn import RPNHead, rpn_loss, rpn_proposals, rpn_targets
@@ -9,7 +10,7 @@ from jaxvision.heads.segmentation import DeepLabV3PlusHead, LRASPPHead, deeplab_
 from jaxvision.heads.ssd import SSDHead, ssd_loss, ssd_postprocess
 from jaxvision.heads.yolo import YOLOHead, yolo_loss, yolo_postprocess
 
-__all__ = ["DeepLabV3PlusHead", "DenseTower", "FCOSHead", "LRASPPHead", "RPNHead",
+__all__ = ["DeepLabV3PlusHead", "DenseTower", "EfficientDetHead", "FCOSHead", "LRASPPHead", "RPNHead",
            "RetinaNetHead", "SSDHead", "YOLOHead", "deeplab_head", "fcn_head", "fcos_loss",
            "fcos_postprocess", "retinanet_loss", "retinanet_postprocess", "rpn_loss",
            "rpn_proposals", "rpn_targets", "ssd_loss", "ssd_postprocess", "yolo_loss",
