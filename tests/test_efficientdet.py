@@ -7,8 +7,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torchvision
 
 import jaxvision as jv
+from jaxvision.convert import merge
+from jaxvision.convert import torchvision as tv
 from jaxvision.train.loop import train
 from test_detection_engine import det_config
 
@@ -44,6 +47,15 @@ def test_parameters_equal_effdets_where_the_parts_are_the_same():
     assert ours["fpn"] - theirs["fpn"] == 3 * (1280 - 320) * 64
     # the registered count is at 91 classes: 9 anchors x (64 weights + bias) more per class
     assert count(variables["params"]) + 9 * 65 == jv.model_info("efficientdet_d0").num_params
+    # torchvision's efficientnet_b0 fills the backbone (model.pretrained_backbone's prefix)
+    sd = {model.torch_backbone_prefix + k: v for k, v in
+          torchvision.models.efficientnet_b0().state_dict().items()
+          if not k.startswith("classifier.")}
+    report = merge.Report()
+    source, names = tv.map_state_dict(sd, variables, report)
+    merge.fill(variables, source, names, report, strict=False)
+    assert not report.unexpected and not report.mismatched
+    assert {m.split("/")[1] for m in report.missing} == {"fpn", "class_net", "box_net"}
     # the detector interface, traced: padded detections, the loss dict
     sizes = jnp.array([[128, 100]])
     out = jax.eval_shape(lambda v: model.apply(v, x, image_sizes=sizes), variables)
