@@ -12,6 +12,7 @@ import torchvision
 import jaxvision as jv
 from jaxvision.convert import merge
 from jaxvision.convert import torchvision as tv
+from jaxvision.train.freeze import default_freeze_config, param_paths, trainable_mask
 from jaxvision.train.loop import train
 from test_detection_engine import det_config
 
@@ -56,6 +57,14 @@ def test_parameters_equal_effdets_where_the_parts_are_the_same():
     merge.fill(variables, source, names, report, strict=False)
     assert not report.unexpected and not report.mismatched
     assert {m.split("/")[1] for m in report.missing} == {"fpn", "class_net", "box_net"}
+    # freeze.frozen_stages counts the backbone's stages (EfficientNet's features.0 .. 7)
+    cfg = default_freeze_config()
+    cfg.frozen_stages = 2
+    mask = trainable_mask(variables["params"], cfg, "efficientdet_d0", model)
+    frozen = {p.split("/")[1] for p, keep in zip(jax.tree.leaves(param_paths(
+        variables["params"])), jax.tree.leaves(mask)) if not keep}
+    assert frozen == {"features_0_0", "features_0_1", "features_1_0", "features_2_0",
+                      "features_2_1"}
     # the detector interface, traced: padded detections, the loss dict
     sizes = jnp.array([[128, 100]])
     out = jax.eval_shape(lambda v: model.apply(v, x, image_sizes=sizes), variables)

@@ -56,19 +56,20 @@ class EfficientDet(nn.Module):
     dtype: Any = jnp.float32
     torch_backbone_prefix = "backbone."  # where a torchvision efficientnet state_dict goes
 
-    def _backbone(self) -> EfficientNet:
+    def _backbone(self, **parent) -> EfficientNet:
         kwargs = dict(self.backbone_kwargs or {})
-        info = EfficientNet(arch=self.arch, **kwargs).feature_info
+        # parent=None: built to be read, not to become a submodule of whichever module runs
+        info = EfficientNet(arch=self.arch, parent=None, **kwargs).feature_info
         picks = [i for i, f in enumerate(info) if f.reduction in STRIDES]
         if len(picks) != len(STRIDES):
             raise ValueError(f"efficientdet: the backbone's maps have strides "
                              f"{[f.reduction for f in info]}; the BiFPN needs {STRIDES}")
         return EfficientNet(arch=self.arch, features_only=True, out_indices=tuple(picks),
-                            dtype=self.dtype, **kwargs)
+                            dtype=self.dtype, **kwargs, **parent)
 
     @property
     def stage_layout(self) -> StageLayout:
-        own = self._backbone().stage_layout
+        own = self._backbone(parent=None).stage_layout
         return StageLayout("backbone/" + own.stem,
                            tuple("backbone/" + s for s in own.stages), r"(fpn|class_net|box_net)/")
 
