@@ -17,6 +17,13 @@ from jaxvision.layers import Conv2d
 NORMAL_001 = nn.initializers.normal(0.01)
 
 
+def per_anchor(y: jax.Array, num_anchors: int) -> jax.Array:
+    """(N, H, W, A * K) -> (N, H * W * A, K): channel a * K + j is (anchor a, output j), torch's
+    view/permute/reshape of a dense head's output."""
+    n, h, w, c = y.shape
+    return y.reshape(n, h * w * num_anchors, c // num_anchors)
+
+
 def prior_bias(probability: float):
     """The classification bias that starts every anchor at ``probability`` (focal loss paper)."""
     return nn.initializers.constant(-math.log((1 - probability) / probability))
@@ -62,11 +69,8 @@ class DenseTower(nn.Module):
             for conv, norm in blocks:
                 x = conv(x)
                 x = nn.relu(norm(x) if norm is not None else x)
-            for name, k, predictor in heads:
-                y = predictor(x)
-                n, h, w, _ = y.shape
-                # channel a * k + j is (anchor a, output j): torch's view/permute/reshape
-                outs[name].append(y.reshape(n, h * w * self.num_anchors, k))
+            for name, _, predictor in heads:
+                outs[name].append(per_anchor(predictor(x), self.num_anchors))
         return {name: jnp.concatenate(v, axis=1).astype(jnp.float32) for name, v in outs.items()}
 
 

@@ -6,11 +6,12 @@ from jaxvision.layers.interpolate import interpolate
 from jaxvision.layers.misc import check_nhwc, make_divisible
 from jaxvision.layers.norm import NORMS, BatchNorm, FrozenBatchNorm, GroupNorm, norm_factory
 from jaxvision.layers.pool import adaptive_avg_pool2d, avg_pool2d, max_pool2d
+from jaxvision.layers.separable import SeparableConv2d
 
 __all__ = [
     "Conv2d", "ConvTranspose2d", "Linear", "kaiming_normal_fan_out", "torch_default_kernel",
     "uniform_bias",
     "check_nhwc", "make_divisible", "NORMS", "BatchNorm", "FrozenBatchNorm", "GroupNorm",
     "norm_factory", "conv_norm_act", "interpolate",
-    "adaptive_avg_pool2d", "avg_pool2d", "max_pool2d",
+    "adaptive_avg_pool2d", "avg_pool2d", "max_pool2d", "SeparableConv2d",
 ]
