@@ -81,19 +81,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'imagenet' (shipped) or a text file with one class name per line")
     s.set_defaults(fn=_convert)
     s = sub.add_parser("export", help="a run's best weights (or a converted directory) -> a "
-                                      "jaxvision weights directory or torchvision .safetensors")
+                                      "jaxvision weights directory, torchvision .safetensors, "
+                                      "StableHLO or ONNX")
     source = s.add_mutually_exclusive_group(required=True)
     source.add_argument("--workdir", help="a train workdir (its best checkpoint, EMA if used)")
     source.add_argument("--weights", help="a directory from 'jaxvision convert' or 'export'")
-    s.add_argument("--format", choices=("dir", "safetensors", "stablehlo"), default="dir",
+    s.add_argument("--format", choices=("dir", "safetensors", "stablehlo", "onnx"), default="dir",
                    help="dir: a jaxvision weights directory (default); safetensors: one file in "
                         "torchvision's key names, for torch's load_state_dict(strict=True); "
                         "stablehlo: the eval forward (jax.export, symbolic batch) + weights + "
-                        "a loader that needs only jax")
+                        "a loader that needs only jax; onnx: the eval forward as ONNX (opset "
+                        "18, symbolic batch, weights inside) + a loader that needs only "
+                        "onnxruntime (classifiers and segmenters)")
     s.add_argument("--platforms", default=None,
                    help="stablehlo: the platforms to lower for, e.g. cpu,cuda (default: this "
                         "machine's)")
-    s.add_argument("out", help="directory (dir, stablehlo) or file (safetensors) to create; "
+    s.add_argument("out", help="directory (dir, stablehlo, onnx) or file (safetensors) to create; "
                                "never overwritten")
     s.set_defaults(fn=_export)
     for name in TRAIN_COMMANDS:
