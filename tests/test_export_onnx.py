@@ -12,6 +12,7 @@ import onnxruntime
 import pytest
 
 import jaxvision as jv
+from jaxvision.convert import card
 from jaxvision.layers import lowering
 from jaxvision.train import export, onnx_lowering
 
@@ -66,6 +67,9 @@ def test_onnx_export_of_a_segmenter_runs_with_onnxruntime_alone(tmp_path):
                                                   "source": "random init"})
     out = export.write(item, "onnx", str(tmp_path / "onnx"))
     assert sorted(os.listdir(out)) == ["jaxvision.json", "model.onnx", "run.py"]
+    shown = card.directory_card(out)  # what `jaxvision info OUT` prints
+    assert shown["num_params"] == sum(np.size(a) for a in jax.tree.leaves(variables["params"]))
+    assert (shown["weights"]["provenance"], shown["format"]) == ("random init", "onnx")
     np.save(tmp_path / "x.npy", x)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["PYTHONPATH"] = os.path.dirname(os.path.dirname(onnxruntime.__file__))

@@ -13,7 +13,7 @@ import torchvision
 
 import jaxvision as jv
 from jaxvision.cli import main as cli_main
-from jaxvision.convert import ConversionError, store
+from jaxvision.convert import ConversionError, card, store
 from jaxvision.convert.timm_hub import ARCHITECTURES
 from tv_parity import assert_close, images, nchw, tv_model
 
@@ -57,6 +57,10 @@ def test_timm_resnet_by_name_gives_timms_logits_and_records_its_preprocessing(hu
     p = store.read_meta(out)["preprocessing"]
     assert (p["resize_size"], p["crop_size"], p["interpolation"], p["license"]) == (
         235, 224, "bicubic", "apache-2.0")  # timm's floor(224 / 0.95)
+    shown = card.directory_card(out)
+    assert shown["weights"]["license"] == "apache-2.0"
+    assert shown["weights"]["provenance"].startswith("timm resnet18.a1_in1k")
+    assert shown["num_params"] == sum(t.numel() for t in tmodel.parameters())
 
 
 # one architecture of each mapped family other than ResNet: (timm arch, tag, timm kwargs,

@@ -93,7 +93,8 @@ def from_workdir(workdir: str) -> Exportable:
                      "from": f"the config of the run in {workdir}"}
     return Exportable(config.model.name, model, variables,
                       {"num_classes": meta["num_classes"], **config.model.kwargs.to_dict()},
-                      {"source": f"{workdir} step {step}", "preprocessing": preprocessing,
+                      {"source": f"trained with jaxvision: {workdir} step {step}",
+                       "preprocessing": preprocessing,
                        "categories": meta["class_names"]}, step)
 
 
@@ -106,7 +107,19 @@ def from_weights_dir(path: str) -> Exportable:
     return Exportable(saved["model"], model, variables, dict(saved.get("model_kwargs", {})), extra)
 
 
+def with_card(item: Exportable) -> Exportable:
+    """``item`` with a model card (convert/card.py) in its metadata: the converted directory's
+    own, or one naming the run, with the parameter count of the weights written."""
+    from jaxvision.convert import card
+
+    n = card.num_params(item.variables)
+    made = item.meta.get("card") or card.weights_card(
+        item.name, str(item.meta.get("source", "unknown")), item.meta.get("preprocessing", {}), n)
+    return dataclasses.replace(item, meta={**item.meta, "card": {**made, "num_params": n}})
+
+
 def write(item: Exportable, fmt: str, out: str, platforms=None) -> str:
+    item = with_card(item)
     if fmt == "dir":
         return store.save(out, item.name, item.variables, item.model_kwargs, extra=item.meta)
     if fmt == "safetensors":
