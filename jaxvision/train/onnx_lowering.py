@@ -239,6 +239,8 @@ def _lower(g: Graph, eqn, ins: list[str]) -> list[str]:
             np.asarray(p["dimensions"], np.int64))]),
         "transpose": lambda: g.node("Transpose", ins, perm=list(p["permutation"])),
         "concatenate": lambda: g.node("Concat", ins, axis=p["dimension"]),
+        "stack": lambda: g.node("Concat", [g.node("Unsqueeze", [i, g.const(
+            np.asarray([p["axis"]], np.int64))]) for i in ins], axis=p["axis"]),
         "broadcast_in_dim": lambda: _broadcast(g, eqn, ins[0]),
         "conv_general_dilated": lambda: _conv(g, eqn, *ins),
         "dot_general": lambda: _dot(g, eqn, *ins),
