@@ -42,3 +42,9 @@ def test_weights_cards_of_torchvision_timm_and_user_files():
     mine = card.weights_card("resnet50", "/runs/mine.pth", {}, 5)
     assert (mine["weights"]["provenance"], mine["weights"]["accuracy"]) == ("/runs/mine.pth", None)
     assert mine["weights"]["license"].startswith("unknown")
+
+
+def test_info_on_a_directory_without_weights_says_so(tmp_path, capsys):
+    assert cli_main(["info", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path}: not a jaxvision weights directory (no readable jaxvision.json" in err
