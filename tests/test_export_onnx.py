@@ -94,3 +94,25 @@ def test_onnx_export_refuses_detectors_and_unlowered_primitives(tmp_path):
     assert not (tmp_path / "det").exists()
     with pytest.raises(onnx_lowering.UnsupportedPrimitive, match="'cumsum' has no ONNX"):
         onnx_lowering.to_onnx(lambda i: jax.numpy.cumsum(i, axis=1), ("batch", 4, 4, 3))
+
+
+def test_onnx_gathers_take_lookup_and_offset_slice():
+    """The three gathers the models trace to (interpolation's take, Swin's relative-position
+    table, a slice at a traced offset), at a symbolic batch."""
+    table = np.arange(5 * 6 * 3, dtype=np.float32).reshape(5, 6, 3)
+
+    def f(x):  # x: (batch, 5, 6, 3)
+        i = jax.numpy.asarray([[0, 4, 2], [1, 1, 3]])
+        j = jax.numpy.asarray([[5, 0, 1], [2, 3, 4]])
+        start = jax.numpy.argmax(x[0, :, 0, 0] * 0) + 2  # 2, traced
+        return {"lookup": x[:, i, j] + jax.numpy.asarray(table)[i, j],
+                "take": jax.numpy.take(x, jax.numpy.asarray([4, 0, 0]), axis=2),
+                "offset": jax.lax.dynamic_slice_in_dim(x, start, 2, axis=1)}
+
+    proto = onnx_lowering.to_onnx(f, ("batch", 5, 6, 3), ["lookup", "offset", "take"])
+    session = onnxruntime.InferenceSession(proto.SerializeToString(),
+                                           providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(3).standard_normal((2, 5, 6, 3)).astype(np.float32)
+    want = f(x)
+    for name, got in zip(["lookup", "offset", "take"], session.run(None, {"images": x})):
+        np.testing.assert_array_equal(got, want[name], err_msg=name)

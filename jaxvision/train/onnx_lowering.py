@@ -153,20 +153,44 @@ def _dot(g, eqn, a, b):
 
 def _gather(g, eqn, x, idx):
     """``x[..., idx, ...]`` along one axis (what jnp.take and integer-array indexing trace
-    to): ONNX Gather. Other gathers are refused."""
+    to): ONNX Gather; ``table[i, j]`` over several axes: GatherND; one block at a computed
+    start (a slice at a traced offset): ONNX Slice. Other gathers are refused."""
     dn, sizes = eqn.params["dimension_numbers"], eqn.params["slice_sizes"]
     shape = eqn.invars[0].aval.shape
-    if (len(dn.start_index_map) != 1 or tuple(dn.collapsed_slice_dims) != tuple(
-            dn.start_index_map) or dn.operand_batching_dims):
-        raise UnsupportedPrimitive(f"gather {dn}")
+    if eqn.invars[1].aval.ndim == 1 and not dn.operand_batching_dims and tuple(
+            dn.offset_dims) == tuple(range(eqn.outvars[0].aval.ndim)) and all(
+                sizes[i] == shape[i] for i in range(len(shape)) if i not in dn.start_index_map):
+        axes = list(dn.start_index_map)
+        starts = g.node("Cast", [idx], to=g.onnx.TensorProto.INT64)
+        ends = g.node("Add", [starts, g.const(np.asarray([sizes[a] for a in axes], np.int64))])
+        y = g.node("Slice", [x, starts, ends, g.const(np.asarray(axes, np.int64))])
+        if dn.collapsed_slice_dims:
+            y = g.node("Squeeze", [y, g.const(np.asarray(dn.collapsed_slice_dims, np.int64))])
+        return y
+    if (tuple(dn.collapsed_slice_dims) != tuple(dn.start_index_map) or dn.operand_batching_dims
+            or any(sizes[i] != (1 if i in dn.start_index_map else shape[i])
+                   for i in range(len(shape)))):
+        raise UnsupportedPrimitive(f"gather {dn} slice sizes {sizes}")
     axis = dn.start_index_map[0]
     n_idx = eqn.invars[1].aval.ndim - 1
     expected = [i for i in range(len(shape) - 1 + n_idx) if not axis <= i < axis + n_idx]
-    if (tuple(dn.offset_dims) != tuple(expected) or any(
-            s != d for i, (s, d) in enumerate(zip(sizes, shape)) if i != axis)):
-        raise UnsupportedPrimitive(f"gather {dn} slice sizes {sizes}")
-    indices = g.node("Squeeze", [idx, g.const(np.asarray([n_idx], np.int64))])
-    return g.node("Gather", [x, indices], axis=axis)
+    if len(dn.start_index_map) == 1 and tuple(dn.offset_dims) == tuple(expected):
+        indices = g.node("Squeeze", [idx, g.const(np.asarray([n_idx], np.int64))])
+        return g.node("Gather", [x, indices], axis=axis)
+    # points at several axes (a lookup table[i, j]): the indexed axes moved first, GatherND,
+    # then jax's order (offset_dims hold the rest of the operand, the others the indices')
+    rest = [d for d in range(len(shape)) if d not in dn.start_index_map]
+    y = g.node("GatherND", [g.node("Transpose", [x], perm=[*dn.start_index_map, *rest]),
+                            g.node("Cast", [idx], to=g.onnx.TensorProto.INT64)])
+    perm, k, j = [], 0, 0
+    for pos in range(n_idx + len(rest)):
+        if pos in dn.offset_dims:
+            perm.append(n_idx + k)
+            k += 1
+        else:
+            perm.append(j)
+            j += 1
+    return g.node("Transpose", [y], perm=perm)
 
 
 def _broadcast(g, eqn, x):
@@ -207,6 +231,15 @@ def _slice(g, eqn, x):
     return g.node("Slice", [x, g.const(np.asarray(p["start_indices"], np.int64)),
                             g.dims(p["limit_indices"]), g.const(np.arange(n, dtype=np.int64)),
                             g.const(np.asarray(p["strides"] or (1,) * n, np.int64))])
+
+
+def _dynamic_slice(g, eqn, ins):
+    """A block at traced starts (in bounds: jax would clamp them, ONNX's Slice does not)."""
+    zero = g.const(np.asarray([0], np.int64))
+    starts = g.node("Concat", [g.node("Unsqueeze", [g.node(
+        "Cast", [s], to=g.onnx.TensorProto.INT64), zero]) for s in ins[1:]], axis=0)
+    ends = g.node("Add", [starts, g.dims(eqn.params["slice_sizes"])])
+    return g.node("Slice", [ins[0], starts, ends])
 
 
 def _lower(g: Graph, eqn, ins: list[str]) -> list[str]:
@@ -251,6 +284,9 @@ def _lower(g: Graph, eqn, ins: list[str]) -> list[str]:
         "gather": lambda: _gather(g, eqn, *ins),
         "argmax": lambda: g.node("Cast", [g.node("ArgMax", ins, axis=p["axes"][0], keepdims=0)],
                                  to=g.h.np_dtype_to_tensor_dtype(np.dtype(p["index_dtype"]))),
+        "dynamic_slice": lambda: _dynamic_slice(g, eqn, ins),
+        "dim_as_value": lambda: g.node("Cast", [g.node("Squeeze", [g.dims([p["dim"]]), g.const(
+            np.asarray([0], np.int64))])], to=g.h.np_dtype_to_tensor_dtype(out_aval.dtype)),
         "iota": lambda: g.const(np.asarray(_iota(p), out_aval.dtype)),
     }
     if name == "select_n":
