@@ -73,6 +73,8 @@ def map_weights(name: str, state_dict: Any, model, target: Mapping, report: merg
     or a sub-tree of a user's variables that holds it), ready for ``merge.fill``."""
     spec = get_spec(name)
     sd = tv.as_state_dict(weights_file(name, state_dict))
+    if timm_hub.is_timm(state_dict):
+        sd = timm_hub.to_torchvision(state_dict, sd)
     if spec.adapt_state_dict is not None:
         sd = spec.adapt_state_dict(dict(sd), model)
     source, names = tv.map_state_dict(sd, target, report)

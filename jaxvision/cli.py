@@ -18,9 +18,16 @@ def _list(args):
 
 
 def _info(args):
-    import jaxvision as jv
+    import os
 
-    print(json.dumps(jv.model_info(args.name).describe(), indent=2))
+    import jaxvision as jv
+    from jaxvision.convert import card
+
+    if os.path.isdir(args.name):  # a converted or exported directory: the card it records
+        print(json.dumps(card.directory_card(args.name), indent=2))
+        return
+    print(json.dumps({"card": card.model_card(args.name),
+                      "spec": jv.model_info(args.name).describe()}, indent=2))
 
 
 def _convert(args):
@@ -36,8 +43,15 @@ def _convert(args):
     from jaxvision.convert import preprocess
     from jaxvision.registry import get_spec
 
-    described = preprocess.describe(get_spec(args.name), args.src, args.weights, args.categories,
+    spec = get_spec(args.name)
+    described = preprocess.describe(spec, args.src, args.weights, args.categories,
                                     model.num_classes)
+    from jaxvision.convert import card, timm_hub
+
+    tv_weights = (None if timm_hub.is_timm(args.src)
+                  else preprocess.torchvision_weights(spec, args.src, args.weights))
+    described["card"] = card.weights_card(args.name, str(args.src), described["preprocessing"],
+                                          card.num_params(variables), tv_weights)
     out = store.save(args.out_dir, args.name, variables, {"num_classes": model.num_classes},
                      extra={"source": str(args.src), **described})
     print(report)
@@ -62,8 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("list", help="list model names")
     s.add_argument("pattern", nargs="?", default="*", help="shell-style pattern, e.g. 'resnet*'")
     s.set_defaults(fn=_list)
-    s = sub.add_parser("info", help="a model's spec as JSON")
-    s.add_argument("name")
+    s = sub.add_parser("info", help="a model's card and spec (or a weights directory's card) "
+                                    "as JSON")
+    s.add_argument("name", help="a model name, or a directory from 'convert' or 'export'")
     s.set_defaults(fn=_info)
     s = sub.add_parser("convert", help="torchvision .pth or .safetensors -> jaxvision weights "
                                        "directory")
@@ -81,19 +96,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'imagenet' (shipped) or a text file with one class name per line")
     s.set_defaults(fn=_convert)
     s = sub.add_parser("export", help="a run's best weights (or a converted directory) -> a "
-                                      "jaxvision weights directory or torchvision .safetensors")
+                                      "jaxvision weights directory, torchvision .safetensors, "
+                                      "StableHLO or ONNX")
     source = s.add_mutually_exclusive_group(required=True)
     source.add_argument("--workdir", help="a train workdir (its best checkpoint, EMA if used)")
     source.add_argument("--weights", help="a directory from 'jaxvision convert' or 'export'")
-    s.add_argument("--format", choices=("dir", "safetensors", "stablehlo"), default="dir",
+    s.add_argument("--format", choices=("dir", "safetensors", "stablehlo", "onnx"), default="dir",
                    help="dir: a jaxvision weights directory (default); safetensors: one file in "
                         "torchvision's key names, for torch's load_state_dict(strict=True); "
                         "stablehlo: the eval forward (jax.export, symbolic batch) + weights + "
-                        "a loader that needs only jax")
+                        "a loader that needs only jax; onnx: the eval forward as ONNX (opset "
+                        "18, symbolic batch, weights inside) + a loader that needs only "
+                        "onnxruntime (classifiers and segmenters)")
     s.add_argument("--platforms", default=None,
                    help="stablehlo: the platforms to lower for, e.g. cpu,cuda (default: this "
                         "machine's)")
-    s.add_argument("out", help="directory (dir, stablehlo) or file (safetensors) to create; "
+    s.add_argument("out", help="directory (dir, stablehlo, onnx) or file (safetensors) to create; "
                                "never overwritten")
     s.set_defaults(fn=_export)
     for name in TRAIN_COMMANDS:

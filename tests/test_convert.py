@@ -1,4 +1,5 @@
 """torchvision weights in and out: files, the CLI, strict and partial loads, bad input."""
+import json
 import os
 import pickle
 
@@ -239,6 +240,12 @@ def test_converted_weights_record_preprocessing_and_imagenet_names(resnet18_pth,
     meta = store.read_meta(out)
     assert meta["categories"][:2] == ["tench", "goldfish"] and len(meta["categories"]) == 1000
     assert meta["preprocessing"]["crop_size"] == 224
+    capsys.readouterr()
+    assert cli_main(["info", str(out)]) == 0  # the directory's model card
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["num_params"] == sum(t.numel() for t in resnet18_pth[0].parameters())
+    assert (shown["weights"]["provenance"], shown["format"]) == (str(pth), "dir")
+    assert shown["weights"]["license"].startswith("unknown")
     Image.new("RGB", (40, 30), "red").save(tmp_path / "red.png")
     capsys.readouterr()
     assert cli_main(["predict", "--weights", str(out), "--topk", "3", str(tmp_path / "red.png")]) == 0

@@ -386,6 +386,35 @@ def test_export_stablehlo_runs_in_a_process_without_jaxvision(base_run, tmp_path
         np.testing.assert_allclose(np.load(tmp_path / f"y{b}.npy"), want, rtol=1e-5, atol=1e-5)
 
 
+def test_export_onnx_of_a_run_runs_in_onnxruntime_and_records_its_card(base_run, tmp_path,
+                                                                      capsys):
+    """``export --workdir RUN --format onnx``: onnxruntime gives model.apply's logits at two
+    batch sizes, and ``info`` on the directory names the run as the weights' provenance."""
+    import json
+
+    import onnxruntime
+
+    from jaxvision.cli import main as cli_main
+    from jaxvision.train.restore import load_run
+
+    out = tmp_path / "onnx"
+    assert cli_main(["export", "--workdir", str(base_run), "--format", "onnx", str(out)]) == 0
+    _, _, model, variables, step = load_run(str(base_run))
+    session = onnxruntime.InferenceSession(str(out / "model.onnx"),
+                                           providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((3, 32, 32, 3)).astype(np.float32)
+    want = np.asarray(model.apply(variables, x, train=False))
+    for b in (1, 3):
+        (got,) = session.run(["logits"], {"images": x[:b]})
+        np.testing.assert_allclose(got, want[:b], rtol=1e-4, atol=1e-4)
+    capsys.readouterr()
+    assert cli_main(["info", str(out)]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["weights"]["provenance"] == f"trained with jaxvision: {base_run} step {step}"
+    assert shown["num_params"] == sum(np.size(a) for a in jax.tree.leaves(variables["params"]))
+    assert shown["format"] == "onnx" and shown["preprocessing"]["crop_size"] == 32
+
+
 def test_bad_val_file_keeps_the_trained_steps_and_the_resume_evaluates_them(tmp_path, capsys):
     # issue 25.1: evaluation ran before the save, so a truncated val image threw the epoch away
     from PIL import Image

@@ -3,6 +3,8 @@ offline."""
 import json
 
 import huggingface_hub.constants as hf_constants
+import jax
+import numpy as np
 import pytest
 import safetensors.torch
 import timm
@@ -11,7 +13,7 @@ import torchvision
 
 import jaxvision as jv
 from jaxvision.cli import main as cli_main
-from jaxvision.convert import ConversionError, store
+from jaxvision.convert import ConversionError, card, store
 from jaxvision.convert.timm_hub import ARCHITECTURES
 from tv_parity import assert_close, images, nchw, tv_model
 
@@ -55,15 +57,73 @@ def test_timm_resnet_by_name_gives_timms_logits_and_records_its_preprocessing(hu
     p = store.read_meta(out)["preprocessing"]
     assert (p["resize_size"], p["crop_size"], p["interpolation"], p["license"]) == (
         235, 224, "bicubic", "apache-2.0")  # timm's floor(224 / 0.95)
+    shown = card.directory_card(out)
+    assert shown["weights"]["license"] == "apache-2.0"
+    assert shown["weights"]["provenance"].startswith("timm resnet18.a1_in1k")
+    assert shown["num_params"] == sum(t.numel() for t in tmodel.parameters())
 
 
-def test_mapped_timm_architectures_have_torchvisions_keys_and_shapes():
+# one architecture of each mapped family other than ResNet: (timm arch, tag, timm kwargs,
+# jaxvision kwargs, size), small to stay cheap (ViT: two patches a side, two of its twelve
+# layers: the keys test below maps all twelve); RegNet at 64 px, as
+# BatchNorm calibrated on 1x1 maps sends its random logits past 1000
+FAMILIES = [("convnext_tiny", "fb_in1k", {}, {}, 32),
+            ("vit_base_patch16_224", "augreg_in21k_ft_in1k", {"img_size": 32, "depth": 2},
+             {"image_size": 32, "num_layers": 2}, 32),
+            ("regnety_004", "pycls_in1k", {}, {}, 64),
+            # RegNetX: RegNetY's key map less the squeeze-excitation
+            pytest.param("regnetx_008", "pycls_in1k", {}, {}, 64, marks=pytest.mark.sweep),
+            ("efficientnet_b0", "ra_in1k", {}, {}, 32)]
+
+
+@pytest.mark.parametrize("arch,tag,timm_kwargs,kwargs,size", FAMILIES,
+                         ids=["convnext_tiny", "vit_base_patch16_224", "regnety_004", "regnetx_008",
+                              "efficientnet_b0"])
+def test_timm_family_by_name_gives_timms_logits(hub, arch, tag, timm_kwargs, kwargs, size):
+    tmodel = tv_model(lambda: timm.create_model(arch, **timm_kwargs), calib_size=(size, size),
+                      nonzero=True)
+    cache(hub, f"{arch}.{tag}", tmodel)
+    x = images((2, size, size, 3))
+    with torch.no_grad():
+        want = tmodel.eval()(nchw(x)).numpy()
+    name = ARCHITECTURES[arch][0]
+    model, variables = jv.create_model(name, pretrained=f"timm:{arch}.{tag}", **kwargs)
+    got = jax.jit(lambda v, i: model.apply(v, i, train=False))(variables, x)
+    # 1e-4 relative to the logits' size: calibrated random weights reach logits of ~100, where
+    # float32 itself differs past 1e-4 between two correct orders of summation
+    assert_close(got, want, tol=1e-4 * max(1.0, float(np.abs(want).max())), what=f"timm {arch}")
+
+
+def _shapes(build, meta: bool, rename=dict):
+    if not meta:  # torchvision's RegNet computes its widths with tensors: no meta device
+        return {k: v.shape for k, v in rename(build().state_dict()).items()}
     with torch.device("meta"):
-        for arch, name in ARCHITECTURES.items():
-            ours = timm.create_model(arch).state_dict()
-            theirs = torchvision.models.get_model(name).state_dict()
-            assert {k: v.shape for k, v in ours.items()} == {
-                k: v.shape for k, v in theirs.items()}, arch
+        return {k: v.shape for k, v in rename(build().state_dict()).items()}
+
+
+def _assert_same_keys_and_shapes(arch):
+    name, rename = ARCHITECTURES[arch]
+    ours = _shapes(lambda: timm.create_model(arch), True, rename)
+    theirs = _shapes(lambda: torchvision.models.get_model(name), not name.startswith("regnet"))
+    if name in ("vit_l_32", "vit_h_14"):  # timm's default head is ImageNet-21k's
+        ours = {k: v for k, v in ours.items() if not k.startswith("heads.")}
+        theirs = {k: v for k, v in theirs.items() if not k.startswith("heads.")}
+    assert ours == theirs, arch
+
+
+@pytest.mark.parametrize("arch", [a for a, (n, _) in ARCHITECTURES.items()
+                                  if not n.startswith("regnet")])
+def test_mapped_timm_architectures_have_torchvisions_keys_and_shapes(arch):
+    _assert_same_keys_and_shapes(arch)
+
+
+# torchvision's RegNets build only on a real device (seconds each); the logits tests above load
+# regnety_004 strictly
+@pytest.mark.sweep
+@pytest.mark.parametrize("arch", [a for a, (n, _) in ARCHITECTURES.items()
+                                  if n.startswith("regnet")])
+def test_every_mapped_regnet_has_torchvisions_keys_and_shapes(arch):
+    _assert_same_keys_and_shapes(arch)
 
 
 def test_unmapped_untagged_mismatched_and_uncached_names_are_refused(hub):

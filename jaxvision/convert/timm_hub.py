@@ -2,11 +2,15 @@
 Hugging Face hub's ``timm/ARCH.TAG`` through ``huggingface_hub`` (optional: ``pip install
 'jaxvision[timm]'``), so its cache, ``HF_HUB_CACHE`` and ``HF_HUB_OFFLINE=1`` are honoured.
 
-Only timm architectures whose module tree is torchvision's are mapped: their state_dict keys and
-shapes equal torchvision's (tests/test_timm_weights.py checks keys and logits), so the generic
-name rule loads them. Variants that differ are refused by name: the ResNet-B/C/D/S stems and
+Only timm architectures that compute what a torchvision model computes are mapped
+(convert/timm_keys.py renames their keys to torchvision's; tests/test_timm_weights.py checks
+keys, shapes and logits). Variants that differ are refused by name: the ResNet-B/C/D/S stems and
 average-pool shortcuts (``resnet50d``, ``resnet50c``, ``resnet50s``...), ``resnet26``/``200``
-(no torchvision twin), squeeze-excitation and attention ResNets (``seresnet50``, ``ecaresnet50d``).
+(no torchvision twin), squeeze-excitation and attention ResNets (``seresnet50``, ``ecaresnet50d``),
+``tf_efficientnet*`` (TensorFlow's "same" padding, BatchNorm eps 1e-3), ``mobilenetv3_*``
+(BatchNorm eps 1e-5 where torchvision's is 1e-3; a conv head with a bias), ``regnetx_004``,
+``regnety_008`` and ``regnety_080`` (other widths than torchvision's regnet_x_400mf, y_800mf and
+y_8gf), ViTs at other resolutions (``vit_base_patch16_384``...).
 """
 from __future__ import annotations
 
@@ -14,12 +18,9 @@ import json
 import math
 
 from jaxvision.convert.merge import ConversionError
+from jaxvision.convert.timm_keys import ARCHITECTURES
 
 PREFIX = "timm:"
-# timm architecture -> jaxvision model (the same name for the ResNet family)
-ARCHITECTURES = {name: name for name in (
-    "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
-    "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2")}
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # the hub's order of preference
 
 
@@ -33,12 +34,17 @@ def parse(source: str) -> tuple[str, str]:
     arch = tagged.split(".")[0]
     if arch not in ARCHITECTURES:
         raise ConversionError(
-            f"{source}: timm's {arch!r} is not mapped to a jaxvision model; mapped (their "
-            f"weights use torchvision's layout): {', '.join(sorted(ARCHITECTURES))}")
+            f"{source}: timm's {arch!r} is not mapped to a jaxvision model; mapped (they "
+            f"compute what torchvision's namesakes do): {', '.join(sorted(ARCHITECTURES))}")
     if "." not in tagged:
         raise ConversionError(f"{source}: name the weights' tag too, e.g. {PREFIX}{arch}.tv_in1k "
                               "(timm.list_pretrained() lists them)")
-    return f"timm/{tagged}", ARCHITECTURES[arch]
+    return f"timm/{tagged}", ARCHITECTURES[arch][0]
+
+
+def to_torchvision(source: str, state_dict) -> dict:
+    """``timm:ARCH.TAG``'s state_dict in torchvision's key names and layouts."""
+    return ARCHITECTURES[source[len(PREFIX):].split(".")[0]][1](state_dict)
 
 
 def fetch(source: str) -> tuple[str, dict]:

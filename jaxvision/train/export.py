@@ -1,7 +1,8 @@
 """``jaxvision export``: a run's best eval weights (or a converted weights directory) written for
 use elsewhere: a jaxvision weights directory; a ``.safetensors`` file in torchvision's key
 names that ``torchvision.models.X().load_state_dict(safetensors.torch.load_file(F))`` loads
-strictly; or a StableHLO program (``jax.export``) that runs with jax alone."""
+strictly; a StableHLO program (``jax.export``) that runs with jax alone; or an ONNX model
+(train/onnx_lowering.py) that runs with onnxruntime alone."""
 from __future__ import annotations
 
 import dataclasses
@@ -11,8 +12,10 @@ from typing import Any
 from jaxvision.api import torch_state_dict
 from jaxvision.convert import safetensors_io, store
 
-FORMATS = ("dir", "safetensors", "stablehlo")
-PROGRAM, WEIGHTS = "model.stablehlo", "variables.npz"
+FORMATS = ("dir", "safetensors", "stablehlo", "onnx")
+PROGRAM, WEIGHTS, ONNX_FILE = "model.stablehlo", "variables.npz", "model.onnx"
+# families whose forward ends in data-dependent postprocessing (NMS, top-k) ONNX is not given
+DETECTOR_FAMILIES = ("fpn_detector", "ssd", "yolo")
 # what runs an exported directory with jax alone (no jaxvision, no flax); written beside it
 LOADER = '''"""Run this directory's model with jax alone: python run.py IMAGES.npy
 (N, H, W, 3, float32, normalised with jaxvision.json's preprocessing mean/std) -> outputs.npz
@@ -42,7 +45,26 @@ if __name__ == "__main__":
     out = run(np.load(sys.argv[1]))
     np.savez("outputs.npz", **(out if isinstance(out, dict) else {"logits": out}))
 '''
+ONNX_LOADER = '''"""Run this directory's model with onnxruntime alone: python run.py IMAGES.npy
+(N, H, W, 3, float32, normalised with jaxvision.json's preprocessing mean/std) -> outputs.npz
+(logits, or a dense model's maps by name); or import run and call run.run(images)."""
+import os, sys
+import numpy as np
+import onnxruntime
 
+here = os.path.dirname(os.path.abspath(__file__))
+session = onnxruntime.InferenceSession(os.path.join(here, "model.onnx"),
+                                       providers=["CPUExecutionProvider"])
+
+
+def run(images):
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, {"images": np.asarray(images, np.float32)})))
+
+
+if __name__ == "__main__":
+    np.savez("outputs.npz", **run(np.load(sys.argv[1])))
+'''
 
 
 @dataclasses.dataclass
@@ -71,7 +93,8 @@ def from_workdir(workdir: str) -> Exportable:
                      "from": f"the config of the run in {workdir}"}
     return Exportable(config.model.name, model, variables,
                       {"num_classes": meta["num_classes"], **config.model.kwargs.to_dict()},
-                      {"source": f"{workdir} step {step}", "preprocessing": preprocessing,
+                      {"source": f"trained with jaxvision: {workdir} step {step}",
+                       "preprocessing": preprocessing,
                        "categories": meta["class_names"]}, step)
 
 
@@ -84,7 +107,19 @@ def from_weights_dir(path: str) -> Exportable:
     return Exportable(saved["model"], model, variables, dict(saved.get("model_kwargs", {})), extra)
 
 
+def with_card(item: Exportable) -> Exportable:
+    """``item`` with a model card (convert/card.py) in its metadata: the converted directory's
+    own, or one naming the run, with the parameter count of the weights written."""
+    from jaxvision.convert import card
+
+    n = card.num_params(item.variables)
+    made = item.meta.get("card") or card.weights_card(
+        item.name, str(item.meta.get("source", "unknown")), item.meta.get("preprocessing", {}), n)
+    return dataclasses.replace(item, meta={**item.meta, "card": {**made, "num_params": n}})
+
+
 def write(item: Exportable, fmt: str, out: str, platforms=None) -> str:
+    item = with_card(item)
     if fmt == "dir":
         return store.save(out, item.name, item.variables, item.model_kwargs, extra=item.meta)
     if fmt == "safetensors":
@@ -93,6 +128,8 @@ def write(item: Exportable, fmt: str, out: str, platforms=None) -> str:
         return safetensors_io.save(out, state_dict, meta)
     if fmt == "stablehlo":
         return write_stablehlo(item, out, platforms)
+    if fmt == "onnx":
+        return write_onnx(item, out)
     raise ValueError(f"export format {fmt!r}: expected one of {', '.join(FORMATS)}")
 
 
@@ -108,8 +145,7 @@ def write_stablehlo(item: Exportable, out: str, platforms=None) -> str:
 
     from jaxvision.layers import lowering
 
-    size = getattr(item.model, "image_size", None) or item.meta["preprocessing"]["crop_size"]
-    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    h, w = _input_size(item)
     flat = {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(
         {c: item.variables[c] for c in ("params", "batch_stats") if c in item.variables}).items()}
     variables = traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in flat.items()})
@@ -133,9 +169,55 @@ def write_stablehlo(item: Exportable, out: str, platforms=None) -> str:
     return os.path.abspath(out)
 
 
+def _input_size(item: Exportable) -> tuple[int, int]:
+    size = getattr(item.model, "image_size", None) or item.meta["preprocessing"]["crop_size"]
+    return (size, size) if isinstance(size, int) else tuple(size)
+
+
+def write_onnx(item: Exportable, out: str) -> str:
+    """The eval-mode forward as ONNX (opset 18, symbolic batch, weights inside), with
+    ``jaxvision.json`` and an onnxruntime-only ``run.py`` beside it. Detectors are refused:
+    their forward ends in NMS and top-k over data-dependent counts."""
+    import jax
+    import onnx
+
+    from jaxvision.layers import lowering
+    from jaxvision.registry import get_spec
+    from jaxvision.train import onnx_lowering
+
+    family = get_spec(item.name).family
+    if family in DETECTOR_FAMILIES:
+        raise ValueError(f"{item.name}: ONNX export covers classifiers and segmenters; a "
+                         f"{family} detector's forward ends in NMS and top-k over data-dependent "
+                         "counts, which this exporter does not express (use --format stablehlo)")
+    h, w = _input_size(item)
+    x = jax.ShapeDtypeStruct((1, h, w, 3), "float32")
+    with lowering.using("xla"):
+        sample = jax.eval_shape(lambda v, i: item.model.apply(v, i, train=False),
+                                item.variables, x)
+        names = ([jax.tree_util.keystr(k, simple=True, separator="/")
+                  for k, _ in jax.tree_util.tree_flatten_with_path(sample)[0]]
+                 if isinstance(sample, dict) else ["logits"])
+        proto = onnx_lowering.to_onnx(
+            lambda images: item.model.apply(item.variables, images, train=False),
+            (onnx_lowering.BATCH, h, w, 3), names, doc=f"jaxvision {item.name}")
+    with store.atomic_dir(out) as tmp:
+        onnx.save_model(proto, os.path.join(tmp, ONNX_FILE),
+                        save_as_external_data=proto.ByteSize() > 1_800_000_000,
+                        location=ONNX_FILE + ".data")
+        with open(os.path.join(tmp, "run.py"), "w") as f:
+            f.write(ONNX_LOADER)
+        store.write_meta(tmp, {
+            "model": item.name, "model_kwargs": item.model_kwargs, **item.meta,
+            "format": "onnx", "opset": onnx_lowering.OPSET, "outputs": names,
+            "input": {"name": "images", "shape": ["batch", h, w, 3], "dtype": "float32",
+                      "layout": "NHWC", "normalised": "with preprocessing mean/std"}})
+    return os.path.abspath(out)
+
+
 def check_destination(fmt: str, out: str) -> None:
     """Refuse an occupied destination before minutes of loading."""
-    if fmt in ("dir", "stablehlo"):
+    if fmt in ("dir", "stablehlo", "onnx"):
         store.check_destination(out)
     elif os.path.exists(out):
         raise FileExistsError(f"{out}: already exists; refusing to overwrite")
