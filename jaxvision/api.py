@@ -74,7 +74,8 @@ def map_weights(name: str, state_dict: Any, model, target: Mapping, report: merg
     spec = get_spec(name)
     sd = tv.as_state_dict(weights_file(name, state_dict))
     if spec.adapt_state_dict is not None:
-        sd = spec.adapt_state_dict(dict(sd), model)
+        # an adapter reads and rewrites arrays: it gets numpy ones, whatever the source holds
+        sd = spec.adapt_state_dict({k: tv.to_numpy(v) for k, v in sd.items()}, model)
     source, names = tv.map_state_dict(sd, target, report)
     return sd, source, names
 

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from jaxvision.errors import ConversionError
 from jaxvision.layers import Conv2d, Linear, avg_pool2d, norm_factory
 from jaxvision.layers.stochastic_depth import StochasticDepth
 from jaxvision.models._features import FeatureCollector
@@ -337,13 +338,10 @@ class MaxVit(nn.Module):
 def adapt_state_dict(state_dict: dict, model) -> dict:
     """Drop torch's ``relative_position_index`` buffers after checking they are the ones this
     model computes (weights for another partition size fail here, naming the tensor)."""
-    from jaxvision.convert.merge import ConversionError
-    from jaxvision.convert.torchvision import to_numpy
-
     size = model.partition_size
     want = relative_position_index(size, size).reshape(size * size, size * size)
     for key in [k for k in state_dict if k.endswith(".relative_position_index")]:
-        got = to_numpy(state_dict.pop(key))
+        got = state_dict.pop(key)
         if got.shape != want.shape or not np.array_equal(got, want):
             raise ConversionError(f"{key}: a buffer of shape {tuple(got.shape)} that differs from "
                                   f"this model's (partition_size {size}, shape {want.shape}): "

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from jaxvision.convert.merge import ConversionError
+from jaxvision.errors import ConversionError
 from jaxvision.layers import Conv2d, Linear
 from jaxvision.layers.stochastic_depth import StochasticDepth
 from jaxvision.models._features import FeatureCollector
@@ -286,14 +286,12 @@ class SwinTransformer(nn.Module):
 def adapt_state_dict(state_dict: dict, model) -> dict:
     """Drop torch's position buffers after checking they are the ones this model computes (a
     checkpoint for another window size fails here, naming the tensor)."""
-    from jaxvision.convert.torchvision import to_numpy
-
     wh, ww = model.window_size
     expected = {"relative_position_index": relative_position_index(wh, ww),
                 "relative_coords_table": relative_coords_table(wh, ww)}
     for key in [k for k in state_dict if k.rsplit(".", 1)[-1] in expected]:
         want = expected[key.rsplit(".", 1)[-1]]
-        got = to_numpy(state_dict.pop(key))
+        got = state_dict.pop(key)
         if got.shape != want.shape or not np.allclose(got, want, atol=1e-6):
             raise ConversionError(f"{key}: a buffer of shape {tuple(got.shape)} that differs from "
                                   f"this model's (window {model.window_size}, shape "

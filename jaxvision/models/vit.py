@@ -28,7 +28,7 @@ import numpy as np
 import jax.numpy as jnp
 import flax.linen as nn
 
-from jaxvision.convert.merge import ConversionError
+from jaxvision.errors import ConversionError
 from jaxvision.layers import Conv2d, Linear
 from jaxvision.layers.attention import MultiheadAttention
 from jaxvision.models._features import FeatureCollector
@@ -245,9 +245,7 @@ def adapt_state_dict(state_dict: dict, model) -> dict:
     key = "encoder.pos_embedding"
     if key not in state_dict:
         return state_dict  # the converter reports what is missing
-    from jaxvision.convert.torchvision import to_numpy
-
-    state_dict[key] = interpolate_pos_embedding(to_numpy(state_dict[key]),
+    state_dict[key] = interpolate_pos_embedding(state_dict[key],
                                                 model.image_size // model.patch_size)
     return state_dict
 
