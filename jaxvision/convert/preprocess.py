@@ -86,7 +86,7 @@ def predict(weights_dir, paths, topk: int = 5, temperature: float = 1.0):
     import jaxvision as jv
     from jaxvision.convert import store
     from jaxvision.data.transforms import eval_image
-    from jaxvision.train.normalize import normalize
+    from jaxvision.layers.normalize import normalize
 
     meta = store.read_meta(weights_dir)
     model, variables = jv.create_model(meta["model"], pretrained=weights_dir)

@@ -138,7 +138,7 @@ class Classification(Task):
         """``path: name prob, ...`` for the top-k classes of each image; the probabilities are
         ``softmax(logits / temperature)`` (above 1 softer, below 1 sharper)."""
         from jaxvision.data.transforms import eval_image
-        from jaxvision.train.normalize import normalize
+        from jaxvision.layers.normalize import normalize
 
         c = data.cfg
         images = [eval_image(read_image(p), data.eval_image_size, data.resize_size,

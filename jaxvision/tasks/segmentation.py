@@ -156,7 +156,7 @@ class Segmentation(Task):
         import os
 
         from jaxvision.data.transforms import resize_shorter
-        from jaxvision.train.normalize import normalize
+        from jaxvision.layers.normalize import normalize
 
         outs = output_paths(paths, out_dir)
         os.makedirs(out_dir, exist_ok=True)

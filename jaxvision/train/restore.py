@@ -12,7 +12,7 @@ import orbax.checkpoint as ocp
 from jaxvision.data import build_data
 from jaxvision.layers import lowering
 from jaxvision.train import checkpoint
-from jaxvision.train.normalize import normalize
+from jaxvision.layers.normalize import normalize
 
 
 def load_run(workdir: str, log=None):
