@@ -131,7 +131,7 @@ class Segmentation(Task):
     def lr_multipliers(self, params):
         """torchvision's reference trains the aux head (``aux_classifier``: torch's
         ``aux_classifier.*`` tensors) at 10x the lr."""
-        from jaxvision.train.freeze import param_paths
+        from jaxvision.models._stages import param_paths
 
         paths = param_paths(params)
         aux = [p for p in jax.tree.leaves(paths) if p.startswith("aux_classifier")]
