@@ -104,12 +104,9 @@ def torch_state_dict(name: str, variables: Mapping, model=None, **model_kwargs) 
     """The inverse of ``load_pretrained``: torchvision's state_dict (numpy arrays, torch's key
     names and layouts) of model ``name``'s variables, with the buffers torchvision stores and
     jaxvision computes added back, so that torchvision's model loads it with strict=True."""
-    spec = get_spec(name)
-    state_dict = tv.to_state_dict(variables)
-    if spec.export_state_dict is not None:
-        model = build_model(name, **model_kwargs) if model is None else model
-        state_dict = spec.export_state_dict(state_dict, model)
-    return state_dict
+    if model is None and get_spec(name).export_state_dict is not None:
+        model = build_model(name, **model_kwargs)
+    return tv.model_state_dict(name, variables, model)
 
 
 def _from_store(name: str, path, model, strict: bool):
