@@ -26,11 +26,11 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from jaxvision.errors import ConversionError
-from jaxvision.layers import Conv2d, Linear, avg_pool2d, norm_factory
+from jaxvision.layers import Conv2d, Linear, SqueezeExcitation, avg_pool2d, norm_factory
+from jaxvision.layers.attention import relative_position_index
 from jaxvision.layers.stochastic_depth import StochasticDepth
 from jaxvision.models._features import FeatureCollector
 from jaxvision.models._stages import StageLayout
-from jaxvision.models.swin_transformer import relative_position_index
 from jaxvision.registry import FeatureInfo, register_model
 
 _init = nn.initializers.normal(0.02)  # torchvision's _init_weights: normal_(std=0.02)
@@ -56,21 +56,6 @@ def block_input_shapes(input_size, n_blocks):
     return shapes
 
 
-class SqueezeExcitation(nn.Module):
-    channels: int
-    squeeze: int
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x):
-        s = jnp.mean(x.astype(jnp.float32), axis=(1, 2), keepdims=True).astype(x.dtype)
-        s = Conv2d(self.squeeze, 1, bias=True, dtype=self.dtype, kernel_init=_init,
-                   bias_init=_zeros, name="fc1")(s)
-        s = Conv2d(self.channels, 1, bias=True, dtype=self.dtype, kernel_init=_init,
-                   bias_init=_zeros, name="fc2")(nn.silu(s))
-        return x * nn.sigmoid(s)
-
-
 class MBConvLayers(nn.Module):
     """torch's ``MBconv.layers`` Sequential (pre_norm, conv_a, conv_b, squeeze_excitation,
     conv_c)."""
@@ -93,7 +78,9 @@ class MBConvLayers(nn.Module):
         x = _gelu(bn("conv_a_1")(conv(self.mid, 1, name="conv_a_0")(x), train))
         x = conv(self.mid, 3, self.stride, 1, self.mid, name="conv_b_0")(x)
         x = _gelu(bn("conv_b_1")(x, train))
-        x = SqueezeExcitation(self.mid, self.squeeze, self.dtype, name="squeeze_excitation")(x)
+        x = SqueezeExcitation(self.squeeze, nn.silu, dtype=self.dtype, kernel_init=_init,
+                              bias_init=_zeros, pool_dtype=jnp.float32,
+                              name="squeeze_excitation")(x)
         return conv(self.out, 1, b=True, name="conv_c")(x)
 
 

@@ -26,6 +26,7 @@ import flax.linen as nn
 
 from jaxvision.errors import ConversionError
 from jaxvision.layers import Conv2d, Linear
+from jaxvision.layers.attention import relative_position_index
 from jaxvision.layers.stochastic_depth import StochasticDepth
 from jaxvision.models._features import FeatureCollector
 from jaxvision.models._stages import StageLayout
@@ -38,16 +39,6 @@ _zeros = nn.initializers.zeros
 def _layer_norm(dtype, name):
     return nn.LayerNorm(epsilon=1e-5, dtype=dtype, param_dtype=jnp.float32,
                         use_fast_variance=False, name=name)
-
-
-def relative_position_index(wh: int, ww: int) -> np.ndarray:
-    """torchvision's ``relative_position_index`` buffer, (wh*ww)**2 indices into the table."""
-    coords = np.stack(np.meshgrid(np.arange(wh), np.arange(ww), indexing="ij")).reshape(2, -1)
-    rel = (coords[:, :, None] - coords[:, None, :]).transpose(1, 2, 0)
-    rel[:, :, 0] += wh - 1
-    rel[:, :, 1] += ww - 1
-    rel[:, :, 0] *= 2 * ww - 1
-    return rel.sum(-1).reshape(-1)
 
 
 def relative_coords_table(wh: int, ww: int) -> np.ndarray:
