@@ -5,7 +5,8 @@ from jaxvision.layers.conv import (Conv2d, Linear, kaiming_normal_fan_out, torch
 from jaxvision.layers.blocks import BasicConv2d, SqueezeExcitation, conv_norm_act
 from jaxvision.layers.interpolate import interpolate
 from jaxvision.layers.misc import check_nhwc, flatten_nchw, make_divisible, transform_input
-from jaxvision.layers.norm import NORMS, BatchNorm, FrozenBatchNorm, GroupNorm, norm_factory
+from jaxvision.layers.norm import (NORMS, BatchNorm, FrozenBatchNorm, GroupNorm, layer_norm,
+                                   norm_factory)
 from jaxvision.layers.pool import adaptive_avg_pool2d, avg_pool2d, max_pool2d
 
 __all__ = [
@@ -14,5 +15,5 @@ __all__ = [
     "norm_factory", "conv_norm_act", "interpolate",
     "adaptive_avg_pool2d", "avg_pool2d", "max_pool2d",
     "hardsigmoid", "hardswish", "leaky", "relu6", "flatten_nchw", "transform_input",
-    "SqueezeExcitation", "BasicConv2d",
+    "SqueezeExcitation", "BasicConv2d", "layer_norm",
 ]

@@ -26,7 +26,8 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from jaxvision.errors import ConversionError
-from jaxvision.layers import Conv2d, Linear, SqueezeExcitation, avg_pool2d, norm_factory
+from jaxvision.layers import (Conv2d, Linear, SqueezeExcitation, avg_pool2d, layer_norm,
+                              norm_factory)
 from jaxvision.layers.attention import relative_position_index
 from jaxvision.layers.stochastic_depth import StochasticDepth
 from jaxvision.models._features import FeatureCollector
@@ -36,11 +37,6 @@ from jaxvision.registry import FeatureInfo, register_model
 _init = nn.initializers.normal(0.02)  # torchvision's _init_weights: normal_(std=0.02)
 _zeros = nn.initializers.zeros
 _gelu = lambda x: nn.gelu(x, approximate=False)
-
-
-def _layer_norm(dtype, name):
-    return nn.LayerNorm(epsilon=1e-5, dtype=dtype, param_dtype=jnp.float32,
-                        use_fast_variance=False, name=name)
 
 
 def _conv_out(size, k=3, s=2, p=1):
@@ -164,12 +160,12 @@ class PartitionAttentionLayer(nn.Module):
         if self.partition_type == "grid":
             x = jnp.swapaxes(x, -2, -3)
         sd = StochasticDepth(self.p_stochastic)  # one module, a fresh mask per call
-        y = _layer_norm(self.dtype, "attn_layer_0")(x)
+        y = layer_norm(self.dtype, "attn_layer_0")(x)
         y = RelativePositionalMultiHeadAttention(c, self.head_dim, self.partition_size,
                                                  self.dtype, name="attn_layer_1")(y)
         y = nn.Dropout(self.attention_dropout, deterministic=not train)(y)
         x = x + sd(y, train)
-        y = _layer_norm(self.dtype, "mlp_layer_0")(x)
+        y = layer_norm(self.dtype, "mlp_layer_0")(x)
         y = _gelu(Linear(c * self.mlp_ratio, c, self.dtype, _init, _zeros, name="mlp_layer_1")(y))
         y = Linear(c, c * self.mlp_ratio, self.dtype, _init, _zeros, name="mlp_layer_3")(y)
         y = nn.Dropout(self.mlp_dropout, deterministic=not train)(y)
@@ -315,7 +311,7 @@ class MaxVit(nn.Module):
                 return feats.maps
         x = jnp.mean(x.astype(jnp.float32), axis=(1, 2)).astype(self.dtype)
         d = self.block_channels[-1]
-        x = _layer_norm(self.dtype, "classifier_2")(x)
+        x = layer_norm(self.dtype, "classifier_2")(x)
         x = jnp.tanh(Linear(d, d, self.dtype, _init, _zeros, name="classifier_3")(x))
         if self.num_classes <= 0:
             return x

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from jaxvision.errors import ConversionError
-from jaxvision.layers import Conv2d, Linear
+from jaxvision.layers import Conv2d, Linear, layer_norm
 from jaxvision.layers.attention import relative_position_index
 from jaxvision.layers.stochastic_depth import StochasticDepth
 from jaxvision.models._features import FeatureCollector
@@ -34,11 +34,6 @@ from jaxvision.registry import FeatureInfo, register_model
 
 _init = nn.initializers.normal(0.02)  # torch's trunc_normal_(std=.02) cuts at +-2: 100 std
 _zeros = nn.initializers.zeros
-
-
-def _layer_norm(dtype, name):
-    return nn.LayerNorm(epsilon=1e-5, dtype=dtype, param_dtype=jnp.float32,
-                        use_fast_variance=False, name=name)
 
 
 def relative_coords_table(wh: int, ww: int) -> np.ndarray:
@@ -176,7 +171,7 @@ class SwinTransformerBlock(nn.Module):
         attn = ShiftedWindowAttention(d, self.window_size, self.shift_size, self.num_heads,
                                       self.attention_dropout, self.dropout, self.v2, self.dtype,
                                       name="attn")
-        norm1, norm2 = _layer_norm(self.dtype, "norm1"), _layer_norm(self.dtype, "norm2")
+        norm1, norm2 = layer_norm(self.dtype, "norm1"), layer_norm(self.dtype, "norm2")
 
         def mlp(y):  # torchvision's MLP: 0 Linear, 1 GELU, 2 Dropout, 3 Linear, 4 Dropout
             drop = nn.Dropout(self.dropout, deterministic=not train)
@@ -205,8 +200,8 @@ class PatchMerging(nn.Module):
         reduction = Linear(2 * self.dim, 4 * self.dim, self.dtype, _init, bias=False,
                            name="reduction")
         if self.v2:
-            return _layer_norm(self.dtype, "norm")(reduction(x))
-        return reduction(_layer_norm(self.dtype, "norm")(x))
+            return layer_norm(self.dtype, "norm")(reduction(x))
+        return reduction(layer_norm(self.dtype, "norm")(x))
 
 
 class SwinTransformer(nn.Module):
@@ -250,7 +245,7 @@ class SwinTransformer(nn.Module):
         x = x.astype(self.dtype)
         x = Conv2d(self.embed_dim, (ph, pw), (ph, pw), bias=True, dtype=self.dtype,
                    in_features=3, name="features_0_0")(x)
-        x = _layer_norm(self.dtype, "features_0_2")(x)
+        x = layer_norm(self.dtype, "features_0_2")(x)
         total, block_id = sum(self.depths), 0
         for s, depth in enumerate(self.depths):
             dim = self.embed_dim * 2 ** s
@@ -266,7 +261,7 @@ class SwinTransformer(nn.Module):
                 return feats.maps
             if s < len(self.depths) - 1:
                 x = PatchMerging(dim, self.v2, self.dtype, name=f"features_{2 * s + 2}")(x)
-        x = _layer_norm(self.dtype, "norm")(x)
+        x = layer_norm(self.dtype, "norm")(x)
         x = jnp.mean(x.astype(jnp.float32), axis=(1, 2)).astype(self.dtype)
         if self.num_classes <= 0:
             return x

@@ -21,6 +21,7 @@ its ``_tokens`` companion.  ``num_classes=0`` returns the final class-token embe
 """
 from __future__ import annotations
 
+from functools import partial
 import math
 from typing import Any, Optional, Sequence
 
@@ -29,7 +30,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from jaxvision.errors import ConversionError
-from jaxvision.layers import Conv2d, Linear
+from jaxvision.layers import Conv2d, Linear, layer_norm
 from jaxvision.layers.attention import MultiheadAttention
 from jaxvision.models._features import FeatureCollector
 from jaxvision.registry import FeatureInfo, register_model
@@ -41,10 +42,7 @@ def _normal(std):
     return nn.initializers.normal(std)
 
 
-def _layer_norm(dtype, name):
-    # exact (two-pass) variance like torch; flax keeps the statistics in float32 for bf16
-    return nn.LayerNorm(epsilon=1e-6, dtype=dtype, param_dtype=jnp.float32,
-                        use_fast_variance=False, name=name)
+_layer_norm = partial(layer_norm, eps=1e-6)
 
 
 _xavier = nn.initializers.xavier_uniform()
