@@ -76,7 +76,8 @@ def map_weights(name: str, state_dict: Any, model, target: Mapping, report: merg
     if timm_hub.is_timm(state_dict):
         sd = timm_hub.to_torchvision(state_dict, sd)
     if spec.adapt_state_dict is not None:
-        sd = spec.adapt_state_dict(dict(sd), model)
+        # an adapter reads and rewrites arrays: it gets numpy ones, whatever the source holds
+        sd = spec.adapt_state_dict({k: tv.to_numpy(v) for k, v in sd.items()}, model)
     source, names = tv.map_state_dict(sd, target, report)
     return sd, source, names
 
@@ -105,12 +106,9 @@ def torch_state_dict(name: str, variables: Mapping, model=None, **model_kwargs) 
     """The inverse of ``load_pretrained``: torchvision's state_dict (numpy arrays, torch's key
     names and layouts) of model ``name``'s variables, with the buffers torchvision stores and
     jaxvision computes added back, so that torchvision's model loads it with strict=True."""
-    spec = get_spec(name)
-    state_dict = tv.to_state_dict(variables)
-    if spec.export_state_dict is not None:
-        model = build_model(name, **model_kwargs) if model is None else model
-        state_dict = spec.export_state_dict(state_dict, model)
-    return state_dict
+    if model is None and get_spec(name).export_state_dict is not None:
+        model = build_model(name, **model_kwargs)
+    return tv.model_state_dict(name, variables, model)
 
 
 def _from_store(name: str, path, model, strict: bool):

@@ -84,7 +84,7 @@ def test_soft_target_loss_equals_torch_with_label_smoothing():
 def test_train_step_mixes_with_its_own_rng():
     import flax.linen as nn
 
-    from jaxvision.train.normalize import normalize
+    from jaxvision.layers.normalize import normalize
     from jaxvision.train.state import TrainState
     from jaxvision.train.step import make_train_step
 

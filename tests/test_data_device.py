@@ -10,7 +10,7 @@ import optax
 import pytest
 
 from jaxvision.data import Data, build_data, default_data_config
-from jaxvision.train.normalize import normalize_batch
+from jaxvision.layers.normalize import normalize_batch
 from jaxvision.train.prefetch import DevicePrefetch
 from jaxvision.train.state import TrainState
 from jaxvision.train.step import make_eval_step, make_mesh, make_train_step, shard_batch

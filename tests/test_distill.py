@@ -278,7 +278,7 @@ def test_predict_temperature_scales_the_logits(tmp_path, straight, capsys):
 def test_predict_temperature_with_a_weights_directory(tmp_path, teacher_dirs):
     from PIL import Image
 
-    from jaxvision.convert.preprocess import predict
+    from jaxvision.train.restore import predict_weights as predict
 
     image = str(tmp_path / "x.png")
     Image.fromarray(np.random.default_rng(1).integers(0, 255, (40, 40, 3), np.uint8)).save(image)

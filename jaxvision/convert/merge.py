@@ -11,9 +11,7 @@ from typing import Any, Mapping
 import numpy as np
 from flax import traverse_util
 
-
-class ConversionError(ValueError):
-    """Weights that do not fit the model, or a file that holds no weights."""
+from jaxvision.errors import ConversionError  # noqa: F401  (raised here; importers find it here)
 
 
 Path = tuple  # (collection, module, ..., leaf)

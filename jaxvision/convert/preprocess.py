@@ -75,33 +75,3 @@ def describe(spec, src, weights_name=None, categories_arg=None, num_classes=None
         out["categories"] = names
     return out
 
-
-def predict(weights_dir, paths, topk: int = 5, temperature: float = 1.0):
-    """Top-k (name, probability) per image with a converted/exported weights directory, using
-    the preprocessing and category names it records; probabilities ``softmax(logits / T)``."""
-    import jax
-    import numpy as np
-    from PIL import Image
-
-    import jaxvision as jv
-    from jaxvision.convert import store
-    from jaxvision.data.transforms import eval_image
-    from jaxvision.train.normalize import normalize
-
-    meta = store.read_meta(weights_dir)
-    model, variables = jv.create_model(meta["model"], pretrained=weights_dir)
-    p = meta.get("preprocessing") or spec_preprocessing(jv.model_info(meta["model"]))
-    images = []
-    for path in paths:
-        try:
-            with Image.open(path) as img:
-                images.append(eval_image(img, p["crop_size"], p["resize_size"],
-                                         p["interpolation"]))
-        except (OSError, ValueError, Image.DecompressionBombError) as e:
-            raise ValueError(f"{path}: not a readable image ({e})") from e
-    logits = model.apply(variables, normalize(np.stack(images), p["mean"], p["std"]),
-                         train=False)
-    probs = np.asarray(jax.nn.softmax(logits / temperature, -1))
-    names = meta.get("categories") or [str(i) for i in range(probs.shape[-1])]
-    k = min(topk, probs.shape[-1])
-    return [[(names[i], float(row[i])) for i in np.argsort(-row)[:k]] for row in probs]

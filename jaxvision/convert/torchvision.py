@@ -24,6 +24,7 @@ import numpy as np
 
 from jaxvision.convert import pth, safetensors_io
 from jaxvision.convert.merge import ConversionError, Path, Report, flatten
+from jaxvision.registry import get_spec
 
 _CANDIDATES = {
     "weight": (("params", "kernel"), ("params", "scale"), ("batch_stats", "scale"),
@@ -112,6 +113,15 @@ def to_numpy(value: Any) -> np.ndarray:
             value = value.float()
         return value.numpy().copy()  # torch may update the tensor in place later
     return np.array(value)
+
+
+def model_state_dict(name: str, variables: Mapping, model) -> dict[str, np.ndarray]:
+    """torchvision's state_dict of model ``name``'s ``variables``, with the buffers torchvision
+    stores and jaxvision computes added back from ``model`` (the family's ``export_state_dict``),
+    so that torchvision's model loads it with strict=True."""
+    state_dict = to_state_dict(variables)
+    export = get_spec(name).export_state_dict
+    return state_dict if export is None else export(state_dict, model)
 
 
 def map_state_dict(state_dict: Mapping[str, Any], target: Mapping, report: Report):

@@ -1,6 +1,6 @@
 """Per-example transforms with torchvision's semantics, as grain transforms (numpy + PIL).
 
-Images leave them as uint8 HWC; normalisation happens on the device (``train/normalize.py``).
+Images leave them as uint8 HWC; normalisation happens on the device (``layers/normalize.py``).
 """
 from __future__ import annotations
 

@@ -36,9 +36,8 @@ import optax
 
 from jaxvision import ops
 from jaxvision.heads.dense import postprocess
-from jaxvision.layers import Conv2d
+from jaxvision.layers import Conv2d, leaky
 from jaxvision.layers.blocks import conv_norm_act
-from jaxvision.necks.pan import leaky
 
 COCO_ANCHORS = ((10, 13), (16, 30), (33, 23), (30, 61), (62, 45), (59, 119),
                 (116, 90), (156, 198), (373, 326))

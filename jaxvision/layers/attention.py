@@ -9,11 +9,23 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
 from jaxvision.layers.conv import Linear
+
+
+def relative_position_index(wh: int, ww: int) -> np.ndarray:
+    """torchvision's ``relative_position_index`` buffer of windowed attention (Swin, MaxViT):
+    (wh*ww)**2 indices into the relative position bias table."""
+    coords = np.stack(np.meshgrid(np.arange(wh), np.arange(ww), indexing="ij")).reshape(2, -1)
+    rel = (coords[:, :, None] - coords[:, None, :]).transpose(1, 2, 0)
+    rel[:, :, 0] += wh - 1
+    rel[:, :, 1] += ww - 1
+    rel[:, :, 0] *= 2 * ww - 1
+    return rel.sum(-1).reshape(-1)
 
 
 def xavier_uniform_fused(key, shape, dtype=jnp.float32):

@@ -1,4 +1,5 @@
-"""torchvision's ``Conv2dNormActivation`` (conv, norm, activation) as a function.
+"""torchvision's ``Conv2dNormActivation`` (conv, norm, activation) as a function, its
+``SqueezeExcitation``, and GoogLeNet's ``BasicConv2d``.
 
 torch keeps it as a Sequential, so its children are ``{name}.0`` (conv) and ``{name}.1`` (norm);
 creating them as ``{name}_0`` / ``{name}_1`` children of the *calling* module gives the same
@@ -9,9 +10,11 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
+import jax
+import jax.numpy as jnp
 import flax.linen as nn
 
-from jaxvision.layers.conv import Conv2d
+from jaxvision.layers.conv import Conv2d, kaiming_normal_fan_out
 from jaxvision.layers.norm import norm_factory
 
 
@@ -30,3 +33,48 @@ def conv_norm_act(x, train: bool, features: int, kernel_size: int, name: Optiona
                kernel_init=kernel_init, name=conv_name)(x)
     x = norm_factory(norm, dtype, **(norm_kwargs or {}))(name=norm_name)(x, train)
     return act(x) if act is not None else x
+
+
+class SqueezeExcitation(nn.Module):
+    """torchvision.ops.SqueezeExcitation: mean pool, ``fc1``, ``activation``, ``fc2``,
+    ``scale_activation``, times the input (MobileNetV3 scales with hardsigmoid)."""
+
+    squeeze_channels: int
+    activation: Callable = nn.relu
+    scale_activation: Callable = jax.nn.sigmoid
+    dtype: Any = jnp.float32
+    kernel_init: Callable = kaiming_normal_fan_out
+    bias_init: Optional[Callable] = None  # None: torch's default U(+-1/sqrt(fan_in))
+    pool_dtype: Any = None  # the mean's dtype (None: the input's); MaxViT pools in float32
+
+    @nn.compact
+    def __call__(self, x):
+        c = x.shape[-1]
+        s = jnp.mean(x if self.pool_dtype is None else x.astype(self.pool_dtype), axis=(1, 2),
+                     keepdims=True).astype(x.dtype)
+        fc = lambda n, cin, name: Conv2d(n, 1, bias=True, dtype=self.dtype, in_features=cin,
+                                         kernel_init=self.kernel_init, bias_init=self.bias_init,
+                                         name=name)
+        s = self.activation(fc(self.squeeze_channels, c, "fc1")(s))
+        s = fc(c, self.squeeze_channels, "fc2")(s)
+        return self.scale_activation(s) * x
+
+
+class BasicConv2d(nn.Module):
+    """GoogLeNet's and Inception v3's ``BasicConv2d``: conv (no bias) ``conv`` + BatchNorm
+    (eps 0.001) ``bn`` + ReLU."""
+
+    features: int
+    kernel_size: Any
+    stride: Any = 1
+    padding: Any = 0
+    kernel_init: Any = None
+    dtype: Any = jnp.float32
+    norm: str = "batch"
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = Conv2d(self.features, self.kernel_size, self.stride, self.padding, dtype=self.dtype,
+                   kernel_init=self.kernel_init, name="conv")(x)
+        bn = norm_factory(self.norm, self.dtype, epsilon=0.001)
+        return nn.relu(bn(name="bn")(x, train))

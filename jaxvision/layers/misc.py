@@ -1,5 +1,7 @@
 from typing import Optional
 
+import jax.numpy as jnp
+
 
 def make_divisible(v: float, divisor: int, min_value: Optional[int] = None) -> int:
     """torchvision's ``_make_divisible``: round to a multiple of ``divisor``, never more than 10%
@@ -9,6 +11,18 @@ def make_divisible(v: float, divisor: int, min_value: Optional[int] = None) -> i
     if new_v < 0.9 * v:
         new_v += divisor
     return new_v
+
+
+def flatten_nchw(x):
+    """torch.flatten of the NCHW tensor: channel-major, so torch's Linear weights fit."""
+    return jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)
+
+
+def transform_input(x):
+    """torchvision's ``_transform_input`` of GoogLeNet and Inception v3: ImageNet-normalised
+    input -> the (x-0.5)/0.5 scale the ported Google weights were trained with."""
+    mean, std = jnp.array((0.485, 0.456, 0.406)), jnp.array((0.229, 0.224, 0.225))
+    return x * (std / 0.5).astype(x.dtype) + ((mean - 0.5) / 0.5).astype(x.dtype)
 
 
 def check_nhwc(x, model: str = "model", channels: Optional[int] = None):

@@ -120,6 +120,13 @@ class GroupNorm(nn.Module):
 NORMS = ("batch", "batch_eval", "frozen", "group")
 
 
+def layer_norm(dtype: Any = None, name: str | None = None, eps: float = 1e-5) -> nn.LayerNorm:
+    """torch's LayerNorm over the last axis (NHWC's channels: ConvNeXt's LayerNorm2d too):
+    exact two-pass variance like torch, float32 parameters and statistics under bf16 compute."""
+    return nn.LayerNorm(epsilon=eps, dtype=dtype, param_dtype=jnp.float32,
+                        use_fast_variance=False, name=name)
+
+
 def norm_factory(norm: str, dtype: Any = None, **kwargs) -> Callable[..., nn.Module]:
     """``norm`` is one of ``NORMS``: trained BatchNorm, BatchNorm whose statistics stay fixed
     (``norm_eval``), FrozenBatchNorm (``epsilon`` as torchvision's ``eps``), or GroupNorm

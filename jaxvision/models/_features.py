@@ -34,3 +34,24 @@ class FeatureCollector:
         if name in self.wanted:
             self.maps[name] = x
         return len(self.maps) == len(set(self.wanted))
+
+
+FEATURE_TAPS = ("ends", "starts")
+
+
+def features_at_strides(channels, strides, dilations=None,
+                        taps="ends") -> tuple[FeatureInfo, ...]:
+    """``taps="ends"``: the last ``features`` layer before the (nominal) stride changes, and the
+    last.  ``taps="starts"``: torchvision's ``stage_indices`` for segmentation and detection --
+    ``features[0]``, every strided block (``_is_cn``, nominal stride even where dilated) and the
+    last layer.  ``strides``/``dilations`` are cumulative after each layer; the reduction is the
+    real one."""
+    if taps not in FEATURE_TAPS:
+        raise ValueError(f"feature_taps must be one of {FEATURE_TAPS}, got {taps!r}")
+    real = strides if dilations is None else [s // d for s, d in zip(strides, dilations)]
+    n = len(strides)
+    if taps == "ends":
+        keep = [i for i in range(n) if i == n - 1 or strides[i + 1] != strides[i]]
+    else:
+        keep = [0] + [i for i in range(1, n - 1) if strides[i] != strides[i - 1]] + [n - 1]
+    return tuple(FeatureInfo(f"features_{i}", channels[i], real[i]) for i in keep)

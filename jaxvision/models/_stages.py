@@ -11,6 +11,8 @@ import dataclasses
 import re
 from typing import Optional
 
+import jax
+
 
 @dataclasses.dataclass(frozen=True)
 class StageLayout:
@@ -35,3 +37,9 @@ class StageLayout:
 def block_range(prefix: str, start: int, stop: int, sep: str = "[_/]") -> str:
     """A regex for blocks ``prefix{start}`` .. ``prefix{stop - 1}`` followed by ``sep``."""
     return "(" + "|".join(f"{re.escape(prefix)}{i}{sep}" for i in range(start, stop)) + ")"
+
+
+def param_paths(params):
+    """The pytree of "/"-joined path strings, shaped like ``params``."""
+    return jax.tree_util.tree_map_with_path(
+        lambda p, _: "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in p), params)

@@ -18,10 +18,9 @@ from typing import Any, Optional, Sequence
 import jax.numpy as jnp
 import flax.linen as nn
 
-from jaxvision.layers import Conv2d, Linear, adaptive_avg_pool2d, max_pool2d
+from jaxvision.layers import Conv2d, Linear, adaptive_avg_pool2d, flatten_nchw, max_pool2d
 from jaxvision.models._features import FeatureCollector
 from jaxvision.models._stages import StageLayout
-from jaxvision.models.googlenet import flatten_nchw
 from jaxvision.registry import FeatureInfo, register_model
 
 # features index: (out channels, kernel, stride, padding) of each conv; None is a 3x3/2 max pool

@@ -12,12 +12,13 @@ LayerNorm2d), i.e. what the final Linear sees.
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Optional, Sequence
 
 import jax.numpy as jnp
 import flax.linen as nn
 
-from jaxvision.layers import Conv2d, Linear
+from jaxvision.layers import Conv2d, Linear, layer_norm
 from jaxvision.layers.stochastic_depth import StochasticDepth
 from jaxvision.models._features import FeatureCollector
 from jaxvision.models._stages import StageLayout
@@ -28,11 +29,7 @@ _init = nn.initializers.normal(0.02)
 _zeros = nn.initializers.zeros
 
 
-def _layer_norm(dtype, name, eps=1e-6):
-    # LayerNorm2d over channels is a LayerNorm over NHWC's last axis; two-pass variance like torch,
-    # statistics in float32 for bf16 compute
-    return nn.LayerNorm(epsilon=eps, dtype=dtype, param_dtype=jnp.float32,
-                        use_fast_variance=False, name=name)
+_layer_norm = partial(layer_norm, eps=1e-6)  # LayerNorm2d over channels: NHWC's last axis
 
 
 class CNBlock(nn.Module):

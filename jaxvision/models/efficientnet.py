@@ -18,17 +18,16 @@ block index up to ``stochastic_depth_prob``) draws from the ``'dropout'`` rng in
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from jaxvision.layers import (Conv2d, Linear, check_nhwc, conv_norm_act, kaiming_normal_fan_out,
-                              make_divisible)
-from jaxvision.models._features import FeatureCollector
+from jaxvision.layers import (Linear, SqueezeExcitation, check_nhwc, conv_norm_act,
+                              kaiming_normal_fan_out, make_divisible)
+from jaxvision.models._features import FeatureCollector, features_at_strides
 from jaxvision.models._stages import StageLayout
-from jaxvision.models.mobilenet import _feature_info
 from jaxvision.registry import register_model
 
 # (block, expand ratio, kernel, stride, input channels, output channels, layers): the paper's
@@ -84,26 +83,6 @@ def stochastic_depth(module: nn.Module, x, p: float, train: bool):
     return x * (noise / survival if survival > 0.0 else noise)
 
 
-class SqueezeExcitation(nn.Module):
-    """torchvision.ops.SqueezeExcitation: mean pool, ``fc1``, activation, ``fc2``, sigmoid."""
-
-    squeeze_channels: int
-    activation: Callable = nn.relu
-    dtype: Any = jnp.float32
-    bias_init: Optional[Callable] = None  # None: torch's default U(+-1/sqrt(fan_in))
-
-    @nn.compact
-    def __call__(self, x):
-        c = x.shape[-1]
-        s = jnp.mean(x, axis=(1, 2), keepdims=True)
-        fc = lambda n, cin, name: Conv2d(n, 1, bias=True, dtype=self.dtype, in_features=cin,
-                                         kernel_init=kaiming_normal_fan_out,
-                                         bias_init=self.bias_init, name=name)
-        s = self.activation(fc(self.squeeze_channels, c, "fc1")(s))
-        s = fc(c, self.squeeze_channels, "fc2")(s)
-        return jax.nn.sigmoid(s) * x
-
-
 def _cna(x, train, features, k, name, norm, bn, act, stride=1, groups=1, dtype=None):
     """torchvision's Conv2dNormActivation with EfficientNet's BatchNorm (eps, momentum) and
     its convs' kaiming_normal_(mode="fan_out") init."""
@@ -136,7 +115,8 @@ class MBConv(nn.Module):
                 y, i = cna(y, expanded, 1, "block_0"), 1
             y = cna(y, expanded, k, f"block_{i}", s=stride, g=expanded)
             # torchvision squeezes to a quarter of the block's *input* channels
-            y = SqueezeExcitation(max(1, inp // 4), nn.silu, self.dtype, nn.initializers.zeros,
+            y = SqueezeExcitation(max(1, inp // 4), nn.silu, dtype=self.dtype,
+                                  bias_init=nn.initializers.zeros,
                                   name=f"block_{i + 1}")(y)
             y = cna(y, out, 1, f"block_{i + 2}", act=None)
         elif expanded != inp:
@@ -193,7 +173,7 @@ class EfficientNet(nn.Module):
         strides = [2]
         for st in stages:
             strides.append(strides[-1] * st[0][3])
-        return _feature_info(channels, strides + strides[-1:])
+        return features_at_strides(channels, strides + strides[-1:])
 
     @property
     def stage_layout(self) -> StageLayout:

@@ -19,8 +19,10 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from jaxvision.layers import Conv2d, Linear, adaptive_avg_pool2d, max_pool2d, norm_factory
+from jaxvision.layers import (BasicConv2d, Linear, adaptive_avg_pool2d, flatten_nchw, max_pool2d,
+                              transform_input)
 from jaxvision.models._features import FeatureCollector
+from jaxvision.models._weights import drop_aux_keys
 from jaxvision.registry import FeatureInfo, register_model
 
 # torchvision's init_weights: trunc_normal_(std=0.01, a=-2, b=2); at 200 sigma the truncation
@@ -32,32 +34,6 @@ class GoogLeNetOutputs(NamedTuple):
     logits: jax.Array
     aux_logits2: Optional[jax.Array]
     aux_logits1: Optional[jax.Array]
-
-
-class BasicConv2d(nn.Module):
-    """Conv (no bias) + BatchNorm(eps=0.001) + ReLU; shared with Inception v3."""
-
-    features: int
-    kernel_size: Any
-    stride: Any = 1
-    padding: Any = 0
-    kernel_init: Any = _googlenet_init
-    dtype: Any = jnp.float32
-    norm: str = "batch"
-
-    @nn.compact
-    def __call__(self, x, train: bool = False):
-        x = Conv2d(self.features, self.kernel_size, self.stride, self.padding, dtype=self.dtype,
-                   kernel_init=self.kernel_init, name="conv")(x)
-        bn = norm_factory(self.norm, self.dtype, epsilon=0.001)
-        return nn.relu(bn(name="bn")(x, train))
-
-
-def transform_input(x):
-    """torchvision's ``_transform_input``: ImageNet-normalised input -> the (x-0.5)/0.5 scale
-    the ported Google weights were trained with."""
-    mean, std = jnp.array((0.485, 0.456, 0.406)), jnp.array((0.229, 0.224, 0.225))
-    return x * (std / 0.5).astype(x.dtype) + ((mean - 0.5) / 0.5).astype(x.dtype)
 
 
 class Inception(nn.Module):
@@ -72,8 +48,8 @@ class Inception(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        conv = lambda c, k, name, p=0: BasicConv2d(c, k, padding=p, dtype=self.dtype,
-                                                   norm=self.norm, name=name)
+        conv = lambda c, k, name, p=0: BasicConv2d(c, k, padding=p, kernel_init=_googlenet_init,
+                                                   dtype=self.dtype, norm=self.norm, name=name)
         b1 = conv(self.ch1x1, 1, "branch1")(x, train)
         b2 = conv(self.ch3x3red, 1, "branch2_0")(x, train)
         b2 = conv(self.ch3x3, 3, "branch2_1", 1)(b2, train)
@@ -85,11 +61,6 @@ class Inception(nn.Module):
         return jnp.concatenate([b1, b2, b3, b4], axis=-1)
 
 
-def flatten_nchw(x):
-    """torch.flatten of the NCHW tensor: channel-major, so torch's Linear weights fit."""
-    return jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)
-
-
 class InceptionAux(nn.Module):
     num_classes: int
     dropout: float = 0.7
@@ -99,7 +70,8 @@ class InceptionAux(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False):
         x = adaptive_avg_pool2d(x, 4)
-        x = BasicConv2d(128, 1, dtype=self.dtype, norm=self.norm, name="conv")(x, train)
+        x = BasicConv2d(128, 1, kernel_init=_googlenet_init, dtype=self.dtype, norm=self.norm,
+                        name="conv")(x, train)
         x = flatten_nchw(x)
         dense = lambda n, fan_in, name: Linear(n, fan_in, dtype=self.dtype,
                                                kernel_init=_googlenet_init, name=name)
@@ -141,8 +113,8 @@ class GoogLeNet(nn.Module):
         x = x.astype(self.dtype)
         if self.transform_input:
             x = transform_input(x)
-        conv = lambda c, k, name, s=1, p=0: BasicConv2d(c, k, s, p, dtype=self.dtype,
-                                                        norm=self.norm, name=name)
+        conv = lambda c, k, name, s=1, p=0: BasicConv2d(c, k, s, p, _googlenet_init, self.dtype,
+                                                        self.norm, name=name)
         block = lambda name: Inception(*_BLOCKS[name], dtype=self.dtype, norm=self.norm,
                                        name=name)
         x = conv(64, 7, "conv1", 2, 3)(x, train)
@@ -183,18 +155,6 @@ class GoogLeNet(nn.Module):
         if with_aux and train:
             return GoogLeNetOutputs(x, aux2, aux1)
         return x
-
-
-def drop_aux_keys(prefixes):
-    """torchvision's checkpoints hold the aux heads even though its builders drop them; a model
-    built without them takes the rest strictly, as torchvision's builder does."""
-
-    def adapt(state_dict, model):
-        if getattr(model, "aux_logits", True):
-            return state_dict
-        return {k: v for k, v in state_dict.items() if not k.startswith(prefixes)}
-
-    return adapt
 
 
 @register_model("googlenet", family="googlenet", torch_name="googlenet", num_params=6_624_904,

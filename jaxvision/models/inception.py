@@ -16,9 +16,10 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from jaxvision.layers import Linear, adaptive_avg_pool2d, avg_pool2d, max_pool2d
+from jaxvision.layers import (BasicConv2d, Linear, adaptive_avg_pool2d, avg_pool2d, max_pool2d,
+                              transform_input)
 from jaxvision.models._features import FeatureCollector
-from jaxvision.models.googlenet import BasicConv2d, drop_aux_keys, transform_input
+from jaxvision.models._weights import drop_aux_keys
 from jaxvision.registry import FeatureInfo, register_model
 
 # torchvision's init_weights: trunc_normal_(std=m.stddev or 0.1, a=-2, b=2), i.e. truncated at

@@ -25,21 +25,18 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from jaxvision.layers import Conv2d, Linear, avg_pool2d, norm_factory
+from jaxvision.errors import ConversionError
+from jaxvision.layers import (Conv2d, Linear, SqueezeExcitation, avg_pool2d, layer_norm,
+                              norm_factory)
+from jaxvision.layers.attention import relative_position_index
 from jaxvision.layers.stochastic_depth import StochasticDepth
 from jaxvision.models._features import FeatureCollector
 from jaxvision.models._stages import StageLayout
-from jaxvision.models.swin_transformer import relative_position_index
 from jaxvision.registry import FeatureInfo, register_model
 
 _init = nn.initializers.normal(0.02)  # torchvision's _init_weights: normal_(std=0.02)
 _zeros = nn.initializers.zeros
 _gelu = lambda x: nn.gelu(x, approximate=False)
-
-
-def _layer_norm(dtype, name):
-    return nn.LayerNorm(epsilon=1e-5, dtype=dtype, param_dtype=jnp.float32,
-                        use_fast_variance=False, name=name)
 
 
 def _conv_out(size, k=3, s=2, p=1):
@@ -53,21 +50,6 @@ def block_input_shapes(input_size, n_blocks):
         shape = _conv_out(shape)
         shapes.append(shape)
     return shapes
-
-
-class SqueezeExcitation(nn.Module):
-    channels: int
-    squeeze: int
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x):
-        s = jnp.mean(x.astype(jnp.float32), axis=(1, 2), keepdims=True).astype(x.dtype)
-        s = Conv2d(self.squeeze, 1, bias=True, dtype=self.dtype, kernel_init=_init,
-                   bias_init=_zeros, name="fc1")(s)
-        s = Conv2d(self.channels, 1, bias=True, dtype=self.dtype, kernel_init=_init,
-                   bias_init=_zeros, name="fc2")(nn.silu(s))
-        return x * nn.sigmoid(s)
 
 
 class MBConvLayers(nn.Module):
@@ -92,7 +74,9 @@ class MBConvLayers(nn.Module):
         x = _gelu(bn("conv_a_1")(conv(self.mid, 1, name="conv_a_0")(x), train))
         x = conv(self.mid, 3, self.stride, 1, self.mid, name="conv_b_0")(x)
         x = _gelu(bn("conv_b_1")(x, train))
-        x = SqueezeExcitation(self.mid, self.squeeze, self.dtype, name="squeeze_excitation")(x)
+        x = SqueezeExcitation(self.squeeze, nn.silu, dtype=self.dtype, kernel_init=_init,
+                              bias_init=_zeros, pool_dtype=jnp.float32,
+                              name="squeeze_excitation")(x)
         return conv(self.out, 1, b=True, name="conv_c")(x)
 
 
@@ -176,12 +160,12 @@ class PartitionAttentionLayer(nn.Module):
         if self.partition_type == "grid":
             x = jnp.swapaxes(x, -2, -3)
         sd = StochasticDepth(self.p_stochastic)  # one module, a fresh mask per call
-        y = _layer_norm(self.dtype, "attn_layer_0")(x)
+        y = layer_norm(self.dtype, "attn_layer_0")(x)
         y = RelativePositionalMultiHeadAttention(c, self.head_dim, self.partition_size,
                                                  self.dtype, name="attn_layer_1")(y)
         y = nn.Dropout(self.attention_dropout, deterministic=not train)(y)
         x = x + sd(y, train)
-        y = _layer_norm(self.dtype, "mlp_layer_0")(x)
+        y = layer_norm(self.dtype, "mlp_layer_0")(x)
         y = _gelu(Linear(c * self.mlp_ratio, c, self.dtype, _init, _zeros, name="mlp_layer_1")(y))
         y = Linear(c, c * self.mlp_ratio, self.dtype, _init, _zeros, name="mlp_layer_3")(y)
         y = nn.Dropout(self.mlp_dropout, deterministic=not train)(y)
@@ -327,7 +311,7 @@ class MaxVit(nn.Module):
                 return feats.maps
         x = jnp.mean(x.astype(jnp.float32), axis=(1, 2)).astype(self.dtype)
         d = self.block_channels[-1]
-        x = _layer_norm(self.dtype, "classifier_2")(x)
+        x = layer_norm(self.dtype, "classifier_2")(x)
         x = jnp.tanh(Linear(d, d, self.dtype, _init, _zeros, name="classifier_3")(x))
         if self.num_classes <= 0:
             return x
@@ -337,13 +321,10 @@ class MaxVit(nn.Module):
 def adapt_state_dict(state_dict: dict, model) -> dict:
     """Drop torch's ``relative_position_index`` buffers after checking they are the ones this
     model computes (weights for another partition size fail here, naming the tensor)."""
-    from jaxvision.convert.merge import ConversionError
-    from jaxvision.convert.torchvision import to_numpy
-
     size = model.partition_size
     want = relative_position_index(size, size).reshape(size * size, size * size)
     for key in [k for k in state_dict if k.endswith(".relative_position_index")]:
-        got = to_numpy(state_dict.pop(key))
+        got = state_dict.pop(key)
         if got.shape != want.shape or not np.array_equal(got, want):
             raise ConversionError(f"{key}: a buffer of shape {tuple(got.shape)} that differs from "
                                   f"this model's (partition_size {size}, shape {want.shape}): "

@@ -19,7 +19,7 @@ from typing import Any, Optional, Sequence
 import jax.numpy as jnp
 import flax.linen as nn
 
-from jaxvision.convert.merge import ConversionError
+from jaxvision.errors import ConversionError
 from jaxvision.layers import Conv2d, Linear, kaiming_normal_fan_out, norm_factory
 from jaxvision.models._features import FeatureCollector
 from jaxvision.models._stages import StageLayout

@@ -25,25 +25,14 @@ from typing import Any, Callable, Optional, Sequence
 import jax.numpy as jnp
 import flax.linen as nn
 
-from jaxvision.layers import (Conv2d, Linear, adaptive_avg_pool2d, kaiming_normal_fan_out,
-                              make_divisible, norm_factory)
-from jaxvision.models._features import FeatureCollector
-from jaxvision.registry import FeatureInfo, register_model
+from jaxvision.layers import (Conv2d, Linear, SqueezeExcitation, adaptive_avg_pool2d, hardsigmoid,
+                              hardswish, kaiming_normal_fan_out, make_divisible, norm_factory,
+                              relu6)
+from jaxvision.models._features import FeatureCollector, features_at_strides
+from jaxvision.registry import register_model
 
 # torchvision re-initialises every Linear with N(0, 0.01) and zero bias.
 _linear_init = dict(kernel_init=nn.initializers.normal(0.01), bias_init=nn.initializers.zeros)
-
-
-def relu6(x):
-    return jnp.minimum(jnp.maximum(x, 0), 6)
-
-
-def hardsigmoid(x):
-    return relu6(x + 3) / 6  # torch.nn.functional.hardsigmoid
-
-
-def hardswish(x):
-    return x * relu6(x + 3) / 6  # torch's formula and order of operations
 
 
 def _conv(features, k, stride=1, groups=1, dilation=1, bias=False, name=None, dtype=None,
@@ -62,26 +51,6 @@ def conv_norm_act(x, train, features, k, name, norm, act=None, stride=1, groups=
               kernel_init=kernel_init)(x)
     x = norm(name=f"{name}_1")(x, train)
     return act(x) if act is not None else x
-
-
-FEATURE_TAPS = ("ends", "starts")
-
-
-def _feature_info(channels, strides, dilations=None, taps="ends") -> tuple[FeatureInfo, ...]:
-    """``taps="ends"``: the last ``features`` layer before the (nominal) stride changes, and the
-    last.  ``taps="starts"``: torchvision's ``stage_indices`` for segmentation and detection --
-    ``features[0]``, every strided block (``_is_cn``, nominal stride even where dilated) and the
-    last layer.  ``strides``/``dilations`` are cumulative after each layer; the reduction is the
-    real one."""
-    if taps not in FEATURE_TAPS:
-        raise ValueError(f"feature_taps must be one of {FEATURE_TAPS}, got {taps!r}")
-    real = strides if dilations is None else [s // d for s, d in zip(strides, dilations)]
-    n = len(strides)
-    if taps == "ends":
-        keep = [i for i in range(n) if i == n - 1 or strides[i + 1] != strides[i]]
-    else:
-        keep = [0] + [i for i in range(1, n - 1) if strides[i] != strides[i - 1]] + [n - 1]
-    return tuple(FeatureInfo(f"features_{i}", channels[i], real[i]) for i in keep)
 
 
 def _head(x, train, num_classes, dropout, dtype, hidden=None, hidden_act=None):
@@ -166,7 +135,7 @@ class MobileNetV2(nn.Module):
         strides = [2]
         for b in blocks:
             strides.append(strides[-1] * b[2])
-        return _feature_info(channels, strides + strides[-1:], taps=self.feature_taps)
+        return features_at_strides(channels, strides + strides[-1:], taps=self.feature_taps)
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -211,23 +180,6 @@ V3_SETTINGS = {
 }
 
 
-class SqueezeExcitation(nn.Module):
-    """torchvision.ops.SqueezeExcitation with V3's hardsigmoid scale."""
-
-    squeeze_channels: int
-    dtype: Any = jnp.float32
-    kernel_init: Callable = kaiming_normal_fan_out
-
-    @nn.compact
-    def __call__(self, x):
-        c = x.shape[-1]
-        s = jnp.mean(x, axis=(1, 2), keepdims=True)
-        s = nn.relu(_conv(self.squeeze_channels, 1, bias=True, name="fc1", dtype=self.dtype,
-                          kernel_init=self.kernel_init)(s))
-        s = _conv(c, 1, bias=True, name="fc2", dtype=self.dtype, kernel_init=self.kernel_init)(s)
-        return hardsigmoid(s) * x
-
-
 def inverted_residual_v3(x, train, cnf, norm, child, dtype=None,
                          kernel_init=kaiming_normal_fan_out, expanded=False):
     """V3's block as children ``child(i)`` of the calling module (``i`` the index in torch's
@@ -248,7 +200,9 @@ def inverted_residual_v3(x, train, cnf, norm, child, dtype=None,
                       dilation, dtype, kernel_init)
     if use_se:
         i += 1
-        y = SqueezeExcitation(make_divisible(exp // 4, 8), dtype, kernel_init, name=child(i))(y)
+        y = SqueezeExcitation(make_divisible(exp // 4, 8), scale_activation=hardsigmoid,
+                              dtype=dtype, kernel_init=kernel_init,
+                              bias_init=nn.initializers.zeros, name=child(i))(y)
     y = conv_norm_act(y, train, out, 1, child(i + 1), norm, dtype=dtype, kernel_init=kernel_init)
     return y + x if stride == 1 and inp == out and not expanded else y
 
@@ -304,7 +258,7 @@ class MobileNetV3(nn.Module):
             strides.append(strides[-1] * c[6])
             # torchvision's dilated stage: stride 1 instead, so its reduction stays
             dilations.append(dilations[-1] * (c[6] if c[7] > 1 else 1))
-        return _feature_info(channels, strides + strides[-1:], dilations + dilations[-1:],
+        return features_at_strides(channels, strides + strides[-1:], dilations + dilations[-1:],
                              self.feature_taps)
 
     @nn.compact
@@ -366,7 +320,7 @@ class MobileNetV1(nn.Module):
         strides = [2]
         for _, s in V1_SETTING:
             strides.append(strides[-1] * s)
-        return _feature_info(self._channels(), strides)
+        return features_at_strides(self._channels(), strides)
 
     @nn.compact
     def __call__(self, x, train: bool = False):

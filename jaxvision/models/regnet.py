@@ -16,17 +16,17 @@ stages ``freeze.frozen_stages`` counts.
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any, Optional, Sequence
 
 import numpy as np
 import jax.numpy as jnp
 import flax.linen as nn
 
-from jaxvision.layers import Linear, check_nhwc, make_divisible, norm_factory
+from jaxvision.layers import (Linear, SqueezeExcitation, check_nhwc, conv_norm_act,
+                              kaiming_normal_fan_out, make_divisible)
 from jaxvision.models._features import FeatureCollector
 from jaxvision.models._stages import StageLayout
-from jaxvision.models.efficientnet import SqueezeExcitation
-from jaxvision.models.mobilenet import conv_norm_act
 from jaxvision.registry import FeatureInfo, register_model
 
 
@@ -66,15 +66,15 @@ class BottleneckTransform(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False):
         width_in, width_out, stride, group_width, multiplier, se_ratio = self.cnf
-        norm = norm_factory(self.norm, self.dtype)
+        cna = partial(conv_norm_act, norm=self.norm, kernel_init=kaiming_normal_fan_out,
+                      dtype=self.dtype)
         w_b = int(round(width_out * multiplier))
-        x = conv_norm_act(x, train, w_b, 1, "a", norm, nn.relu, dtype=self.dtype)
-        x = conv_norm_act(x, train, w_b, 3, "b", norm, nn.relu, stride, w_b // group_width,
-                          dtype=self.dtype)
+        x = cna(x, train, w_b, 1, "a")
+        x = cna(x, train, w_b, 3, "b", stride=stride, groups=w_b // group_width)
         if se_ratio:
-            x = SqueezeExcitation(int(round(se_ratio * width_in)), nn.relu, self.dtype,
+            x = SqueezeExcitation(int(round(se_ratio * width_in)), nn.relu, dtype=self.dtype,
                                   name="se")(x)
-        return conv_norm_act(x, train, width_out, 1, "c", norm, dtype=self.dtype)
+        return cna(x, train, width_out, 1, "c", act=None)
 
 
 class ResBottleneckBlock(nn.Module):
@@ -89,8 +89,8 @@ class ResBottleneckBlock(nn.Module):
         width_in, width_out, stride = self.cnf[:3]
         f = BottleneckTransform(self.cnf, self.norm, self.dtype, name="f")(x, train)
         if width_in != width_out or stride != 1:
-            x = conv_norm_act(x, train, width_out, 1, "proj", norm_factory(self.norm, self.dtype),
-                              stride=stride, dtype=self.dtype)
+            x = conv_norm_act(x, train, width_out, 1, "proj", norm=self.norm, act=None,
+                              stride=stride, kernel_init=kaiming_normal_fan_out, dtype=self.dtype)
         return nn.relu(x + f)
 
 
@@ -172,8 +172,8 @@ class RegNet(nn.Module):
         info = self.feature_info
         feats = FeatureCollector(info, self.features_only, self.out_indices)
         x = x.astype(self.dtype)
-        x = conv_norm_act(x, train, self.stem_width, 3, "stem", norm_factory(self.norm, self.dtype),
-                          nn.relu, 2, dtype=self.dtype)
+        x = conv_norm_act(x, train, self.stem_width, 3, "stem", norm=self.norm, stride=2,
+                          kernel_init=kaiming_normal_fan_out, dtype=self.dtype)
         if feats.add("stem", x):
             return feats.maps
         # run only the stages the features asked for need

@@ -24,8 +24,9 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from jaxvision.convert.merge import ConversionError
-from jaxvision.layers import Conv2d, Linear
+from jaxvision.errors import ConversionError
+from jaxvision.layers import Conv2d, Linear, layer_norm
+from jaxvision.layers.attention import relative_position_index
 from jaxvision.layers.stochastic_depth import StochasticDepth
 from jaxvision.models._features import FeatureCollector
 from jaxvision.models._stages import StageLayout
@@ -33,21 +34,6 @@ from jaxvision.registry import FeatureInfo, register_model
 
 _init = nn.initializers.normal(0.02)  # torch's trunc_normal_(std=.02) cuts at +-2: 100 std
 _zeros = nn.initializers.zeros
-
-
-def _layer_norm(dtype, name):
-    return nn.LayerNorm(epsilon=1e-5, dtype=dtype, param_dtype=jnp.float32,
-                        use_fast_variance=False, name=name)
-
-
-def relative_position_index(wh: int, ww: int) -> np.ndarray:
-    """torchvision's ``relative_position_index`` buffer, (wh*ww)**2 indices into the table."""
-    coords = np.stack(np.meshgrid(np.arange(wh), np.arange(ww), indexing="ij")).reshape(2, -1)
-    rel = (coords[:, :, None] - coords[:, None, :]).transpose(1, 2, 0)
-    rel[:, :, 0] += wh - 1
-    rel[:, :, 1] += ww - 1
-    rel[:, :, 0] *= 2 * ww - 1
-    return rel.sum(-1).reshape(-1)
 
 
 def relative_coords_table(wh: int, ww: int) -> np.ndarray:
@@ -185,7 +171,7 @@ class SwinTransformerBlock(nn.Module):
         attn = ShiftedWindowAttention(d, self.window_size, self.shift_size, self.num_heads,
                                       self.attention_dropout, self.dropout, self.v2, self.dtype,
                                       name="attn")
-        norm1, norm2 = _layer_norm(self.dtype, "norm1"), _layer_norm(self.dtype, "norm2")
+        norm1, norm2 = layer_norm(self.dtype, "norm1"), layer_norm(self.dtype, "norm2")
 
         def mlp(y):  # torchvision's MLP: 0 Linear, 1 GELU, 2 Dropout, 3 Linear, 4 Dropout
             drop = nn.Dropout(self.dropout, deterministic=not train)
@@ -214,8 +200,8 @@ class PatchMerging(nn.Module):
         reduction = Linear(2 * self.dim, 4 * self.dim, self.dtype, _init, bias=False,
                            name="reduction")
         if self.v2:
-            return _layer_norm(self.dtype, "norm")(reduction(x))
-        return reduction(_layer_norm(self.dtype, "norm")(x))
+            return layer_norm(self.dtype, "norm")(reduction(x))
+        return reduction(layer_norm(self.dtype, "norm")(x))
 
 
 class SwinTransformer(nn.Module):
@@ -259,7 +245,7 @@ class SwinTransformer(nn.Module):
         x = x.astype(self.dtype)
         x = Conv2d(self.embed_dim, (ph, pw), (ph, pw), bias=True, dtype=self.dtype,
                    in_features=3, name="features_0_0")(x)
-        x = _layer_norm(self.dtype, "features_0_2")(x)
+        x = layer_norm(self.dtype, "features_0_2")(x)
         total, block_id = sum(self.depths), 0
         for s, depth in enumerate(self.depths):
             dim = self.embed_dim * 2 ** s
@@ -275,7 +261,7 @@ class SwinTransformer(nn.Module):
                 return feats.maps
             if s < len(self.depths) - 1:
                 x = PatchMerging(dim, self.v2, self.dtype, name=f"features_{2 * s + 2}")(x)
-        x = _layer_norm(self.dtype, "norm")(x)
+        x = layer_norm(self.dtype, "norm")(x)
         x = jnp.mean(x.astype(jnp.float32), axis=(1, 2)).astype(self.dtype)
         if self.num_classes <= 0:
             return x
@@ -286,14 +272,12 @@ class SwinTransformer(nn.Module):
 def adapt_state_dict(state_dict: dict, model) -> dict:
     """Drop torch's position buffers after checking they are the ones this model computes (a
     checkpoint for another window size fails here, naming the tensor)."""
-    from jaxvision.convert.torchvision import to_numpy
-
     wh, ww = model.window_size
     expected = {"relative_position_index": relative_position_index(wh, ww),
                 "relative_coords_table": relative_coords_table(wh, ww)}
     for key in [k for k in state_dict if k.rsplit(".", 1)[-1] in expected]:
         want = expected[key.rsplit(".", 1)[-1]]
-        got = to_numpy(state_dict.pop(key))
+        got = state_dict.pop(key)
         if got.shape != want.shape or not np.allclose(got, want, atol=1e-6):
             raise ConversionError(f"{key}: a buffer of shape {tuple(got.shape)} that differs from "
                                   f"this model's (window {model.window_size}, shape "

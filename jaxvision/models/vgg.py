@@ -16,10 +16,9 @@ from typing import Any, Optional, Sequence
 import jax.numpy as jnp
 import flax.linen as nn
 
-from jaxvision.layers import (Conv2d, Linear, adaptive_avg_pool2d, kaiming_normal_fan_out,
-                              max_pool2d, norm_factory)
+from jaxvision.layers import (Conv2d, Linear, adaptive_avg_pool2d, flatten_nchw,
+                              kaiming_normal_fan_out, max_pool2d, norm_factory)
 from jaxvision.models._features import FeatureCollector
-from jaxvision.models.googlenet import flatten_nchw
 from jaxvision.registry import FeatureInfo, register_model
 
 CFGS = {

@@ -21,6 +21,7 @@ its ``_tokens`` companion.  ``num_classes=0`` returns the final class-token embe
 """
 from __future__ import annotations
 
+from functools import partial
 import math
 from typing import Any, Optional, Sequence
 
@@ -28,8 +29,8 @@ import numpy as np
 import jax.numpy as jnp
 import flax.linen as nn
 
-from jaxvision.convert.merge import ConversionError
-from jaxvision.layers import Conv2d, Linear
+from jaxvision.errors import ConversionError
+from jaxvision.layers import Conv2d, Linear, layer_norm
 from jaxvision.layers.attention import MultiheadAttention
 from jaxvision.models._features import FeatureCollector
 from jaxvision.registry import FeatureInfo, register_model
@@ -41,10 +42,7 @@ def _normal(std):
     return nn.initializers.normal(std)
 
 
-def _layer_norm(dtype, name):
-    # exact (two-pass) variance like torch; flax keeps the statistics in float32 for bf16
-    return nn.LayerNorm(epsilon=1e-6, dtype=dtype, param_dtype=jnp.float32,
-                        use_fast_variance=False, name=name)
+_layer_norm = partial(layer_norm, eps=1e-6)
 
 
 _xavier = nn.initializers.xavier_uniform()
@@ -245,9 +243,7 @@ def adapt_state_dict(state_dict: dict, model) -> dict:
     key = "encoder.pos_embedding"
     if key not in state_dict:
         return state_dict  # the converter reports what is missing
-    from jaxvision.convert.torchvision import to_numpy
-
-    state_dict[key] = interpolate_pos_embedding(to_numpy(state_dict[key]),
+    state_dict[key] = interpolate_pos_embedding(state_dict[key],
                                                 model.image_size // model.patch_size)
     return state_dict
 

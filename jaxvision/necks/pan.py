@@ -15,12 +15,9 @@ from typing import Any, Sequence
 import jax.numpy as jnp
 import flax.linen as nn
 
+from jaxvision.layers.activations import leaky
 from jaxvision.layers.blocks import conv_norm_act
 from jaxvision.layers.interpolate import interpolate
-
-
-def leaky(x):
-    return nn.leaky_relu(x, 0.1)
 
 
 class PAN(nn.Module):

@@ -23,14 +23,13 @@ class Task:
     # takes every family that no other task claims (tasks.check_model)
     model_families: tuple[str, ...] = ()
 
-    def build_model(self, config, dtype):
-        """The linen Module this task trains (``config.model`` names it)."""
+    def build_model(self, config, dtype, **engine_kwargs):
+        """The linen Module this task trains (``config.model`` names it); ``engine_kwargs``: what
+        the engine's settings imply (``freeze.norm_eval``'s norm)."""
         import jaxvision as jv
-        from jaxvision.train import freeze
 
         m = config.model
-        kwargs = {**m.kwargs.to_dict(), **freeze.model_overrides(config.freeze),
-                  **self.model_kwargs()}
+        kwargs = {**m.kwargs.to_dict(), **engine_kwargs, **self.model_kwargs()}
         return jv.create_model(m.name, num_classes=self.num_classes, dtype=dtype, **kwargs)
 
     def model_kwargs(self) -> dict:

@@ -124,18 +124,30 @@ class Classification(Task):
                 conv_lowering=None, **_):
         """``path: name prob, ...`` for the top-k classes of each image; the probabilities are
         ``softmax(logits / temperature)`` (above 1 softer, below 1 sharper)."""
-        from jaxvision.data.transforms import eval_image
-        from jaxvision.train.normalize import normalize
+        preprocessing = {"crop_size": data.eval_image_size, "resize_size": data.resize_size,
+                         "interpolation": data.cfg.interpolation, "mean": data.mean,
+                         "std": data.std}
+        top = top_classes(model, variables, paths, preprocessing, data.class_names, topk,
+                          temperature, conv_lowering)
+        return [path + ": " + ", ".join(f"{name} {prob:.3f}" for name, prob in row)
+                for path, row in zip(paths, top)]
 
-        c = data.cfg
-        images = [eval_image(read_image(p), data.eval_image_size, data.resize_size,
-                             c.interpolation)
-                  for p in paths]
-        fwd = lowering.jit(lambda v, x: model.apply(v, normalize(x, data.mean, data.std),
-                                                    train=False), conv_lowering)
-        outputs = fwd(variables, np.stack(images))
-        probs = np.asarray(jax.nn.softmax(split_outputs(outputs)[0] / temperature, -1))
-        k = min(topk, probs.shape[-1])
-        names = data.class_names
-        return [path + ": " + ", ".join(f"{names[i]} {row[i]:.3f}" for i in np.argsort(-row)[:k])
-                for path, row in zip(paths, probs)]
+
+def top_classes(model, variables, paths, preprocessing, names, topk: int = 5,
+                temperature: float = 1.0, conv_lowering=None):
+    """``[(name, probability), ...]``, the top-k classes of each image at ``paths``, preprocessed
+    as ``preprocessing`` says (crop_size, resize_size, interpolation, mean, std); probabilities
+    ``softmax(logits / temperature)``; ``names`` None: the class indices."""
+    from jaxvision.data.transforms import eval_image
+    from jaxvision.layers.normalize import normalize
+
+    p = preprocessing
+    images = [eval_image(read_image(path), p["crop_size"], p["resize_size"], p["interpolation"])
+              for path in paths]
+    fwd = lowering.jit(lambda v, x: model.apply(v, normalize(x, p["mean"], p["std"]),
+                                                train=False), conv_lowering)
+    outputs = fwd(variables, np.stack(images))
+    probs = np.asarray(jax.nn.softmax(split_outputs(outputs)[0] / temperature, -1))
+    names = names or [str(i) for i in range(probs.shape[-1])]
+    k = min(topk, probs.shape[-1])
+    return [[(names[i], float(row[i])) for i in np.argsort(-row)[:k]] for row in probs]

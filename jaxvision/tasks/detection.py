@@ -125,7 +125,7 @@ class Detection(Task):
                 **_):
         """Writes ``<out_dir>/<name>.png`` per image with its detections drawn; a line per
         image lists them (class, score, box in the image's pixels)."""
-        from jaxvision.train.normalize import normalize_batch
+        from jaxvision.layers.normalize import normalize_batch
 
         outs = output_paths(paths, out_dir)
         os.makedirs(out_dir, exist_ok=True)

@@ -132,7 +132,7 @@ class Segmentation(Task):
     def lr_multipliers(self, params):
         """torchvision's reference trains the aux head (``aux_classifier``: torch's
         ``aux_classifier.*`` tensors) at 10x the lr."""
-        from jaxvision.train.freeze import param_paths
+        from jaxvision.models._stages import param_paths
 
         paths = param_paths(params)
         aux = [p for p in jax.tree.leaves(paths) if p.startswith("aux_classifier")]
@@ -157,7 +157,7 @@ class Segmentation(Task):
         import os
 
         from jaxvision.data.transforms import resize_shorter
-        from jaxvision.train.normalize import normalize
+        from jaxvision.layers.normalize import normalize
 
         outs = output_paths(paths, out_dir)
         os.makedirs(out_dir, exist_ok=True)

@@ -86,13 +86,10 @@ def _predict(argv):
                    help="segmentation/detection: folder for the pictures (default WORKDIR/predictions)")
     p.add_argument("images", nargs="+")
     args = p.parse_args(argv)
-    if args.weights:
-        from jaxvision.convert.preprocess import predict
-    else:
-        from jaxvision.train.restore import predict
+    from jaxvision.train.restore import predict, predict_weights
 
     if args.weights:
-        top_k = predict(args.weights, args.images, args.topk, args.temperature)
+        top_k = predict_weights(args.weights, args.images, args.topk, args.temperature)
         for path, top in zip(args.images, top_k):
             print(path + ": " + ", ".join(f"{name} {prob:.3f}" for name, prob in top))
         return 0

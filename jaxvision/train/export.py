@@ -9,8 +9,8 @@ import dataclasses
 import os
 from typing import Any
 
-from jaxvision.api import torch_state_dict
 from jaxvision.convert import safetensors_io, store
+from jaxvision.convert.torchvision import model_state_dict
 
 FORMATS = ("dir", "safetensors", "stablehlo", "onnx")
 PROGRAM, WEIGHTS, ONNX_FILE = "model.stablehlo", "variables.npz", "model.onnx"
@@ -124,7 +124,7 @@ def write(item: Exportable, fmt: str, out: str, platforms=None) -> str:
         return store.save(out, item.name, item.variables, item.model_kwargs, extra=item.meta)
     if fmt == "safetensors":
         meta = {"jaxvision_model": item.name, "model_kwargs": item.model_kwargs, **item.meta}
-        state_dict = torch_state_dict(item.name, item.variables, item.model)
+        state_dict = model_state_dict(item.name, item.variables, item.model)
         return safetensors_io.save(out, state_dict, meta)
     if fmt == "stablehlo":
         return write_stablehlo(item, out, platforms)

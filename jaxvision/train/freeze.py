@@ -13,6 +13,7 @@ import jax
 import ml_collections
 
 import jaxvision as jv
+from jaxvision.models._stages import param_paths
 
 
 def default_freeze_config() -> ml_collections.ConfigDict:
@@ -105,12 +106,6 @@ FAMILIES: dict[str, Layout] = {
     "inception": Layout(r"Conv2d_", _indexed(r"Mixed_(\d)[a-e]/", lambda i, _: i - 4),
                         r"(fc|AuxLogits)/"),
 }
-
-
-def param_paths(params):
-    """The pytree of "/"-joined path strings, shaped like ``params``."""
-    return jax.tree_util.tree_map_with_path(
-        lambda p, _: "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in p), params)
 
 
 class _Declared(NamedTuple):

@@ -36,7 +36,7 @@ def build_model(config, num_classes: int, task=None):
     if m.dtype not in DTYPES:
         raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {m.dtype!r}")
     task = task or build_task(config, num_classes)
-    return task.build_model(config, DTYPES[m.dtype])
+    return task.build_model(config, DTYPES[m.dtype], **freeze.model_overrides(config.freeze))
 
 
 def best_metric(config, task) -> tuple[str, str]:

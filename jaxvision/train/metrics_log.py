@@ -17,7 +17,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 
 from jaxvision.tasks.base import grid
-from jaxvision.train.normalize import normalize_batch
+from jaxvision.layers.normalize import normalize_batch
 
 
 class Logger:

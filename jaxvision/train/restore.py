@@ -1,4 +1,5 @@
-"""A finished (or interrupted) run, back from its workdir: eval, predict, extract."""
+"""A finished (or interrupted) run, back from its workdir: eval, predict, extract; and predict
+with a converted or exported weights directory."""
 from __future__ import annotations
 
 import json
@@ -12,7 +13,7 @@ import orbax.checkpoint as ocp
 from jaxvision.data import build_data
 from jaxvision.layers import lowering
 from jaxvision.train import checkpoint
-from jaxvision.train.normalize import normalize
+from jaxvision.layers.normalize import normalize
 
 
 def load_run(workdir: str, log=None):
@@ -103,6 +104,20 @@ def predict(workdir: str, paths, topk: int = 5, out_dir: str | None = None,
     return task.predict(model, variables, paths, data, topk=topk, temperature=temperature,
                         out_dir=out_dir or os.path.join(workdir, "predictions"),
                         conv_lowering=config.get("conv_lowering"))
+
+
+def predict_weights(weights_dir, paths, topk: int = 5, temperature: float = 1.0):
+    """Top-k (name, probability) per image with a converted/exported weights directory, using
+    the preprocessing and category names it records; probabilities ``softmax(logits / T)``."""
+    import jaxvision as jv
+    from jaxvision.convert import store
+    from jaxvision.convert.preprocess import spec_preprocessing
+    from jaxvision.tasks.classification import top_classes
+
+    meta = store.read_meta(weights_dir)
+    model, variables = jv.create_model(meta["model"], pretrained=weights_dir)
+    p = meta.get("preprocessing") or spec_preprocessing(jv.model_info(meta["model"]))
+    return top_classes(model, variables, paths, p, meta.get("categories"), topk, temperature)
 
 
 def extract(workdir: str, split: str, out: str) -> int:

@@ -14,7 +14,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxvision.layers import lowering
 from jaxvision.train.ema import EmaRule
-from jaxvision.train.normalize import normalize_batch
+from jaxvision.layers.normalize import normalize_batch
 
 
 def make_mesh(devices=None) -> Mesh:

@@ -21,11 +21,10 @@ import flax.linen as nn
 
 from jaxvision import ops
 from jaxvision.heads.ssd import LITE_INIT, LITE_NORM, SSDHead
-from jaxvision.layers import conv_norm_act, kaiming_normal_fan_out, norm_factory
+from jaxvision.layers import conv_norm_act, hardswish, kaiming_normal_fan_out, norm_factory
 from jaxvision.models._stages import StageLayout
 from jaxvision.models.detection.ssd import SSD
-from jaxvision.models.mobilenet import (InvertedResidualV3, MobileNetV3, hardswish,
-                                        inverted_residual_v3)
+from jaxvision.models.mobilenet import InvertedResidualV3, MobileNetV3, inverted_residual_v3
 from jaxvision.registry import register_model
 
 # torchvision builds the extractor with width_mult 1.0 whatever the backbone's, so these stay

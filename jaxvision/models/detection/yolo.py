@@ -27,12 +27,12 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from jaxvision.heads.yolo import YOLOHead, anchor_table, yolo_loss, yolo_postprocess
-from jaxvision.layers import check_nhwc
+from jaxvision.layers import check_nhwc, leaky
 from jaxvision.layers.blocks import conv_norm_act
 from jaxvision.models._stages import StageLayout
 from jaxvision.models.darknet import CHANNELS, DEPTHS, Darknet, darknet_stage_layout
 from jaxvision.models.detection.transform import Preprocessing
-from jaxvision.necks.pan import PAN, leaky
+from jaxvision.necks.pan import PAN
 from jaxvision.necks.spp import SPP
 from jaxvision.registry import register_model
 

@@ -1,5 +1,6 @@
-"""The one place images are normalised: on the device, inside the jitted steps (a module of
-``train``, not ``data``: the step imports it, and ``jaxvision bench`` must import no data stack).
+"""The one place images are normalised: on the device, inside the jitted steps (a layer, not a
+part of ``data``: the steps and the tasks below them import it, and ``jaxvision bench`` must
+import no data stack).
 
 Loaders ship images as uint8 HWC, a quarter of float32's host->device bytes; torchvision's
 ``ToTensor`` + ``Normalize``, ``(x / 255 - mean) / std`` in float32, runs here (the model then
