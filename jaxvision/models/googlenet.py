@@ -21,6 +21,7 @@ import flax.linen as nn
 
 from jaxvision.layers import Conv2d, Linear, adaptive_avg_pool2d, max_pool2d, norm_factory
 from jaxvision.models._features import FeatureCollector
+from jaxvision.models._stages import StageLayout
 from jaxvision.registry import FeatureInfo, register_model
 
 # torchvision's init_weights: trunc_normal_(std=0.01, a=-2, b=2); at 200 sigma the truncation
@@ -131,6 +132,9 @@ class GoogLeNet(nn.Module):
     feature_info = (FeatureInfo("conv1", 64, 2), FeatureInfo("conv3", 192, 4),
                     FeatureInfo("inception3b", 480, 8), FeatureInfo("inception4e", 832, 16),
                     FeatureInfo("inception5b", 1024, 32))
+    # stem conv1..conv3; stages inception3, 4, 5 (a..e); head fc and the two aux heads
+    stage_layout = StageLayout(r"conv[123]/", tuple(f"inception{i}[a-e]/" for i in (3, 4, 5)),
+                               r"(fc|aux1|aux2)/")
 
     @nn.compact
     def __call__(self, x, train: bool = False):
