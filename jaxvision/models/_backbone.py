@@ -106,5 +106,4 @@ def output_stride_kwargs(probe, name: str, output_stride: Optional[int]) -> dict
 
 
 # registry families of dense models: never a backbone
-DENSE_FAMILIES = ("segmentation", "fpn_detector", "ssd", "yolo", "compose_detection",
-                  "compose_segmentation")
+DENSE_FAMILIES = ("segmentation", "fpn_detector", "ssd", "yolo")
