@@ -126,13 +126,26 @@ def _from_store(name: str, path, model, strict: bool):
 def create_model(name: str, /, num_classes: Optional[int] = None, pretrained=None,
                  dtype: Any = jnp.float32, features_only: bool = False,
                  out_indices: Optional[Sequence[int]] = None, strict: bool = True,
-                 **model_kwargs):
+                 pretrained_backbone=None, **model_kwargs):
     """A ``flax.linen.Module`` for ``name``; with ``pretrained`` (a torchvision ``.pth`` file or a
     directory written by ``jaxvision convert``), ``(module, variables)``.
 
     ``name`` is positional-only, so ``name=`` is Flax's submodule name: inside a user's
     ``nn.compact`` method, ``create_model("resnet18", features_only=True, name="backbone")`` puts
-    the model's variables under ``params/backbone`` (see :func:`jaxvision.place_pretrained`)."""
+    the model's variables under ``params/backbone`` (see :func:`jaxvision.place_pretrained`).
+
+    ``pretrained_backbone`` (a dense model: ``create_model("retinanet", backbone=NAME, ...)`` or
+    a preset): ``(module, variables)``, freshly initialised, with the backbone filled from NAME's
+    classification weights (:func:`jaxvision.pretrained_backbone`)."""
+    if pretrained_backbone is not None:
+        if pretrained is not None:
+            raise ValueError("give pretrained (the whole model) or pretrained_backbone, not both")
+        from jaxvision.place import pretrained_backbone as place_backbone
+
+        model = build_model(name, num_classes, dtype, features_only, out_indices, **model_kwargs)
+        variables = place_backbone(model, init_variables(model, name), pretrained_backbone,
+                                   strict=strict)
+        return model, variables
     if pretrained is not None and store.is_store(pretrained) and num_classes is None:
         saved_kwargs: Mapping = store.read_meta(pretrained).get("model_kwargs", {})
         num_classes = saved_kwargs.get("num_classes")

@@ -131,3 +131,19 @@ def place_pretrained(variables: Mapping, path: Union[str, Sequence[str]], name: 
             out[(col, *parts, *leaf)] = value
     out = traverse_util.unflatten_dict(out)
     return (out, report) if return_report else out
+
+
+def pretrained_backbone(model, variables: Mapping, source: Any, /, *, strict: bool = True,
+                        return_report: bool = False):
+    """``variables`` of a dense model (``create_model(HEAD, backbone=NAME)`` or a preset) with
+    its backbone filled from ``source``, the classification weights of its backbone's model
+    (a torchvision ``.pth``, a state_dict, a converted directory): exactly what
+    ``create_model(NAME, pretrained=source, features_only=True)`` gets, placed where the model
+    holds its backbone (``model.body``: path, name and kwargs).  Strict, as
+    :func:`place_pretrained`: weights of another model are refused, naming ``source``."""
+    body = getattr(model, "body", None)
+    if body is None or not hasattr(body, "path"):
+        raise ValueError(f"{type(model).__name__} declares no backbone (model.body) to place "
+                         "classification weights into")
+    return place_pretrained(variables, body.path, body.name, source, strict=strict,
+                            return_report=return_report, **body.model_kwargs)

@@ -204,7 +204,9 @@ def test_frozen_leaves_unchanged_through_a_resnet_train_update(r18):
 
 
 def test_unknown_family_is_an_error_naming_it(r18, monkeypatch):
-    monkeypatch.delitem(freeze.FAMILIES, "resnet")
+    from jaxvision.models.resnet import ResNet
+
+    monkeypatch.delattr(ResNet, "stage_layout")
     _frozen.model = "resnet18"
     with pytest.raises(ValueError, match="family 'resnet'"):
         _frozen(r18, frozen_stages=1)
@@ -244,7 +246,7 @@ def _out_shape(model, size):
     ("mobilenet_v3_small", "mobilenet", 1), ("vgg11", "vgg", 2), ("vgg16_bn", "vgg", 2),
     ("vgg19", "vgg", 2)])
 def test_stage_tables_agree_with_torchvision_modules(name, family, key):
-    """The table for families being written now, checked on torchvision's own module names:
+    """The model's stage_layout, checked on torchvision's own module names:
     MobileNetV2 stages are its runs of equal width (mmdetection), MobileNetV3 its runs of equal
     resolution, VGG's the conv blocks between max-pools."""
     if key == 2:  # VGG needs module types only: build it without memory or init time
@@ -254,7 +256,7 @@ def test_stage_tables_agree_with_torchvision_modules(name, family, key):
     else:
         tv = getattr(torchvision.models, name)()
         shapes = _out_shape(tv, 64)
-    lay = freeze.FAMILIES[family]
+    lay = jv.create_model(name).stage_layout
     blocks = sorted(shapes)
     expected, stage, prev = {}, 0, None
     body = blocks[1:-1] if key in (0, 1) else blocks
@@ -269,7 +271,7 @@ def test_stage_tables_agree_with_torchvision_modules(name, family, key):
             stage, prev = stage + 1, sig
         expected[i] = stage
     for path in _tv_paths(tv):
-        got = freeze.stage_of(path, name, lay)
+        got = lay.stage_of(path)
         if path.startswith("classifier"):
             assert got is None and re.match(lay.head, path)
             continue
@@ -281,10 +283,10 @@ def test_stage_tables_agree_with_torchvision_modules(name, family, key):
 @pytest.mark.parametrize("name,family", [("googlenet", "googlenet"), ("inception_v3", "inception")])
 def test_named_stage_tables_cover_torchvision(name, family):
     tv = getattr(torchvision.models, name)(init_weights=False, aux_logits=True)
-    lay = freeze.FAMILIES[family]
+    lay = jv.create_model(name).stage_layout
     seen = {}
     for path in _tv_paths(tv):
-        s = freeze.stage_of(path, name, lay)
+        s = lay.stage_of(path)
         head = bool(re.match(lay.head, path))
         assert (s is None) == head, path  # every param is in the stem, a stage or the head
         seen.setdefault(s, 0)
@@ -324,4 +326,4 @@ def test_mobilenet_v1_stages_open_at_its_strided_blocks():
         stage += stride == 2 or i == 1
         want[i] = stage
     lay = freeze.layout("mobilenet_v1")
-    assert {i: lay.stage(f"features_{i}_0/kernel", "mobilenet_v1") for i in want} == want
+    assert {i: lay.stage_of(f"features_{i}_0/kernel") for i in want} == want

@@ -19,3 +19,4 @@ from jaxvision.models import detection  # noqa: F401
 from jaxvision.models import darknet  # noqa: F401
 from jaxvision.models import efficientnet  # noqa: F401
 from jaxvision.models import regnet  # noqa: F401
+from jaxvision.models import compose  # noqa: F401

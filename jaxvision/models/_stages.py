@@ -33,6 +33,13 @@ class StageLayout:
     def num_stages(self) -> int:
         return len(self.stages)
 
+    def under(self, prefix: str, head: str) -> "StageLayout":
+        """This (backbone's) layout inside a composed model whose variables hold it at
+        ``prefix`` ("backbone/"); ``head``: the composed model's own head parameters."""
+        p = re.escape(prefix)
+        return StageLayout(f"{p}(?:{self.stem})", tuple(f"{p}(?:{s})" for s in self.stages),
+                           head)
+
 
 def block_range(prefix: str, start: int, stop: int, sep: str = "[_/]") -> str:
     """A regex for blocks ``prefix{start}`` .. ``prefix{stop - 1}`` followed by ``sep``."""

@@ -22,6 +22,7 @@ import flax.linen as nn
 from jaxvision.layers import (BasicConv2d, Linear, adaptive_avg_pool2d, flatten_nchw, max_pool2d,
                               transform_input)
 from jaxvision.models._features import FeatureCollector
+from jaxvision.models._stages import StageLayout
 from jaxvision.models._weights import drop_aux_keys
 from jaxvision.registry import FeatureInfo, register_model
 
@@ -103,6 +104,9 @@ class GoogLeNet(nn.Module):
     feature_info = (FeatureInfo("conv1", 64, 2), FeatureInfo("conv3", 192, 4),
                     FeatureInfo("inception3b", 480, 8), FeatureInfo("inception4e", 832, 16),
                     FeatureInfo("inception5b", 1024, 32))
+    # stem conv1..conv3; stages inception3, 4, 5 (a..e); head fc and the two aux heads
+    stage_layout = StageLayout(r"conv[123]/", tuple(f"inception{i}[a-e]/" for i in (3, 4, 5)),
+                               r"(fc|aux1|aux2)/")
 
     @nn.compact
     def __call__(self, x, train: bool = False):

@@ -19,6 +19,7 @@ import flax.linen as nn
 from jaxvision.layers import (BasicConv2d, Linear, adaptive_avg_pool2d, avg_pool2d, max_pool2d,
                               transform_input)
 from jaxvision.models._features import FeatureCollector
+from jaxvision.models._stages import StageLayout
 from jaxvision.models._weights import drop_aux_keys
 from jaxvision.registry import FeatureInfo, register_model
 
@@ -148,6 +149,9 @@ class Inception3(nn.Module):
     feature_info = (FeatureInfo("Conv2d_2b_3x3", 64, 2), FeatureInfo("Conv2d_4a_3x3", 192, 4),
                     FeatureInfo("Mixed_5d", 288, 8), FeatureInfo("Mixed_6e", 768, 16),
                     FeatureInfo("Mixed_7c", 2048, 32))
+    # stem Conv2d_*; stages Mixed_5, 6, 7 (a..e); head fc and AuxLogits
+    stage_layout = StageLayout(r"Conv2d_", tuple(f"Mixed_{i}[a-e]/" for i in (5, 6, 7)),
+                               r"(fc|AuxLogits)/")
 
     @nn.compact
     def __call__(self, x, train: bool = False):

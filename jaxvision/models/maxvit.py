@@ -262,6 +262,10 @@ class MaxVit(nn.Module):
         return (FeatureInfo("stem", self.stem_channels, 2),) + tuple(
             FeatureInfo(f"stage{i + 1}", c, 4 * 2 ** i) for i, c in enumerate(self.block_channels))
 
+    # why a dense model (any input size) cannot stand on it (jaxvision.models._backbone)
+    fixed_input_size = ("its relative-position tables are built for input_size, whose every "
+                        "stage must split into partition_size windows")
+
     @property
     def image_size(self):
         # the size jaxvision.api builds its dummy input at (init, loading weights)

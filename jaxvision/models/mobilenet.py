@@ -29,6 +29,7 @@ from jaxvision.layers import (Conv2d, Linear, SqueezeExcitation, adaptive_avg_po
                               hardswish, kaiming_normal_fan_out, make_divisible, norm_factory,
                               relu6)
 from jaxvision.models._features import FeatureCollector, features_at_strides
+from jaxvision.models._stages import StageLayout, block_range
 from jaxvision.registry import register_model
 
 # torchvision re-initialises every Linear with N(0, 0.01) and zero bias.
@@ -51,6 +52,15 @@ def conv_norm_act(x, train, features, k, name, norm, act=None, stride=1, groups=
               kernel_init=kernel_init)(x)
     x = norm(name=f"{name}_1")(x, train)
     return act(x) if act is not None else x
+
+
+def _stage_layout(opens: Sequence[bool]) -> StageLayout:
+    """``features_0`` is the stem; block i (1-based) opens a stage where ``opens[i - 1]`` (the
+    first block always); the final 1x1 conv belongs to none, the classifier is the head."""
+    bounds = [i for i, o in enumerate(opens, 1) if o or i == 1] + [len(opens) + 1]
+    return StageLayout(r"features_0[_/]", tuple(block_range("features_", a, b)
+                                                 for a, b in zip(bounds[:-1], bounds[1:])),
+                       r"classifier_")
 
 
 def _head(x, train, num_classes, dropout, dtype, hidden=None, hidden_act=None):
@@ -127,6 +137,16 @@ class MobileNetV2(nn.Module):
                 blocks.append((inp, out, s if i == 0 else 1, t))
                 inp = out
         return stem, blocks, last
+
+    @property
+    def stage_layout(self) -> StageLayout:
+        """By default mmdetection's MobileNetV2 stages, its runs of equal width (blocks
+        1, 2, 3, 4, 3, 3, 1); with ``feature_taps="starts"`` (the segmenters' backbone) a
+        stage opens at each strided block, as torchvision's ``stage_indices``."""
+        _, blocks, _ = self._plan()
+        if self.feature_taps == "starts":
+            return _stage_layout([b[2] > 1 for b in blocks])
+        return _stage_layout([i > 0 and b[1] != blocks[i - 1][1] for i, b in enumerate(blocks)])
 
     @property
     def feature_info(self):
@@ -250,6 +270,18 @@ class MobileNetV3(nn.Module):
         return cnfs, adjust(last // div)
 
     @property
+    def stage_layout(self) -> StageLayout:
+        """A stage opens at each strided block (nominal stride, dilated or not)."""
+        return _stage_layout([c[6] > 1 for c in self._plan()[0]])
+
+    def dilation_kwargs(self, output_stride: int) -> dict:
+        """Output stride 16: the last stage dilated (torchvision's ``dilated=True``)."""
+        if output_stride not in (16, 32):
+            raise ValueError(f"output_stride={output_stride}: MobileNetV3 dilates only its last "
+                             "stage (output stride 16 or 32)")
+        return {"dilated": output_stride == 16}
+
+    @property
     def feature_info(self):
         cnfs, _ = self._plan()
         channels = [cnfs[0][0]] + [c[3] for c in cnfs] + [6 * cnfs[-1][3]]
@@ -303,6 +335,11 @@ class MobileNetV1(nn.Module):
     dtype: Any = jnp.float32
     features_only: bool = False
     out_indices: Optional[Sequence[int]] = None
+
+    @property
+    def stage_layout(self) -> StageLayout:
+        """A stage opens at each strided block (the paper's Table 1)."""
+        return _stage_layout([s > 1 for _, s in V1_SETTING])
 
     @property
     def image_size(self) -> int:

@@ -16,6 +16,7 @@ from jaxvision.layers import (Conv2d, Linear, adaptive_avg_pool2d, check_nhwc,
                               kaiming_normal_fan_out, max_pool2d, norm_factory)
 from jaxvision.layers.dilation import warn_if_gridding
 from jaxvision.models._features import FeatureCollector
+from jaxvision.models._stages import StageLayout
 from jaxvision.registry import FeatureInfo, register_model
 
 
@@ -111,6 +112,24 @@ class ResNet(nn.Module):
     dtype: Any = jnp.float32
     features_only: bool = False
     out_indices: Optional[Sequence[int]] = None
+
+    @property
+    def stage_layout(self) -> StageLayout:
+        return StageLayout(r"(conv1|bn1)/", tuple(f"layer{i}_" for i in
+                                                  range(1, len(self.layers) + 1)), r"fc/")
+
+    def dilation_kwargs(self, output_stride: int) -> dict:
+        """The kwargs that dilate this ResNet's last stages instead of striding them
+        (torchvision's ``replace_stride_with_dilation``): output stride 16 dilates layer4, 8
+        layer3 and layer4."""
+        dilate = {32: (False, False, False), 16: (False, False, True), 8: (False, True, True)}
+        if output_stride not in dilate:
+            raise ValueError(f"output_stride must be one of {sorted(dilate)} for a ResNet, got "
+                             f"{output_stride}")
+        if self.block == "basic" and any(dilate[output_stride]):
+            raise ValueError(f"output_stride={output_stride}: a BasicBlock ResNet cannot dilate "
+                             "(torchvision's BasicBlock refuses dilation > 1)")
+        return {"replace_stride_with_dilation": dilate[output_stride]}
 
     @property
     def feature_info(self) -> tuple[FeatureInfo, ...]:

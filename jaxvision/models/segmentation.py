@@ -23,9 +23,8 @@ from jaxvision.heads.segmentation import (DeepLabV3PlusHead, LRASPPHead, deeplab
                                           fcn_head)
 from jaxvision.layers import check_nhwc
 from jaxvision.layers.interpolate import interpolate
-from jaxvision.models._stages import StageLayout, block_range
-from jaxvision.models.mobilenet import MobileNetV2, MobileNetV3
-from jaxvision.models.resnet import ResNet
+from jaxvision.models._backbone import BackboneRef, build_backbone, ref, select
+from jaxvision.models._stages import StageLayout
 from jaxvision.registry import register_model
 
 HEADS = ("fcn", "deeplabv3", "deeplabv3plus", "lraspp")
@@ -36,25 +35,6 @@ def check_input(x, num_classes, model: str = "segmenter"):
     if num_classes <= 0:
         raise ValueError(f"a segmenter needs num_classes >= 1, got {num_classes}")
     check_nhwc(x, model, channels=3)
-
-
-def backbone_stages(backbone, prefix: str = "backbone/") -> StageLayout:
-    """The backbone's stages under ``prefix``, for freezing (``frozen_stages``)."""
-    p = re.escape(prefix)
-    if isinstance(backbone, ResNet):
-        return StageLayout(p + r"(conv1|bn1)/",
-                           tuple(p + f"layer{i}_" for i in range(1, len(backbone.layers) + 1)),
-                           HEAD_PATHS)
-    if isinstance(backbone, (MobileNetV2, MobileNetV3)):
-        # a stage opens at each strided block (torchvision's stage_indices, "starts" taps); the
-        # final 1x1 conv belongs to none
-        starts = [int(f.name.split("_")[1]) for f in
-                  backbone.clone(feature_taps="starts", parent=None).feature_info]
-        bounds = [1] + starts[1:]
-        stages = tuple(block_range(prefix + "features_", a, b)
-                       for a, b in zip(bounds[:-1], bounds[1:]))
-        return StageLayout(p + "features_0[_/]", stages, HEAD_PATHS)
-    raise ValueError(f"no stage layout for backbone {type(backbone).__name__}")
 
 
 class Segmenter(nn.Module):
@@ -70,14 +50,14 @@ class Segmenter(nn.Module):
     aux_loss: bool = False
     atrous_rates: Sequence[int] = (12, 24, 36)
     head_channels: int = 256  # ASPP / decoder width (LR-ASPP: inter_channels 128)
-    # where a torchvision classification state_dict of the backbone goes (model.pretrained_backbone)
-    torch_backbone_prefix = "backbone."
     head_norm: str = "batch"
     dtype: Any = jnp.float32
+    # the classification model the backbone is (pretrained_backbone)
+    body: Optional[BackboneRef] = None
 
     @property
     def stage_layout(self) -> StageLayout:
-        return backbone_stages(self.backbone)
+        return self.backbone.stage_layout.under("backbone/", HEAD_PATHS)
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -108,14 +88,20 @@ class Segmenter(nn.Module):
         return result
 
 
-def _resnet(block, layers, dilation, wanted, norm, dtype):
-    return ResNet(block=block, layers=layers, replace_stride_with_dilation=dilation, norm=norm,
-                  dtype=dtype, features_only=True, out_indices=wanted)
+def _backbone(name, kwargs, wanted, dtype):
+    """``(module, ref)``: registered ``name`` returning the maps at ``wanted``."""
+    probe, kwargs = build_backbone(name, kwargs, dtype, head="a segmentation head")
+    return select(probe, wanted, dtype), ref("backbone", name, kwargs, wanted)
+
+
+def _resnet(name, dilation, wanted, norm, dtype):
+    return _backbone(name, {"replace_stride_with_dilation": dilation, "norm": norm}, wanted,
+                     dtype)
 
 
 def _mobilenet_v3(wanted, norm, dtype):
-    return MobileNetV3(arch="large", dilated=True, norm=norm, dtype=dtype, features_only=True,
-                       feature_taps="starts", out_indices=wanted)
+    return _backbone("mobilenet_v3_large", {"dilated": True, "norm": norm,
+                                            "feature_taps": "starts"}, wanted, dtype)
 
 
 def mobilenet_backbone_keys(state_dict, model):
@@ -148,14 +134,14 @@ _SPEC = dict(family="segmentation", input_size=(520, 520), resize_size=520, crop
 _DILATED_OS8 = (False, True, True)
 
 
-def _register_resnet(name, head, block, layers, num_params):
+def _register_resnet(name, head, resnet, num_params):
     def build(num_classes: int = 21, aux_loss: bool = False, norm: str = "batch",
               dtype=jnp.float32, features_only=False, out_indices=None, **kwargs):
         _no_features(name, features_only, out_indices)
-        backbone = _resnet(block, layers, _DILATED_OS8, (3, 4) if aux_loss else (4,), norm,
-                           dtype)
+        backbone, body = _resnet(resnet, _DILATED_OS8, (3, 4) if aux_loss else (4,), norm,
+                                 dtype)
         return Segmenter(backbone, head, "layer4", aux="layer3", num_classes=num_classes,
-                         aux_loss=aux_loss, dtype=dtype, **kwargs)
+                         aux_loss=aux_loss, dtype=dtype, body=body, **kwargs)
 
     build.__name__ = name
     build.__doc__ = (f"torchvision's ``{name}``: ResNet with layer3/layer4 dilated (output "
@@ -173,13 +159,15 @@ def _register_mobilenet(name, head, num_params):
             if aux_loss:
                 raise ValueError("lraspp_mobilenet_v3_large has no auxiliary head "
                                  "(as torchvision)")
-            return Segmenter(_mobilenet_v3((2, 5), norm, dtype), head, "features_16",
-                             low="features_4", num_classes=num_classes,
+            backbone, body = _mobilenet_v3((2, 5), norm, dtype)
+            return Segmenter(backbone, head, "features_16", low="features_4",
+                             num_classes=num_classes,
                              head_channels=kwargs.pop("inter_channels", 128), dtype=dtype,
-                             **kwargs)
-        backbone = _mobilenet_v3((2, 5) if aux_loss else (5,), norm, dtype)
+                             body=body, **kwargs)
+        backbone, body = _mobilenet_v3((2, 5) if aux_loss else (5,), norm, dtype)
         return Segmenter(backbone, head, "features_16", aux="features_4",
-                         num_classes=num_classes, aux_loss=aux_loss, dtype=dtype, **kwargs)
+                         num_classes=num_classes, aux_loss=aux_loss, dtype=dtype, body=body,
+                         **kwargs)
 
     build.__name__ = name
     build.__doc__ = (f"torchvision's ``{name}``: MobileNetV3-large with its last stage dilated "
@@ -188,10 +176,10 @@ def _register_mobilenet(name, head, num_params):
                    adapt_state_dict=mobilenet_backbone_keys, **_SPEC)(build)
 
 
-_register_resnet("fcn_resnet50", "fcn", "bottleneck", (3, 4, 6, 3), 32_957_013)
-_register_resnet("fcn_resnet101", "fcn", "bottleneck", (3, 4, 23, 3), 51_949_141)
-_register_resnet("deeplabv3_resnet50", "deeplabv3", "bottleneck", (3, 4, 6, 3), 39_638_869)
-_register_resnet("deeplabv3_resnet101", "deeplabv3", "bottleneck", (3, 4, 23, 3), 58_630_997)
+_register_resnet("fcn_resnet50", "fcn", "resnet50", 32_957_013)
+_register_resnet("fcn_resnet101", "fcn", "resnet101", 51_949_141)
+_register_resnet("deeplabv3_resnet50", "deeplabv3", "resnet50", 39_638_869)
+_register_resnet("deeplabv3_resnet101", "deeplabv3", "resnet101", 58_630_997)
 _register_mobilenet("deeplabv3_mobilenet_v3_large", "deeplabv3", 11_025_477)
 _register_mobilenet("lraspp_mobilenet_v3_large", "lraspp", 3_221_538)
 
@@ -205,9 +193,9 @@ def _register_plus(name, make_backbone, high, low, rates, doc, num_params):
         _no_features(name, features_only, out_indices)
         if aux_loss:
             raise ValueError(f"{name} has no auxiliary head")
-        return Segmenter(make_backbone(norm, dtype), "deeplabv3plus", high, low=low,
-                         num_classes=num_classes, atrous_rates=tuple(atrous_rates), dtype=dtype,
-                         **kwargs)
+        backbone, body = make_backbone(norm, dtype)
+        return Segmenter(backbone, "deeplabv3plus", high, low=low, num_classes=num_classes,
+                         atrous_rates=tuple(atrous_rates), dtype=dtype, body=body, **kwargs)
 
     build.__name__ = name
     build.__doc__ = doc
@@ -217,8 +205,7 @@ def _register_plus(name, make_backbone, high, low, rates, doc, num_params):
 
 _register_plus(
     "deeplabv3plus_resnet18",
-    lambda norm, dtype: _resnet("basic", (2, 2, 2, 2), (False, False, False), (1, 4), norm,
-                                dtype),
+    lambda norm, dtype: _resnet("resnet18", (False, False, False), (1, 4), norm, dtype),
     "layer4", "layer1", (6, 12, 18),
     "DeepLabV3+ on ResNet-18, small enough to train on a CPU.  ResNet-18's BasicBlock cannot "
     "dilate (as torchvision's), so the encoder is NOT dilated: ASPP reads layer4 at output "
@@ -228,16 +215,15 @@ _register_plus(
     "decoder width.", 16_608_181)
 _register_plus(
     "deeplabv3plus_resnet50",
-    lambda norm, dtype: _resnet("bottleneck", (3, 4, 6, 3), (False, False, True), (1, 4), norm,
-                                dtype),
+    lambda norm, dtype: _resnet("resnet50", (False, False, True), (1, 4), norm, dtype),
     "layer4", "layer1", (6, 12, 18),
     "DeepLabV3+ (Chen et al. 2018) on ResNet-50 with layer4 dilated (output stride 16, ASPP "
     "rates 6/12/18, the paper's training setting), decoder on layer1 (stride 4, 256 channels).",
     40_352_181)
 _register_plus(
     "deeplabv3plus_mobilenet_v2",
-    lambda norm, dtype: MobileNetV2(norm=norm, dtype=dtype, features_only=True,
-                                    feature_taps="starts", out_indices=(1, 5)),
+    lambda norm, dtype: _backbone("mobilenet_v2", {"norm": norm, "feature_taps": "starts"},
+                                  (1, 5), dtype),
     "features_18", "features_2", (6, 12, 18),
     "DeepLabV3+ on MobileNetV2 (not dilated: ASPP on features[18], 1280 channels, stride 32; "
     "decoder on features[2], 24 channels, stride 4).", 13_355_253)

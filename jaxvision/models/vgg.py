@@ -19,6 +19,7 @@ import flax.linen as nn
 from jaxvision.layers import (Conv2d, Linear, adaptive_avg_pool2d, flatten_nchw,
                               kaiming_normal_fan_out, max_pool2d, norm_factory)
 from jaxvision.models._features import FeatureCollector
+from jaxvision.models._stages import StageLayout, block_range
 from jaxvision.registry import FeatureInfo, register_model
 
 CFGS = {
@@ -58,6 +59,15 @@ class VGG(nn.Module):
 
     feature_info = tuple(FeatureInfo(f"pool{i + 1}", c, 2 ** (i + 1))
                          for i, c in enumerate((64, 128, 256, 512, 512)))
+
+    @property
+    def stage_layout(self) -> StageLayout:
+        """No stem; stage k is the k-th run of convs and the max pool that ends it, as
+        torchvision's ``make_layers`` indexes them."""
+        ends = [i + 1 for i in pool_indices(self.cfg, self.batch_norm)]
+        return StageLayout(r"(?!)", tuple(block_range("features_", a, b, "/")
+                                          for a, b in zip([0] + ends[:-1], ends)),
+                           r"classifier_")
 
     @nn.compact
     def __call__(self, x, train: bool = False):

@@ -33,6 +33,7 @@ from jaxvision.errors import ConversionError
 from jaxvision.layers import Conv2d, Linear, layer_norm
 from jaxvision.layers.attention import MultiheadAttention
 from jaxvision.models._features import FeatureCollector
+from jaxvision.models._stages import StageLayout
 from jaxvision.registry import FeatureInfo, register_model
 
 
@@ -155,6 +156,16 @@ class VisionTransformer(nn.Module):
     dtype: Any = jnp.float32
     features_only: bool = False
     out_indices: Optional[Sequence[int]] = None
+    # why a dense model (any input size) cannot stand on it (jaxvision.models._backbone)
+    fixed_input_size = "its position embedding has one row per patch of an image_size square"
+
+    @property
+    def stage_layout(self) -> StageLayout:
+        """The patch embedding, class token and position embedding are the stem; each encoder
+        block a stage; the final LayerNorm none; ``heads`` the head."""
+        return StageLayout(r"(conv_proj/|class_token$|encoder/pos_embedding$)",
+                           tuple(f"encoder/layers/encoder_layer_{i}/"
+                                 for i in range(self.num_layers)), r"heads/")
 
     @property
     def feature_info(self):

@@ -67,31 +67,26 @@ def initial_variables(config, model, num_classes, log=print, task=None):
                                                return_report=True)
         log(f"{m.pretrained}: {report}" + ("" if report.ok else "\n" + report.problems()))
         return variables
-    if m.pretrained_backbone:
-        return backbone_variables(m, model, log)
+    if m.pretrained_backbone and not os.path.isfile(m.pretrained_backbone):
+        raise FileNotFoundError(f"model.pretrained_backbone: {m.pretrained_backbone}: no such "
+                                "file")
     size = config.data.image_size
-    return lowering.jit(lambda k: model.init(k, jnp.zeros((1, size, size, 3)), train=False),
-                        config.get("conv_lowering"))(jax.random.key(config.train.seed))
+    variables = lowering.jit(
+        lambda k: model.init(k, jnp.zeros((1, size, size, 3)), train=False),
+        config.get("conv_lowering"))(jax.random.key(config.train.seed))
+    return backbone_variables(m, model, variables, log) if m.pretrained_backbone else variables
 
 
-def backbone_variables(m, model, log=print):
-    """The model's variables with its backbone from ``m.pretrained_backbone`` (a torchvision
-    classification state_dict: its ``fc``/``classifier`` is dropped); every backbone tensor
-    must find its place, the rest keeps its initial values."""
-    from jaxvision.convert import torchvision as tv
-
-    path, prefix = m.pretrained_backbone, getattr(model, "torch_backbone_prefix", None)
-    if prefix is None:
-        raise ValueError(f"model.pretrained_backbone: {m.name} does not declare where a "
-                         "backbone's torchvision weights go (torch_backbone_prefix)")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"model.pretrained_backbone: {path}: no such file")
-    sd = {prefix + k: v for k, v in tv.load_state_dict(path).items()
-          if not k.startswith(("fc.", "classifier."))}
-    variables, report = jv.load_pretrained(m.name, sd, False, model=model, return_report=True)
-    if report.unexpected or report.mismatched or not report.loaded:
+def backbone_variables(m, model, variables, log=print):
+    """``variables`` with the model's backbone from ``m.pretrained_backbone`` (a torchvision
+    classification state_dict or a converted directory of the backbone's model; its classifier
+    is left out), strictly: :func:`jaxvision.pretrained_backbone`."""
+    path = m.pretrained_backbone
+    try:
+        variables, report = jv.pretrained_backbone(model, variables, path, return_report=True)
+    except ValueError as e:
         raise ValueError(f"model.pretrained_backbone: {path} does not fit {m.name}'s backbone "
-                         f"({report})")
+                         f"({e})") from None
     log(f"{path}: backbone {report}".split("\n")[0])
     return variables
 

@@ -1,7 +1,9 @@
-"""One-stage detectors on a ResNet-50 + FPN backbone, laid out like torchvision's
-``retinanet_resnet50_fpn`` (v1, v2) and ``fcos_resnet50_fpn``.
+"""One-stage detectors (RetinaNet, FCOS): a backbone + FPN + head.  The torchvision presets
+``retinanet_resnet50_fpn`` (v1, v2) and ``fcos_resnet50_fpn`` are laid out like torchvision's;
+``create_model("retinanet", backbone=NAME)`` composes the same module on any backbone
+(``jaxvision/models/compose.py``).
 
-The backbone is ``backbone.body`` (ResNet to layer4, C3..C5 returned) + ``backbone.fpn``
+In the presets' layout the backbone is ``backbone.body`` (ResNet to layer4, C3..C5 returned) + ``backbone.fpn``
 (P3..P5 and LastLevelP6P7), so torchvision's state_dict converts key for key.  BatchNorm is
 FrozenBatchNorm (``norm="frozen"``) as in torchvision's models built for weights; v1's published
 weights were trained with eps 0 (torchvision's ``overwrite_eps``), which ``norm_eps`` sets.
@@ -23,50 +25,59 @@ from jaxvision import ops
 from jaxvision.heads.fcos import FCOSHead, fcos_loss, fcos_postprocess
 from jaxvision.heads.retinanet import RetinaNetHead, retinanet_loss, retinanet_postprocess
 from jaxvision.layers import check_nhwc
+from jaxvision.models._backbone import (BackboneRef, build_backbone, pyramid_indices, ref,
+                                        select)
+from jaxvision.models._features import select as select_names
 from jaxvision.models._stages import StageLayout
 from jaxvision.models.detection.transform import Preprocessing
-from jaxvision.models.resnet import ResNet
 from jaxvision.necks.fpn import FPN
 from jaxvision.registry import register_model
 
 KINDS = ("retinanet", "retinanet_v2", "fcos")
-# torchvision's anchors: RetinaNet 3 scales x 3 ratios per level, FCOS one square of the stride
-RETINANET_ANCHORS = ops.AnchorGenerator(
-    tuple((x, int(x * 2 ** (1 / 3)), int(x * 2 ** (2 / 3))) for x in (32, 64, 128, 256, 512)),
-    ((0.5, 1.0, 2.0),) * 5)
-FCOS_ANCHORS = ops.AnchorGenerator(((8,), (16,), (32,), (64,), (128,)), ((1.0,),) * 5)
 _DEFAULTS = {  # torchvision's score_thresh, nms_thresh, detections_per_img, topk_candidates
     "retinanet": (0.05, 0.5, 300, 1000), "retinanet_v2": (0.05, 0.5, 300, 1000),
     "fcos": (0.2, 0.6, 100, 1000)}
 
 
-# (block, layers) of the ResNets a detector can stand on; torchvision's are ResNet-50
-BACKBONES = {"resnet18": ("basic", (2, 2, 2, 2)), "resnet34": ("basic", (3, 4, 6, 3)),
-             "resnet50": ("bottleneck", (3, 4, 6, 3))}
+def anchors(kind: str, strides: Sequence[int]) -> ops.AnchorGenerator:
+    """torchvision's anchors for pyramid levels at ``strides``: RetinaNet 3 scales x 3 ratios
+    of 4x the stride, FCOS one square of the stride (equal to the constants above at 8..128)."""
+    if kind == "fcos":
+        return ops.AnchorGenerator(tuple((s,) for s in strides), ((1.0,),) * len(strides))
+    return ops.AnchorGenerator(
+        tuple((4 * s, int(4 * s * 2 ** (1 / 3)), int(4 * s * 2 ** (2 / 3))) for s in strides),
+        ((0.5, 1.0, 2.0),) * len(strides))
+
+
+def pyramid(backbone: nn.Module, x, train: bool) -> dict:
+    """The backbone's maps, finest first, in its ``feature_info`` order (a dict that went
+    through a jax transformation comes back with its keys sorted: features_11 < features_4)."""
+    maps = backbone(x, train)
+    return {k: maps[k] for k in select_names(backbone.feature_info, backbone.out_indices)}
 
 
 class BackboneWithFPN(nn.Module):
-    norm: str = "frozen"
-    norm_eps: Optional[float] = None
-    p6_from_c5: bool = False  # LastLevelP6P7(2048, 256) of v2 reads C5, (256, 256) reads P5
-    backbone: str = "resnet50"
-    fpn_channels: int = 256
-    dtype: Any = None
+    """torchvision's ``backbone.body`` + ``backbone.fpn``: the presets' layout."""
 
-    @nn.compact
+    body: nn.Module
+    fpn: nn.Module
+
     def __call__(self, x, train: bool = False):
-        block, layers = BACKBONES[self.backbone]
-        body = ResNet(block=block, layers=layers, norm=self.norm, norm_eps=self.norm_eps,
-                      dtype=self.dtype, features_only=True, out_indices=(2, 3, 4), name="body")
-        feats = body(x, train)
-        c5 = feats["layer4"].shape[-1]
-        fpn = FPN(self.fpn_channels, "p6p7", c5 if self.p6_from_c5 else self.fpn_channels,
-                  dtype=self.dtype, name="fpn")
-        out = fpn({k: feats[k] for k in ("layer2", "layer3", "layer4")}, train)
-        return [out[k] for k in ("layer2", "layer3", "layer4", "p6", "p7")]
+        return self.fpn(pyramid(self.body, x, train), train)
 
 
 class FPNDetector(nn.Module):
+    """A one-stage detector: ``backbone`` (features_only) -> ``neck`` -> RetinaNet/FCOS head.
+
+    ``neck=None``: ``backbone`` returns the pyramid itself (a :class:`BackboneWithFPN`, the
+    torchvision presets' ``backbone.body``/``backbone.fpn`` layout).  ``strides``: the pyramid
+    levels' strides, which set the anchors.  ``body``: where the classification backbone sits
+    and what it is (``pretrained_backbone``, stage layout)."""
+
+    backbone: nn.Module
+    body: BackboneRef
+    neck: Optional[nn.Module] = None
+    strides: Sequence[int] = (8, 16, 32, 64, 128)
     kind: str = "retinanet"
     num_classes: int = 91
     score_thresh: Optional[float] = None
@@ -80,32 +91,32 @@ class FPNDetector(nn.Module):
     max_size: int = 1333
     image_mean: Sequence[float] = (0.485, 0.456, 0.406)
     image_std: Sequence[float] = (0.229, 0.224, 0.225)
-    trainable_backbone_layers: Optional[int] = None  # torchvision's: 3 with weights
-    norm: Optional[str] = None  # default: "batch" for retinanet_v2, else "frozen"
-    norm_eps: Optional[float] = None
-    # smaller than torchvision's (a CPU-sized detector, e.g. the detection quickstart): the
-    # ResNet under the FPN, the FPN's width and the number of convs in each head tower
-    backbone: str = "resnet50"
-    fpn_channels: int = 256
+    # the last k backbone stages (and the stem as the k = num_stages + 1st) train; None: all
+    # (the presets default to torchvision's 3)
+    trainable_backbone_layers: Optional[int] = None
     head_convs: int = 4
     dtype: Any = jnp.float32
-    # where a torchvision ResNet state_dict goes (model.pretrained_backbone)
-    torch_backbone_prefix = "backbone.body."
+
+    @property
+    def backbone_module(self) -> nn.Module:
+        return self.backbone.body if self.neck is None else self.backbone
 
     @property
     def stage_layout(self) -> StageLayout:
-        b = "backbone/body/"
-        return StageLayout(b + r"(conv1|bn1)/", tuple(f"{b}layer{i}_" for i in range(1, 5)),
-                           r"head/")
+        # a linear probe trains what is not the backbone: the head (and a composed neck)
+        head = r"head/" if self.neck is None else r"(neck|head)/"
+        return self.backbone_module.stage_layout.under(self.body.path + "/", head)
 
     @property
     def frozen_stages(self) -> int:
         """``freeze.frozen_stages`` for ``trainable_backbone_layers`` (torchvision trains the
         last k of conv1, layer1..layer4): 3 -> stem and layer1 frozen."""
-        k = 3 if self.trainable_backbone_layers is None else self.trainable_backbone_layers
-        if not 0 <= k <= 5:
-            raise ValueError(f"trainable_backbone_layers must be in [0, 5], got {k}")
-        return 4 - k
+        if self.trainable_backbone_layers is None:
+            return -1
+        k, n = self.trainable_backbone_layers, self.backbone_module.stage_layout.num_stages
+        if not 0 <= k <= n + 1:
+            raise ValueError(f"trainable_backbone_layers must be in [0, {n + 1}], got {k}")
+        return n - k
 
     @property
     def preprocessing(self) -> Preprocessing:
@@ -120,13 +131,6 @@ class FPNDetector(nn.Module):
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
         if self.num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
-        if self.backbone not in BACKBONES:
-            raise ValueError(f"backbone must be one of {sorted(BACKBONES)}, got "
-                             f"{self.backbone!r}")
-        norm = self.norm or ("batch" if self.kind == "retinanet_v2" else "frozen")
-        self.features = BackboneWithFPN(norm, self.norm_eps, self.kind == "retinanet_v2",
-                                        self.backbone, self.fpn_channels, self.dtype,
-                                        name="backbone")
         if self.kind == "fcos":
             self.head = FCOSHead(1, self.num_classes, self.head_convs, dtype=self.dtype)
         else:
@@ -135,10 +139,17 @@ class FPNDetector(nn.Module):
 
     def head_outputs(self, x, train: bool = False):
         check_nhwc(x, self.kind, channels=3)
-        feats = self.features(x.astype(self.dtype), train)
+        if self.neck is None:
+            feats = self.backbone(x.astype(self.dtype), train)
+        else:
+            feats = self.neck(pyramid(self.backbone, x.astype(self.dtype), train), train)
+        feats = list(feats.values())
+        if len(feats) != len(self.strides):
+            raise ValueError(f"{self.kind}: the neck returned {len(feats)} maps for "
+                             f"{len(self.strides)} anchor levels {tuple(self.strides)}")
         out = self.head(feats)
-        gen = FCOS_ANCHORS if self.kind == "fcos" else RETINANET_ANCHORS
-        out["anchors"] = gen(x.shape[1:3], [f.shape[1:3] for f in feats])
+        out["anchors"] = anchors(self.kind, self.strides)(x.shape[1:3],
+                                                          [f.shape[1:3] for f in feats])
         return out
 
     def __call__(self, x, train: bool = False, image_sizes=None):
@@ -159,14 +170,34 @@ class FPNDetector(nn.Module):
                               self.fg_iou_thresh, self.bg_iou_thresh)
 
 
+def preset(kind: str, backbone: str = "resnet50", norm: Optional[str] = None,
+           norm_eps: Optional[float] = None, fpn_channels: int = 256,
+           trainable_backbone_layers: Optional[int] = 3, dtype: Any = jnp.float32, **kwargs):
+    """torchvision's layout: ``backbone.body`` (C3..C5 of ``backbone``, FrozenBatchNorm unless
+    ``norm``; v2 trainable BatchNorm) + ``backbone.fpn`` (P3..P5 and P6/P7: v2 from C5, else
+    from P5), the head on top; any registered backbone with the same three strides fits."""
+    body_kwargs = {"norm": norm or ("batch" if kind == "retinanet_v2" else "frozen")}
+    if norm_eps is not None:
+        body_kwargs["norm_eps"] = norm_eps
+    probe, body_kwargs = build_backbone(backbone, body_kwargs, dtype, head=kind)
+    idx = pyramid_indices(probe.feature_info, backbone)
+    c5 = probe.feature_info[idx[-1]].channels
+    fpn = FPN(fpn_channels, "p6p7", c5 if kind == "retinanet_v2" else fpn_channels, dtype=dtype)
+    strides = [probe.feature_info[i].reduction for i in idx]
+    return FPNDetector(BackboneWithFPN(select(probe, idx, dtype), fpn),
+                       ref("backbone/body", backbone, body_kwargs, idx),
+                       strides=tuple(strides) + (strides[-1] * 2, strides[-1] * 4), kind=kind,
+                       trainable_backbone_layers=trainable_backbone_layers, dtype=dtype,
+                       **kwargs)
+
+
 def _register(name, kind, num_params, norm_eps=None):
     def build(num_classes: Optional[int] = None, features_only: bool = False,
               out_indices: Optional[Sequence[int]] = None, **kwargs):
         if features_only:
             raise ValueError(f"{name} is a detector; build 'resnet50' for features_only")
         kwargs.setdefault("norm_eps", norm_eps)
-        return FPNDetector(kind=kind, num_classes=91 if num_classes is None else num_classes,
-                           **kwargs)
+        return preset(kind, num_classes=91 if num_classes is None else num_classes, **kwargs)
 
     build.__name__ = name
     build.__doc__ = f"torchvision's ``{name}`` (91 COCO classes by default)."

@@ -1,0 +1,163 @@
+"""Composed dense models: ``create_model(HEAD, backbone=NAME, neck=NECK, num_classes=K)``.
+
+A dense model is backbone -> neck -> head, each chosen by name, as mmdetection's
+``model=dict(backbone=..., neck=..., bbox_head=...)`` but as one Flax module:
+
+    det = jv.create_model("retinanet", backbone="convnext_tiny", num_classes=5)
+    seg = jv.create_model("deeplabv3plus", backbone="efficientnet_b0", num_classes=5,
+                          output_stride=None)
+    det, v = jv.create_model("fcos", backbone="resnet50", pretrained_backbone="r50.pth")
+
+**Backbone.** Any registered classification model, built as ``create_model(NAME,
+features_only=True, out_indices=..., **backbone_kwargs)`` through the registry
+(``models/_backbone.py``): its variables sit under ``backbone/`` laid out exactly as the
+classification model's own, so torchvision's classification weights fill them
+(``pretrained_backbone``) and its own ``stage_layout`` says what ``frozen_stages`` freezes.
+Which maps a head reads is read from *that instance's* ``feature_info``: a detector takes the
+deepest map of each of the last three strides >= 8 (C3..C5), a segmenter the last map (and the
+last of stride 4 for DeepLabV3+'s decoder, of stride 8 for LR-ASPP, the one before the last
+for the auxiliary FCN head); ``out_indices`` overrides.  A backbone that only takes one input
+size (ViT, MaxViT: ``fixed_input_size`` on the class) is refused, naming why.
+``output_stride`` (8/16) is asked of the backbone's own dilation switch (``dilation_kwargs``:
+ResNet's ``replace_stride_with_dilation``, MobileNetV3's dilated last stage) and refused where a
+family has none.
+
+**Neck.** Detection: ``fpn`` (torchvision's FeaturePyramidNetwork + LastLevelP6P7 from P5) at
+``neck/``; its input channels are those of the maps the backbone returns (Flax infers them), and
+the anchors follow the levels' real strides.  Segmentation: none (DeepLab's ASPP is in the head).
+
+**Head.** ``retinanet``, ``fcos`` (``head/``, ``head_kwargs={"num_convs": n}``); ``fcn``,
+``deeplabv3``, ``deeplabv3plus``, ``lraspp`` (torchvision's ``classifier/`` and
+``aux_classifier/``, ``head_kwargs``: ``atrous_rates``, ``head_channels``).
+
+**Presets.** torchvision's names are this composition with torchvision's settings and its
+layout (``retinanet_resnet50_fpn``: ``backbone/body`` + ``backbone/fpn`` + ``head``;
+``deeplabv3_resnet50``: ``backbone`` + ``classifier``), in ``detection/fpn_detectors.py`` and
+``segmentation.py``; their parameter trees are torchvision's state_dict, key for key.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional, Sequence
+
+import jax.numpy as jnp
+
+from jaxvision.models._backbone import (build_backbone, last_of_reduction,
+                                        output_stride_kwargs, pyramid_indices, ref, select)
+from jaxvision.models._features import select as feature_names
+from jaxvision.models.detection.fpn_detectors import FPNDetector
+from jaxvision.models.segmentation import Segmenter
+from jaxvision.necks.fpn import FPN
+from jaxvision.registry import register_model
+
+DETECTION_HEADS = ("retinanet", "fcos")
+SEGMENTATION_HEADS = ("fcn", "deeplabv3", "deeplabv3plus", "lraspp")
+DETECTION_NECKS = ("fpn",)
+_HEAD_KWARGS = {"retinanet": ("num_convs",), "fcos": ("num_convs",),
+                "fcn": (), "deeplabv3": ("atrous_rates", "head_channels"),
+                "deeplabv3plus": ("atrous_rates", "head_channels"), "lraspp": ("head_channels",)}
+
+
+def _checked(what: str, given: Optional[Mapping], allowed: Sequence[str]) -> dict:
+    given = dict(given or {})
+    bad = sorted(set(given) - set(allowed))
+    if bad:
+        raise ValueError(f"{what}: unknown {bad}; expected some of {list(allowed)}")
+    return given
+
+
+def _indices(probe, name: str, out_indices: Optional[Sequence[int]], default) -> tuple:
+    if out_indices is None:
+        return tuple(default())
+    n = len(probe.feature_info)
+    feature_names(probe.feature_info, out_indices)  # refuses an index out of range
+    return tuple(i % n for i in out_indices)
+
+
+def detector(kind: str, backbone: str, neck: str = "fpn", num_classes: int = 91,
+             backbone_kwargs: Optional[Mapping] = None, neck_kwargs: Optional[Mapping] = None,
+             head_kwargs: Optional[Mapping] = None,
+             out_indices: Optional[Sequence[int]] = None, dtype: Any = jnp.float32,
+             **kwargs) -> FPNDetector:
+    """``kind`` (retinanet, fcos) on ``backbone``'s maps through ``neck``."""
+    if neck not in DETECTION_NECKS:
+        raise ValueError(f"{kind}: neck must be one of {DETECTION_NECKS}, got {neck!r}")
+    head = _checked(f"{kind} head_kwargs", head_kwargs, _HEAD_KWARGS[kind])
+    nk = _checked(f"{kind} neck_kwargs ({neck})", neck_kwargs, ("out_channels", "norm"))
+    probe, bkw = build_backbone(backbone, backbone_kwargs, dtype, head=kind)
+    idx = _indices(probe, backbone, out_indices,
+                   lambda: pyramid_indices(probe.feature_info, backbone))
+    strides = [probe.feature_info[i].reduction for i in idx]
+    channels = nk.get("out_channels", 256)
+    fpn = FPN(channels, "p6p7", channels, norm=nk.get("norm"), dtype=dtype)
+    return FPNDetector(select(probe, idx, dtype), ref("backbone", backbone, bkw, idx), neck=fpn,
+                       strides=tuple(strides) + (strides[-1] * 2, strides[-1] * 4), kind=kind,
+                       num_classes=num_classes, head_convs=head.get("num_convs", 4), dtype=dtype,
+                       **kwargs)
+
+
+def segmenter(head: str, backbone: str, neck: Optional[str] = None, num_classes: int = 21,
+              backbone_kwargs: Optional[Mapping] = None, neck_kwargs: Optional[Mapping] = None,
+              head_kwargs: Optional[Mapping] = None,
+              out_indices: Optional[Sequence[int]] = None, output_stride: Optional[int] = None,
+              aux_loss: bool = False, dtype: Any = jnp.float32, **kwargs) -> Segmenter:
+    """``head`` on ``backbone``'s last map (and its low-level map); ``out_indices``: the maps
+    read, low-level (DeepLabV3+, LR-ASPP) first, then the auxiliary head's (``aux_loss``), the
+    main map last."""
+    if neck is not None or neck_kwargs:
+        raise ValueError(f"{head}: takes no neck (its context module is in the head); got "
+                         f"neck={neck!r}")
+    hk = _checked(f"{head} head_kwargs", head_kwargs, _HEAD_KWARGS[head])
+    probe, bkw = build_backbone(backbone, backbone_kwargs, dtype, head=head)
+    dilation = output_stride_kwargs(probe, backbone, output_stride)
+    if dilation:
+        probe, bkw = build_backbone(backbone, {**bkw, **dilation}, dtype, head=head)
+    info = probe.feature_info
+    low_stride = {"deeplabv3plus": 4, "lraspp": 8}.get(head)
+
+    def default():
+        low = [] if low_stride is None else [last_of_reduction(info, low_stride)]
+        if low and low[0] is None:
+            raise ValueError(f"{head}: backbone={backbone!r} has no stride-{low_stride} map for "
+                             f"the decoder (its maps: {[(f.name, f.reduction) for f in info]})")
+        return low + ([len(info) - 2] if aux_loss else []) + [len(info) - 1]
+
+    idx = _indices(probe, backbone, out_indices, default)
+    want = 1 + (low_stride is not None) + aux_loss
+    if len(idx) != want:
+        raise ValueError(f"{head}: out_indices names the maps read, low-level first, aux next, "
+                         f"main last: {want} of them here, got {tuple(idx)}")
+    names = [info[i].name for i in idx]
+    extra = {"head_channels": 128} if head == "lraspp" else {}
+    extra.update(hk)
+    if "atrous_rates" in extra:
+        extra["atrous_rates"] = tuple(extra["atrous_rates"])
+    return Segmenter(select(probe, sorted(set(idx)), dtype), head, names[-1],
+                     low=names[0] if low_stride else None,
+                     aux=names[-2] if aux_loss else None, num_classes=num_classes,
+                     aux_loss=aux_loss, dtype=dtype,
+                     body=ref("backbone", backbone, bkw, sorted(set(idx))), **extra, **kwargs)
+
+
+def _register(head: str, make, family: str, num_classes: int, input_size):
+    def build(backbone: Optional[str] = None, num_classes: Optional[int] = None,
+              features_only: bool = False, **kwargs):
+        if features_only:
+            raise ValueError(f"{head} is a dense model: features_only applies to its backbone")
+        if not backbone:
+            raise ValueError(f"{head} is a head: name its backbone, e.g. create_model({head!r}, "
+                             f"backbone='resnet50', num_classes=K)")
+        return make(head, backbone, num_classes=num_classes or build.num_classes, **kwargs)
+
+    build.num_classes = num_classes
+    build.__name__ = head
+    build.__doc__ = f"``{head}`` on any registered backbone (see jaxvision.models.compose)."
+    register_model(head, family=family, torch_name=None, num_params=0, input_size=input_size,
+                   notes="a head composed with backbone=NAME; its parameter count depends on "
+                         "the backbone (num_params 0 here); input_size is only the size its "
+                         "variables are created at")(build)
+
+
+for _h in DETECTION_HEADS:
+    _register(_h, detector, "fpn_detector", 91, (128, 128))
+for _h in SEGMENTATION_HEADS:
+    _register(_h, segmenter, "segmentation", 21, (128, 128))
