@@ -26,11 +26,14 @@ from jaxvision.heads.efficientdet import EfficientDetHead
 from jaxvision.heads.retinanet import retinanet_loss, retinanet_postprocess
 from jaxvision.layers import check_nhwc
 from jaxvision.models._stages import StageLayout
-from jaxvision.models.detection.fpn_detectors import RETINANET_ANCHORS
+from jaxvision.models.detection.fpn_detectors import anchors
 from jaxvision.models.detection.transform import Preprocessing
 from jaxvision.models.efficientnet import EfficientNet
 from jaxvision.necks.bifpn import BiFPN
 from jaxvision.registry import register_model
+
+# BiFPN's levels P3-P7: RetinaNet's anchors at strides 8..128
+_ANCHORS = anchors("retinanet", (8, 16, 32, 64, 128))
 
 STRIDES = (8, 16, 32)  # the backbone maps the BiFPN reads; it adds 64 and 128
 
@@ -92,7 +95,7 @@ class EfficientDet(nn.Module):
         levels = list(self.fpn(self.backbone(x.astype(self.dtype), train), train).values())
         return {"cls_logits": self.class_net(levels, train),
                 "bbox_regression": self.box_net(levels, train),
-                "anchors": RETINANET_ANCHORS(x.shape[1:3], [f.shape[1:3] for f in levels])}
+                "anchors": _ANCHORS(x.shape[1:3], [f.shape[1:3] for f in levels])}
 
     def __call__(self, x, train: bool = False, image_sizes=None):
         out = self.head_outputs(x, train)
