@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence, Union
 
 from flax import traverse_util
 
-from jaxvision.api import build_model, init_variables, map_weights
+from jaxvision.build import build_model, init_variables, map_weights
 from jaxvision.convert import merge, store
 from jaxvision.convert import torchvision as tv
 

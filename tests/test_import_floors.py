@@ -17,16 +17,17 @@ FLOORS = (
     ("necks",),
     ("heads",),  # a head may hold a neck (DeepLab's head holds ASPP)
     ("models", "convert", "data"),
+    ("build",),  # a model from its name, weights mapped onto its variables
     ("tasks",),
     ("train",),
+    ("place",),  # weights into a sub-tree of a user's variables, through build's mapping
     ("api", "nnx"),  # the package face's functions; nnx: the NNX adapter, on demand only
-    ("place",),  # weights into a sub-tree of a user's variables, through api's mapping
     ("bench",),
     ("cli",),
 )
 FLOOR = {room: i for i, rooms in enumerate(FLOORS) for room in rooms}
 # the dense models stand on backbones by name; the private helpers serve every family
-COMPOSITIONS = {"segmentation", "segmentation_vgg", "detection"}
+COMPOSITIONS = {"compose", "segmentation", "segmentation_vgg", "detection"}
 
 
 def module_name(path: pathlib.Path) -> str:
