@@ -4,7 +4,7 @@ proposals (count, order, boxes) and final detections one by one of two images of
 sizes and aspects in one padded batch; the four losses when both sides use the same sampled
 anchors and proposals (ours, handed to torchvision's samplers).  The suite runs
 fasterrcnn_mobilenet_v3_large_320_fpn end to end (cheap) and the box head / post-processing of
-v2 on small maps; fasterrcnn_resnet50_fpn at 800/1333 is ``slow``, the rest the ``sweep``."""
+v2 on small maps; the other three at 800/1333 (minutes each on 2 cores) run in the ``sweep``."""
 import numpy as np
 import pytest
 import torch
@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import jaxvision as jv
 from jaxvision.heads import roi_heads
 from jaxvision.models.detection import transform
+from jaxvision.models.detection.faster_rcnn import FasterRCNN
 
 from det_helpers import DEFAULT_IMAGES, assert_detections_match, nchw
 from tv_parity import as_float64, fill_zero_params_, randomize_
@@ -64,10 +65,16 @@ def _pair(name, sizes=None, num_classes=91):
     fill_zero_params_(tmodel)
     with torch.no_grad():
         for n, p in tmodel.named_parameters():
+            if n.startswith("backbone.fpn") and n.endswith("weight"):
+                p.mul_(0.1)  # FPN maps of O(10), as trained ones, not O(600): unsaturated scores
             if not n.startswith("backbone.body"):
                 p.add_(torch.randn_like(p) * 0.01)
         # class scores spread so that many pass 0.05 and NMS and the top 100 have work to do
         tmodel.roi_heads.box_predictor.cls_score.bias.normal_(0, 1.0)
+        if name == "fasterrcnn_resnet50_fpn":  # its published weights use eps 0, our default
+            for m in tmodel.modules():
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    m.eps = 0.0
     tmodel.eval()
     model = jv.create_model(name, num_classes=num_classes, **sizes)
     return tmodel, model, jv.load_pretrained(name, tmodel.state_dict(), model=model)
@@ -109,13 +116,58 @@ def check_detections(name, tmodel, model, variables, images):
         want = tmodel([torch.from_numpy(im.transpose(2, 0, 1).copy()) for im in images])
     got = transform.to_original(jax.tree.map(np.asarray, dets), sizes,
                                 [im.shape[:2] for im in images])
-    errs = [assert_detections_match(g, w, score_atol=1e-4, box_tol=1e-2)
-            for g, w in zip(got, want)]
+    errs = [match_up_to_nms_ties(g, {k: v.numpy() for k, v in w.items()},
+                                 model.box_nms_thresh) for g, w in zip(got, want)]
     line = (f"{name}: images {[tuple(s) for s in sizes]}, proposals {counts} matched (max "
             f"{prop_err:.2g} px), detections {[len(g['scores']) for g in got]} matched (max "
             f"score {max(e[0] for e in errs):.2g}, box {max(e[1] for e in errs):.2g} px)")
     print("\n" + line)
     return line
+
+
+def _tie(dets, i, nms_thresh, tol=1e-3):
+    """Whether detection ``i`` of ``dets`` has a better-scored box of its class at an IoU within
+    ``tol`` of the NMS threshold: a suppression float32 rounding decides either way."""
+    better = (dets["labels"] == dets["labels"][i]) & (dets["scores"] > dets["scores"][i])
+    if not better.any():
+        return False
+    iou = torchvision.ops.box_iou(torch.from_numpy(dets["boxes"][i:i + 1]),
+                                  torch.from_numpy(dets["boxes"][better]))[0].numpy()
+    return bool((np.abs(iou - nms_thresh) < tol).any())
+
+
+def match_up_to_nms_ties(got, want, nms_thresh, score_atol=1e-4, box_tol=1e-2):
+    """Detections equal one by one (label, score, box), except where a suppression sits at the
+    NMS threshold to float32 rounding (random weights decode many near-identical boxes): such a
+    box may be kept on one side only, and one more box then enters the top-k at the tail.
+    Returns the largest (score, box) errors of the matched pairs."""
+    assert len(got["scores"]) == len(want["scores"]) > 0
+    free = np.ones(len(got["scores"]), bool)
+    score_err = box_err = 0.0
+    missing = []
+    for j in range(len(want["scores"])):
+        ok = (free & (got["labels"] == want["labels"][j])
+              & (np.abs(got["scores"] - want["scores"][j]) <= score_atol))
+        dist = np.where(ok, np.abs(got["boxes"] - want["boxes"][j]).max(1), np.inf)
+        i = int(np.argmin(dist))
+        if dist[i] <= box_tol:
+            free[i] = False
+            score_err = max(score_err, abs(float(got["scores"][i] - want["scores"][j])))
+            box_err = max(box_err, float(dist[i]))
+        else:
+            missing.append(j)
+    extra = list(np.flatnonzero(free))
+    flips = [j for j in missing if _tie(want, j, nms_thresh)]
+    flips += [i for i in extra if _tie(got, i, nms_thresh)]
+    tail = len(want["scores"]) - len(flips)
+    for j in missing:
+        assert j in flips or j >= tail, f"torchvision's detection {j} {want['scores'][j]} " \
+            f"label {want['labels'][j]} box {want['boxes'][j]} has no counterpart"
+    for i in extra:
+        assert i in flips or i >= tail, f"our detection {i} {got['scores'][i]} label " \
+            f"{got['labels'][i]} box {got['boxes'][i]} has no counterpart in torchvision's"
+    assert len(flips) <= 2, f"{len(flips)} NMS ties: {flips}"
+    return score_err, box_err
 
 
 @pytest.fixture(scope="module")
@@ -128,14 +180,8 @@ def test_mobilenet_320_detections_equal_torchvision(mobile320):
     check_detections(*mobile320, IMAGES)
 
 
-@pytest.mark.slow
-def test_resnet50_fpn_detections_equal_torchvision_at_default_sizes():
-    check_detections("fasterrcnn_resnet50_fpn", *_pair("fasterrcnn_resnet50_fpn"),
-                     DEFAULT_IMAGES)
-
-
 @pytest.mark.sweep
-@pytest.mark.parametrize("name", ["fasterrcnn_resnet50_fpn_v2",
+@pytest.mark.parametrize("name", ["fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2",
                                   "fasterrcnn_mobilenet_v3_large_fpn"])
 def test_detections_equal_torchvision_at_default_sizes(name):
     check_detections(name, *_pair(name), DEFAULT_IMAGES)
@@ -217,3 +263,79 @@ def test_mobilenet_320_losses_equal_torchvision_given_the_same_samples(mobile320
 def test_resnet50_fpn_losses_equal_torchvision_given_the_same_samples():
     name = "fasterrcnn_resnet50_fpn"
     check_losses(name, *_pair(name, dict(min_size=320, max_size=512)), IMAGES)
+
+
+def test_v2_box_head_and_postprocess_equal_torchvision():
+    """v2's four-conv one-FC box head (BatchNorm statistics random) and the predictor on
+    pooled RoIs of a small 4-level pyramid, then postprocess_detections, against torchvision's
+    RoIHeads in eval mode: two images of different sizes, some proposals padding."""
+    c, k, sizes, padded = 16, 5, [(128, 160), (100, 150)], (128, 160)
+    torch.manual_seed(0)
+    thead = tv_roi.RoIHeads(
+        MultiScaleRoIAlign(["0", "1", "2", "3"], 7, 2),
+        tv_frcnn.FastRCNNConvFCHead((c, 7, 7), [c] * 4, [64], norm_layer=torch.nn.BatchNorm2d),
+        tv_frcnn.FastRCNNPredictor(64, k), 0.5, 0.5, 512, 0.25, None, 0.05, 0.5, 100).eval()
+    with torch.no_grad():
+        for name, t in thead.state_dict().items():
+            if "running_var" in name:
+                t.copy_(torch.rand_like(t) + 0.5)
+            elif t.is_floating_point():
+                t.add_(torch.randn_like(t) * 0.1)
+    rng = np.random.default_rng(0)
+    feats = {str(i): rng.normal(size=(2, 32 >> i, 40 >> i, c)).astype(np.float32)
+             for i in range(4)}
+    counts, slots = (40, 31), 48
+    props = np.zeros((2, slots, 4), np.float32)
+    for i, (n, (h, w)) in enumerate(zip(counts, sizes)):
+        xy = rng.random((n, 2)) * [w * 0.7, h * 0.7]
+        props[i, :n] = np.concatenate([xy, xy + rng.random((n, 2)) * [w * 0.5, h * 0.5] + 4], 1)
+    valid = np.arange(slots)[None] < np.array(counts)[:, None]
+    with torch.no_grad():
+        tfeats = {n: nchw(f) for n, f in feats.items()}
+        tprops = [torch.from_numpy(props[i, :n]) for i, n in enumerate(counts)]
+        want, _ = thead(tfeats, tprops, sizes)
+        pooled = thead.box_roi_pool(tfeats, tprops, sizes)
+        want_logits, _ = thead.box_predictor(thead.box_head(pooled))
+
+    from jaxvision.convert import merge, torchvision as tv
+    heads = roi_heads.RoIBoxHeads(k, "conv_fc", 64, (c,) * 4)
+    pooler = jv.ops.MultiScaleRoIAlign(list(feats), 7, 2)
+    ours = pooler(feats, jnp.asarray(props), padded)
+    target = jax.eval_shape(lambda: heads.init(jax.random.key(0), ours))
+    report = merge.Report()
+    source, names = tv.map_state_dict(thead.state_dict(), target, report)
+    variables = merge.fill(dict(target), source, names, report, True, shown_shape=tv.torch_shape)
+
+    def run(v, pooled):
+        logits, deltas = heads.apply(v, pooled)
+        return logits, roi_heads.postprocess_detections(logits, deltas, jnp.asarray(props),
+                                                        valid, np.array(sizes))
+
+    logits, dets = jax.jit(run)(variables, ours)
+    np.testing.assert_allclose(np.concatenate([logits[i, :n] for i, n in enumerate(counts)]),
+                               want_logits.numpy(), atol=1e-4)
+    for i, w in enumerate(want):
+        n = int(dets["count"][i])
+        got = {"boxes": np.asarray(dets["boxes"][i, :n]), "labels": np.asarray(dets["labels"][i, :n]),
+               "scores": np.asarray(dets["scores"][i, :n])}
+        assert n > 10
+        assert_detections_match(got, w, score_atol=1e-5, box_tol=1e-3)
+
+
+def test_bad_configurations_are_named():
+    with pytest.raises(ValueError, match="variant must be one of"):
+        FasterRCNN(variant="v3").init(
+            jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
+    with pytest.raises(ValueError, match="num_classes counts the background and must be >= 2"):
+        jv.create_model("fasterrcnn_resnet50_fpn", num_classes=1).init(
+            jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
+    with pytest.raises(ValueError, match="backbone must be one of"):
+        jv.create_model("fasterrcnn_resnet50_fpn", backbone="vgg16").init(
+            jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
+    with pytest.raises(ValueError, match="is a detector"):
+        jv.create_model("fasterrcnn_resnet50_fpn_v2", features_only=True)
+    with pytest.raises(ValueError, match="head must be 'mlp' or 'conv_fc'"):
+        roi_heads.RoIBoxHeads(5, "conv").init(jax.random.key(0), jnp.zeros((1, 2, 7, 7, 4)))
+    assert jv.create_model("fasterrcnn_resnet50_fpn").frozen_stages == 1
+    with pytest.raises(ValueError, match="no ResNet stages"):
+        jv.create_model("fasterrcnn_mobilenet_v3_large_fpn").frozen_stages
