@@ -14,11 +14,11 @@ Layouts, so that torchvision's state_dicts convert key for key:
   block start (features.13) and last conv (features.16) into the FPN, BatchNorm eps 1e-5 (the
   detector passes its own norm_layer), anchors of all five sizes at each level.
 
-``model.apply(v, x, image_sizes=...)`` -> padded detections (``boxes``, ``scores``,
-``labels``, ``count``) as the one-stage detectors, the RPN's proposals sown as
-``intermediates/proposals`` (``method="proposals"`` computes them alone); ``method="loss"`` torchvision's loss dict, the two samplers drawing from the
-``'dropout'`` rng (the train step's), everything in one jit: no host round trip between the
-RPN and the RoI heads.
+``model.apply(v, x, image_sizes=...)`` -> padded detections (``boxes``, ``scores``, ``labels``,
+``count``) as the one-stage detectors, the RPN's proposals sown as ``intermediates/proposals``
+(``method="proposals"`` computes them alone); ``method="loss"`` torchvision's loss dict, the two
+samplers drawing from the ``'dropout'`` rng (the train step's), everything in one jit: no host
+round trip between the RPN and the RoI heads.
 """
 from __future__ import annotations
 
