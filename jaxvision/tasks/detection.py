@@ -29,7 +29,7 @@ class Detection(Task):
     best_metric = "val_ap"
     best_mode = "max"
     meta_keys = ("model", "num_classes", "task")
-    model_families = ("fpn_detector", "ssd", "yolo", "efficientdet")
+    model_families = ("fpn_detector", "faster_rcnn", "ssd", "yolo", "efficientdet")
 
     def __init__(self, num_classes: int, draw_score: float = 0.3):
         self.num_classes, self.draw_score = int(num_classes), float(draw_score)

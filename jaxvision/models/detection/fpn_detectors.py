@@ -56,6 +56,21 @@ def pyramid(backbone: nn.Module, x, train: bool) -> dict:
     return {k: maps[k] for k in select_names(backbone.feature_info, backbone.out_indices)}
 
 
+def resnet_stage_layout(heads: str) -> StageLayout:
+    """The stages of ``backbone/body`` (a ResNet) and the detector's ``heads`` regex."""
+    b = "backbone/body/"
+    return StageLayout(b + r"(conv1|bn1)/", tuple(f"{b}layer{i}_" for i in range(1, 5)), heads)
+
+
+def frozen_stages(trainable_backbone_layers: Optional[int]) -> int:
+    """``freeze.frozen_stages`` for ``trainable_backbone_layers`` (torchvision trains the last
+    k of conv1, layer1..layer4; 3 by default): 3 -> stem and layer1 frozen."""
+    k = 3 if trainable_backbone_layers is None else trainable_backbone_layers
+    if not 0 <= k <= 5:
+        raise ValueError(f"trainable_backbone_layers must be in [0, 5], got {k}")
+    return 4 - k
+
+
 class BackboneWithFPN(nn.Module):
     """torchvision's ``backbone.body`` + ``backbone.fpn``: the presets' layout."""
 
