@@ -22,6 +22,7 @@ import flax.linen as nn
 
 from jaxvision import ops
 from jaxvision.layers import Conv2d
+from jaxvision.ops.samplers import sample_labels  # noqa: F401  (the RPN's sampler)
 
 # torchvision's AnchorGenerator of the FPN Faster R-CNNs (_default_anchorgen): one size per
 # level, three aspect ratios
@@ -114,26 +115,6 @@ def rpn_targets(anchors, boxes, valid, fg_iou_thresh: float = 0.7, bg_iou_thresh
         return labels.astype(jnp.int32), coder.encode(matched, anchors)
 
     return jax.vmap(one)(boxes, valid)
-
-
-def sample_labels(rng, labels, batch_size_per_image: int = 256,
-                  positive_fraction: float = 0.5):
-    """torchvision's ``BalancedPositiveNegativeSampler`` drawn from ``rng``: per image
-    min(batch * fraction, #positives) positives and min(batch - that, #negatives) negatives,
-    uniformly without replacement.  Returns (positive, negative) masks like ``labels``."""
-    def one(key, lab):
-        pos, neg = lab >= 1, lab == 0
-        num_pos = jnp.minimum(int(batch_size_per_image * positive_fraction), pos.sum())
-        num_neg = jnp.minimum(batch_size_per_image - num_pos, neg.sum())
-        order = jax.random.uniform(key, lab.shape)
-
-        def pick(mask, k):  # the k members of mask with the smallest draws
-            rank = jnp.argsort(jnp.argsort(jnp.where(mask, order, 2.0)))
-            return mask & (rank < k)
-
-        return pick(pos, num_pos), pick(neg, num_neg)
-
-    return jax.vmap(one)(jax.random.split(rng, labels.shape[0]), labels)
 
 
 def rpn_loss(objectness, deltas, labels, targets, positive, negative):

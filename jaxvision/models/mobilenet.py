@@ -259,10 +259,11 @@ class InvertedResidualV3(nn.Module):
     dtype: Any = jnp.float32
     momentum: float = 0.01  # torch's; SSDLite's backbone uses 0.03
     kernel_init: Callable = kaiming_normal_fan_out
+    epsilon: float = 1e-3
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        norm = norm_factory(self.norm, self.dtype, momentum=self.momentum, epsilon=1e-3)
+        norm = norm_factory(self.norm, self.dtype, momentum=self.momentum, epsilon=self.epsilon)
         return inverted_residual_v3(x, train, self.cnf, norm, lambda i: f"block_{i}", self.dtype,
                                     self.kernel_init)
 
@@ -279,6 +280,10 @@ class MobileNetV3(nn.Module):
     features_only: bool = False
     out_indices: Optional[Sequence[int]] = None
     feature_taps: str = "ends"  # or "starts" (torchvision's stage_indices)
+    # torchvision's Faster R-CNN passes its own norm_layer (BatchNorm2d / FrozenBatchNorm2d):
+    # eps 1e-5 and momentum 0.1 instead of V3's 1e-3 / 0.01
+    norm_eps: float = 1e-3
+    norm_momentum: float = 0.01
 
     def _plan(self):
         if self.arch not in V3_SETTINGS:
@@ -311,14 +316,16 @@ class MobileNetV3(nn.Module):
     def __call__(self, x, train: bool = False):
         cnfs, last_channel = self._plan()
         feats = FeatureCollector(self.feature_info, self.features_only, self.out_indices)
-        norm = norm_factory(self.norm, self.dtype, momentum=0.01, epsilon=1e-3)
+        norm = norm_factory(self.norm, self.dtype, momentum=self.norm_momentum,
+                            epsilon=self.norm_eps)
         x = x.astype(self.dtype)
         x = conv_norm_act(x, train, cnfs[0][0], 3, "features_0", norm, hardswish, 2,
                           dtype=self.dtype)
         if feats.add("features_0", x):
             return feats.maps
         for i, cnf in enumerate(cnfs, 1):
-            x = InvertedResidualV3(cnf, self.norm, self.dtype, name=f"features_{i}")(x, train)
+            x = InvertedResidualV3(cnf, self.norm, self.dtype, self.norm_momentum,
+                                   epsilon=self.norm_eps, name=f"features_{i}")(x, train)
             if feats.add(f"features_{i}", x):
                 return feats.maps
         i = len(cnfs) + 1

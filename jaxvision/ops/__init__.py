@@ -12,11 +12,12 @@ from jaxvision.ops.poolers import MultiScaleRoIAlign
 from jaxvision.ops.resize import resized_size
 from jaxvision.ops.roi_align import roi_align
 from jaxvision.ops.roi_pool import roi_pool
+from jaxvision.ops.samplers import sample_labels
 
 __all__ = [
     "AnchorGenerator", "box_area", "box_convert", "box_iou", "clip_boxes_to_image",
     "generalized_box_iou", "small_box_mask", "BoxCoder", "BoxLinearCoder",
     "BELOW_LOW_THRESHOLD", "BETWEEN_THRESHOLDS", "Matcher", "SSDMatcher", "batched_nms", "nms",
     "generalized_box_iou_loss", "sigmoid_focal_loss", "DefaultBoxGenerator", "resized_size",
-    "roi_align", "roi_pool", "MultiScaleRoIAlign",
+    "roi_align", "roi_pool", "MultiScaleRoIAlign", "sample_labels",
 ]

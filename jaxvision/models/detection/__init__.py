@@ -4,3 +4,4 @@ from jaxvision.models.detection import ssd  # noqa: F401
 from jaxvision.models.detection import fpn_detectors  # noqa: F401
 from jaxvision.models.detection import ssdlite  # noqa: F401
 from jaxvision.models.detection import yolo  # noqa: F401
+from jaxvision.models.detection import faster_rcnn  # noqa: F401

@@ -45,25 +45,47 @@ BACKBONES = {"resnet18": ("basic", (2, 2, 2, 2)), "resnet34": ("basic", (3, 4, 6
              "resnet50": ("bottleneck", (3, 4, 6, 3))}
 
 
+def resnet_stage_layout(heads: str) -> StageLayout:
+    """The stages of ``backbone/body`` (a ResNet) and the detector's ``heads`` regex."""
+    b = "backbone/body/"
+    return StageLayout(b + r"(conv1|bn1)/", tuple(f"{b}layer{i}_" for i in range(1, 5)), heads)
+
+
+def frozen_stages(trainable_backbone_layers: Optional[int]) -> int:
+    """``freeze.frozen_stages`` for ``trainable_backbone_layers`` (torchvision trains the last
+    k of conv1, layer1..layer4; 3 by default): 3 -> stem and layer1 frozen."""
+    k = 3 if trainable_backbone_layers is None else trainable_backbone_layers
+    if not 0 <= k <= 5:
+        raise ValueError(f"trainable_backbone_layers must be in [0, 5], got {k}")
+    return 4 - k
+
+
 class BackboneWithFPN(nn.Module):
+    """torchvision's ``_resnet_fpn_extractor``: ``body`` (a ResNet returning ``returned``
+    layers) + ``fpn`` with ``extra_blocks`` ("p6p7": RetinaNet/FCOS, "pool": Faster R-CNN) and
+    ``fpn_norm`` (v2 Faster R-CNN's BatchNorm in the FPN).  Returns the FPN's dict of maps."""
     norm: str = "frozen"
     norm_eps: Optional[float] = None
     p6_from_c5: bool = False  # LastLevelP6P7(2048, 256) of v2 reads C5, (256, 256) reads P5
     backbone: str = "resnet50"
     fpn_channels: int = 256
     dtype: Any = None
+    returned: Sequence[int] = (2, 3, 4)
+    extra_blocks: str = "p6p7"
+    fpn_norm: Optional[str] = None
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         block, layers = BACKBONES[self.backbone]
         body = ResNet(block=block, layers=layers, norm=self.norm, norm_eps=self.norm_eps,
-                      dtype=self.dtype, features_only=True, out_indices=(2, 3, 4), name="body")
+                      dtype=self.dtype, features_only=True, out_indices=tuple(self.returned),
+                      name="body")
         feats = body(x, train)
         c5 = feats["layer4"].shape[-1]
-        fpn = FPN(self.fpn_channels, "p6p7", c5 if self.p6_from_c5 else self.fpn_channels,
+        fpn = FPN(self.fpn_channels, self.extra_blocks,
+                  c5 if self.p6_from_c5 else self.fpn_channels, norm=self.fpn_norm,
                   dtype=self.dtype, name="fpn")
-        out = fpn({k: feats[k] for k in ("layer2", "layer3", "layer4")}, train)
-        return [out[k] for k in ("layer2", "layer3", "layer4", "p6", "p7")]
+        return fpn({f"layer{i}": feats[f"layer{i}"] for i in self.returned}, train)
 
 
 class FPNDetector(nn.Module):
@@ -94,18 +116,11 @@ class FPNDetector(nn.Module):
 
     @property
     def stage_layout(self) -> StageLayout:
-        b = "backbone/body/"
-        return StageLayout(b + r"(conv1|bn1)/", tuple(f"{b}layer{i}_" for i in range(1, 5)),
-                           r"head/")
+        return resnet_stage_layout(r"head/")
 
     @property
     def frozen_stages(self) -> int:
-        """``freeze.frozen_stages`` for ``trainable_backbone_layers`` (torchvision trains the
-        last k of conv1, layer1..layer4): 3 -> stem and layer1 frozen."""
-        k = 3 if self.trainable_backbone_layers is None else self.trainable_backbone_layers
-        if not 0 <= k <= 5:
-            raise ValueError(f"trainable_backbone_layers must be in [0, 5], got {k}")
-        return 4 - k
+        return frozen_stages(self.trainable_backbone_layers)
 
     @property
     def preprocessing(self) -> Preprocessing:
@@ -135,7 +150,7 @@ class FPNDetector(nn.Module):
 
     def head_outputs(self, x, train: bool = False):
         check_nhwc(x, self.kind, channels=3)
-        feats = self.features(x.astype(self.dtype), train)
+        feats = list(self.features(x.astype(self.dtype), train).values())
         out = self.head(feats)
         gen = FCOS_ANCHORS if self.kind == "fcos" else RETINANET_ANCHORS
         out["anchors"] = gen(x.shape[1:3], [f.shape[1:3] for f in feats])
