@@ -38,10 +38,11 @@ class KeypointRoIHeads(RoIBoxHeads):
     """torchvision's ``roi_heads`` with a keypoint branch: ``keypoints(pooled)`` -> heatmap
     logits (N, R, 56, 56, num_keypoints)."""
     num_keypoints: int = NUM_KEYPOINTS
+    keypoint_layers: Sequence[int] = KEYPOINT_LAYERS
 
     def setup(self):
         super().setup()
-        self.keypoint_head = _KeypointHead(KEYPOINT_LAYERS, self.dtype)
+        self.keypoint_head = _KeypointHead(tuple(self.keypoint_layers), self.dtype)
         nn.share_scope(self, self.keypoint_head)
         self.keypoint_predictor = KeypointRCNNPredictor(self.num_keypoints, self.dtype)
 
@@ -51,6 +52,8 @@ class KeypointRoIHeads(RoIBoxHeads):
 
 class KeypointRCNN(FasterRCNN):
     num_keypoints: int = NUM_KEYPOINTS
+    # smaller than torchvision's eight 512-channel convs: a CPU-sized keypoint head
+    keypoint_layers: Sequence[int] = KEYPOINT_LAYERS
 
     @property
     def keypoint_roi_pool(self):
@@ -59,7 +62,8 @@ class KeypointRCNN(FasterRCNN):
     def make_roi_heads(self):
         return KeypointRoIHeads(self.num_classes, "conv_fc" if self.variant == "v2" else "mlp",
                                 self.representation_size, norm="batch", dtype=self.dtype,
-                                num_keypoints=self.num_keypoints)
+                                num_keypoints=self.num_keypoints,
+                                keypoint_layers=tuple(self.keypoint_layers))
 
     def __call__(self, x, train: bool = False, image_sizes=None):
         feats, _, dets = self.detect(x, train, image_sizes)

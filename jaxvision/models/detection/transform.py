@@ -13,6 +13,7 @@ import math
 from typing import Optional, Sequence
 
 import numpy as np
+import jax
 import jax.numpy as jnp
 
 from jaxvision.heads.mask_rcnn import paste_masks_in_image
@@ -63,6 +64,9 @@ def prepare(images: Sequence[np.ndarray], mean, std, min_size: int, max_size: in
     return batch, np.asarray(sizes, np.int32)
 
 
+_paste = jax.jit(paste_masks_in_image, static_argnums=2)
+
+
 def to_original(detections: dict, resized_sizes, original_sizes) -> list[dict]:
     """Padded batch detections -> one dict of numpy ``boxes``/``scores``/``labels`` per image,
     boxes scaled from the resized image back to the original (torchvision's ``resize_boxes``).
@@ -79,9 +83,12 @@ def to_original(detections: dict, resized_sizes, original_sizes) -> list[dict]:
         result = {"boxes": boxes, "scores": np.asarray(detections["scores"][i, :n]),
                   "labels": np.asarray(detections["labels"][i, :n]).astype(np.int64)}
         if "mask_probs" in detections:
-            pasted = paste_masks_in_image(jnp.asarray(detections["mask_probs"][i, :n]),
-                                          jnp.asarray(boxes), tuple(os_))
-            result["masks"] = np.asarray(pasted)[:, None]
+            probs = detections["mask_probs"][i]
+            # every slot at once, so one compilation serves each original size
+            padded = np.zeros((len(probs), 4), np.float32)
+            padded[:n] = boxes
+            pasted = _paste(jnp.asarray(probs), padded, (int(os_[0]), int(os_[1])))
+            result["masks"] = np.asarray(pasted)[:n, None]
         if "keypoints" in detections:
             kp = np.array(detections["keypoints"][i, :n], np.float32)
             kp[..., 0] *= ratio_w
