@@ -179,14 +179,19 @@ class FasterRCNN(nn.Module):
         maps = list(feats.values())
         objectness, deltas = self.rpn(maps)
         anchors = self.anchor_generator(x.shape[1:3], [m.shape[1:3] for m in maps])
-        sizes = (jnp.tile(jnp.array(x.shape[1:3]), (x.shape[0], 1)) if image_sizes is None
-                 else image_sizes)
+        sizes = self.image_sizes(x, image_sizes)
         top_n = ((self.rpn_pre_nms_top_n_train, self.rpn_post_nms_top_n_train) if training
                  else (self.rpn_pre_nms_top_n_test, self.rpn_post_nms_top_n_test))
         proposals = rpn_proposals(objectness, deltas, anchors, sizes, *top_n,
                                   self.rpn_nms_thresh, self.rpn_score_thresh)
         self.sow("intermediates", "proposals", proposals)
         return feats, objectness, deltas, anchors, sizes, proposals
+
+    @staticmethod
+    def image_sizes(x, image_sizes=None):
+        """Each image's (h, w) in the padded batch ``x``: ``image_sizes``, by default x's."""
+        return (jnp.tile(jnp.array(x.shape[1:3]), (x.shape[0], 1)) if image_sizes is None
+                else image_sizes)
 
     def proposals(self, x, train: bool = False, image_sizes=None):
         """The RPN's padded proposals (eval settings): ``boxes``, ``scores``, ``valid``."""

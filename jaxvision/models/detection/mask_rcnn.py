@@ -53,11 +53,6 @@ class MaskRoIHeads(RoIBoxHeads):
         return self.mask_predictor(self.mask_head(pooled, train, valid))
 
 
-def _batch_sizes(x, image_sizes):
-    return (jnp.tile(jnp.array(x.shape[1:3], jnp.int32), (x.shape[0], 1)) if image_sizes is None
-            else jnp.asarray(image_sizes, jnp.int32))
-
-
 class MaskRCNN(FasterRCNN):
     paste_masks: bool = True
 
@@ -96,7 +91,7 @@ class MaskRCNN(FasterRCNN):
         logits = self.roi_heads.masks(pooled, train, pos["valid"])
         losses["loss_mask"] = maskrcnn_loss(logits, pos["boxes"], masks, labels,
                                             pos["matched_idxs"], pos["valid"],
-                                            mask_sizes=_batch_sizes(x, image_sizes))
+                                            mask_sizes=self.image_sizes(x, image_sizes))
         return losses
 
 
