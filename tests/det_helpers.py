@@ -76,11 +76,12 @@ def random_targets(rng, counts, slots, span, min_size, extent, first_label=1, nu
     return targets, boxes, labels, valid
 
 
-def assert_detections_match(got, want, score_atol, box_tol):
+def assert_detections_match(got, want, score_atol, box_tol, pairs=None):
     """One image's detections (dicts of numpy ``scores``, ``boxes``, ``labels``; ``want`` may be
     torch) equal up to the order of near-tied scores: both sides sort by score, and two boxes
     whose scores differ by float32 rounding may come out in either order on the two sides.
-    Returns the largest (score, box) differences of the pairs it matched."""
+    Returns the largest (score, box) differences of the pairs it matched; ``pairs`` (a list)
+    receives them as (index in got, index in want)."""
     want = {k: np.asarray(v) for k, v in want.items()}
     assert len(got["scores"]) == len(want["scores"]) > 0
     np.testing.assert_allclose(got["scores"], want["scores"], atol=score_atol)
@@ -95,5 +96,7 @@ def assert_detections_match(got, want, score_atol, box_tol):
         assert dist.min() <= box_tol, (
             f"detection {i}: box {box} vs the nearest of its near-tied peers {want['boxes'][j]}")
         free[j] = False
+        if pairs is not None:
+            pairs.append((i, int(j)))
         box_err = max(box_err, float(dist.min()))
     return score_err, box_err

@@ -88,10 +88,11 @@ class MaskRCNNPredictor(nn.Module):
         return x.reshape(*lead, *x.shape[1:])
 
 
-def _sampling_matrix(start, size, grid, bins: int, bound: int, pixels: int):
+def _sampling_matrix(start, size, grid, bins: int, bound: int, pixels: int, limit):
     """RoIAlign along one axis as a (K, bins, pixels) matrix: each bin's bilinear samples'
-    weights added at the rows (columns) they read (``_axis``'s, 0 for the outside samples)."""
-    index, weight = _axis(start, size, grid, bins, bound, jnp.full(start.shape, pixels))
+    weights added at the rows (columns) they read (``_axis``'s, 0 for the outside samples);
+    ``limit`` (K,) the map's extent each RoI sees (<= ``pixels``)."""
+    index, weight = _axis(start, size, grid, bins, bound, limit)
     k = start.shape[0]
     rois = jnp.arange(k)[:, None, None, None]
     cells = jnp.arange(bins)[None, :, None, None]
@@ -99,7 +100,8 @@ def _sampling_matrix(start, size, grid, bins: int, bound: int, pixels: int):
 
 
 def project_masks_on_boxes(gt_masks, boxes, matched_idxs, output_size: int = 28,
-                           max_sampling: Optional[Union[int, Sequence[int]]] = None):
+                           max_sampling: Optional[Union[int, Sequence[int]]] = None,
+                           mask_sizes=None):
     """torchvision's ``project_masks_on_boxes`` for a padded batch: RoIAlign (spatial scale 1,
     adaptive sampling, aligned=False) of ground-truth mask ``matched_idxs[n, p]`` of image n
     onto box ``boxes[n, p]``.  ``gt_masks`` (N, G, H, W), ``boxes`` (N, P, 4) xyxy,
@@ -111,7 +113,11 @@ def project_masks_on_boxes(gt_masks, boxes, matched_idxs, output_size: int = 28,
     ``rows @ mask @ cols.T`` / samples, with (M, H) and (M, W) matrices holding every sample's
     weights: two matmuls where ``ops.roi_align`` gathers every sample of a grid bounded by the
     largest box (at COCO's 800 x 1066 masks, 256 RoIs: 18.6 s that way here, torchvision
-    1.1 s).  Equal to torchvision's up to the order of float32 additions."""
+    1.1 s).  Equal to torchvision's up to the order of float32 additions.
+
+    ``mask_sizes`` (N, 2): each image's (h, w) inside a padded batch's masks (default: all of
+    them).  torchvision's masks end there: a sample in its last pixel row reads that row alone
+    (RoIAlign's edge clamp), not a blend with the padding."""
     if gt_masks.ndim != 4:
         raise ValueError(f"project_masks_on_boxes: gt_masks must be (N, G, H, W), got shape "
                          f"{gt_masks.shape}")
@@ -131,8 +137,11 @@ def project_masks_on_boxes(gt_masks, boxes, matched_idxs, output_size: int = 28,
     bin_h = exact_div(jnp.maximum(y2 - y1, 1.0), m)
     bin_w = exact_div(jnp.maximum(x2 - x1, 1.0), m)
     grid_h, grid_w = jnp.ceil(bin_h).astype(jnp.int32), jnp.ceil(bin_w).astype(jnp.int32)
-    rows = _sampling_matrix(y1, bin_h, grid_h, m, my, h)  # (K, M, H)
-    cols = _sampling_matrix(x1, bin_w, grid_w, m, mx, w)  # (K, M, W)
+    if mask_sizes is None:
+        mask_sizes = jnp.broadcast_to(jnp.array([h, w], jnp.int32), (n, 2))
+    limit = jnp.repeat(jnp.asarray(mask_sizes, jnp.int32), p, axis=0)  # (K, 2)
+    rows = _sampling_matrix(y1, bin_h, grid_h, m, my, h, limit[:, 0])  # (K, M, H)
+    cols = _sampling_matrix(x1, bin_w, grid_w, m, mx, w, limit[:, 1])  # (K, M, W)
     count = jnp.maximum(grid_h * grid_w, 1).astype(jnp.float32)
     which = jnp.arange(n, dtype=jnp.int32)[:, None] * g + jnp.clip(matched_idxs, 0, g - 1)
     masks = jax.lax.stop_gradient(jnp.asarray(gt_masks)).reshape(n * g, h, w)
@@ -151,7 +160,7 @@ def project_masks_on_boxes(gt_masks, boxes, matched_idxs, output_size: int = 28,
 
 
 def maskrcnn_loss(mask_logits, proposals, gt_masks, gt_labels, matched_idxs, valid,
-                  max_sampling: Optional[Union[int, Sequence[int]]] = None):
+                  max_sampling: Optional[Union[int, Sequence[int]]] = None, mask_sizes=None):
     """torchvision's ``maskrcnn_loss`` on padded positives: binary cross entropy with logits of
     each valid proposal's ground-truth class channel against its projected mask, the mean over
     the valid proposals' M x M pixels (0 when there are none, as torchvision's).
@@ -166,7 +175,8 @@ def maskrcnn_loss(mask_logits, proposals, gt_masks, gt_labels, matched_idxs, val
         raise ValueError(f"maskrcnn_loss: mask_logits {mask_logits.shape}, proposals "
                          f"{proposals.shape} and valid {valid.shape} must share (N, P)")
     m = mask_logits.shape[2]
-    targets = project_masks_on_boxes(gt_masks, proposals, matched_idxs, m, max_sampling)
+    targets = project_masks_on_boxes(gt_masks, proposals, matched_idxs, m, max_sampling,
+                                     mask_sizes)
     labels = jnp.take_along_axis(gt_labels, jnp.clip(matched_idxs, 0, gt_labels.shape[1] - 1),
                                  axis=1)
     logits = jnp.take_along_axis(mask_logits, labels[:, :, None, None, None], axis=-1)[..., 0]

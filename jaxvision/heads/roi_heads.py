@@ -211,3 +211,17 @@ def postprocess_detections(class_logits, box_regression, proposals, proposal_val
 
     out = jax.vmap(one)(boxes, scores, proposal_valid, jnp.asarray(image_sizes))
     return dict(zip(("boxes", "scores", "labels", "count"), out))
+
+
+def positive_samples(sample: dict, bound: int):
+    """The positive rows of a :func:`select_training_samples` sample, the training RoIs of a
+    mask or keypoint branch (torchvision's ``torch.where(labels > 0)`` per image), in the
+    sample's order, padded to the static ``bound`` (the sampler's most positives,
+    ``int(batch_size_per_image * positive_fraction)``): ``boxes``, ``labels``,
+    ``matched_idxs`` and ``valid``."""
+    positive = sample["valid"] & (sample["labels"] > 0)
+    bound = min(int(bound), positive.shape[1])
+    index = jnp.argsort(~positive, axis=1, stable=True)[:, :bound]
+    take = lambda a: jnp.take_along_axis(a, index.reshape(index.shape + (1,) * (a.ndim - 2)), 1)
+    return {"boxes": take(sample["boxes"]), "labels": take(sample["labels"]),
+            "matched_idxs": take(sample["matched_idxs"]), "valid": take(positive)}

@@ -6,3 +6,5 @@ from jaxvision.models.detection import ssdlite  # noqa: F401
 from jaxvision.models.detection import yolo  # noqa: F401
 from jaxvision.models.detection import efficientdet  # noqa: F401
 from jaxvision.models.detection import faster_rcnn  # noqa: F401
+from jaxvision.models.detection import mask_rcnn  # noqa: F401
+from jaxvision.models.detection import keypoint_rcnn  # noqa: F401

@@ -169,8 +169,12 @@ class FasterRCNN(nn.Module):
                                             name="backbone")
         self.rpn = RegionProposalNetwork(self.anchor_generator.num_anchors_per_location()[0],
                                          2 if v2 else 1, self.dtype)
-        self.roi_heads = RoIBoxHeads(self.num_classes, "conv_fc" if v2 else "mlp",
-                                     self.representation_size, norm="batch", dtype=self.dtype)
+        self.roi_heads = self.make_roi_heads()
+
+    def make_roi_heads(self):
+        """The ``roi_heads`` module (a Mask or Keypoint R-CNN returns its branches' too)."""
+        return RoIBoxHeads(self.num_classes, "conv_fc" if self.variant == "v2" else "mlp",
+                           self.representation_size, norm="batch", dtype=self.dtype)
 
     def _proposals(self, x, train, image_sizes, training):
         check_nhwc(x, "faster_rcnn", channels=3)
@@ -178,14 +182,19 @@ class FasterRCNN(nn.Module):
         maps = list(feats.values())
         objectness, deltas = self.rpn(maps)
         anchors = self.anchor_generator(x.shape[1:3], [m.shape[1:3] for m in maps])
-        sizes = (jnp.tile(jnp.array(x.shape[1:3]), (x.shape[0], 1)) if image_sizes is None
-                 else image_sizes)
+        sizes = self.image_sizes(x, image_sizes)
         top_n = ((self.rpn_pre_nms_top_n_train, self.rpn_post_nms_top_n_train) if training
                  else (self.rpn_pre_nms_top_n_test, self.rpn_post_nms_top_n_test))
         proposals = rpn_proposals(objectness, deltas, anchors, sizes, *top_n,
                                   self.rpn_nms_thresh, self.rpn_score_thresh)
         self.sow("intermediates", "proposals", proposals)
         return feats, objectness, deltas, anchors, sizes, proposals
+
+    @staticmethod
+    def image_sizes(x, image_sizes=None):
+        """Each image's (h, w) in the padded batch ``x``: ``image_sizes``, by default x's."""
+        return (jnp.tile(jnp.array(x.shape[1:3]), (x.shape[0], 1)) if image_sizes is None
+                else image_sizes)
 
     def proposals(self, x, train: bool = False, image_sizes=None):
         """The RPN's padded proposals (eval settings): ``boxes``, ``scores``, ``valid``."""
@@ -197,18 +206,29 @@ class FasterRCNN(nn.Module):
         pooled = self.box_roi_pool(feats, boxes, image_shape)
         return self.roi_heads(pooled, train)
 
-    def __call__(self, x, train: bool = False, image_sizes=None):
+    def detect(self, x, train: bool = False, image_sizes=None):
+        """(FPN maps, image sizes, padded detections): a mask or keypoint branch pools the
+        detections' boxes from the same maps."""
         feats, _, _, _, sizes, proposals = self._proposals(x, train, image_sizes, False)
         logits, deltas = self.box_outputs(feats, proposals["boxes"], x.shape[1:3], train)
-        return postprocess_detections(logits, deltas, proposals["boxes"], proposals["valid"],
-                                      sizes, self.box_score_thresh, self.box_nms_thresh,
-                                      self.box_detections_per_img,
-                                      self.box_candidates_per_img, self.box_coder)
+        return feats, sizes, postprocess_detections(
+            logits, deltas, proposals["boxes"], proposals["valid"], sizes,
+            self.box_score_thresh, self.box_nms_thresh, self.box_detections_per_img,
+            self.box_candidates_per_img, self.box_coder)
+
+    def __call__(self, x, train: bool = False, image_sizes=None):
+        return self.detect(x, train, image_sizes)[-1]
 
     def loss(self, x, boxes, labels, valid, train: bool = True, image_sizes=None):
         """torchvision's training losses on padded targets (boxes in ``x``'s pixels, labels
         >= 1).  The RPN runs with its training top-n whatever ``train`` (which sets BatchNorm
         only); the samplers draw from the ``'dropout'`` rng."""
+        return self.box_losses(x, boxes, labels, valid, train, image_sizes)[0]
+
+    def box_losses(self, x, boxes, labels, valid, train: bool = True, image_sizes=None):
+        """(the RPN's and box branch's loss dict, FPN maps, the RoI heads' sample of
+        :func:`select_training_samples`): a mask or keypoint branch trains on the sample's
+        positives."""
         feats, objectness, deltas, anchors, _, proposals = self._proposals(
             x, train, image_sizes, True)
         rpn_key, roi_key = jax.random.split(self.make_rng("dropout"))
@@ -227,7 +247,7 @@ class FasterRCNN(nn.Module):
         logits, box_deltas = self.box_outputs(feats, sample["boxes"], x.shape[1:3], train)
         losses.update(fastrcnn_loss(logits, box_deltas, sample["labels"],
                                     sample["regression_targets"], sample["valid"]))
-        return losses
+        return losses, feats, sample
 
 
 _MOBILENET_BODY = re.compile(r"^backbone\.body\.(\d+)\.")
@@ -244,7 +264,8 @@ def export_mobilenet_state_dict(state_dict: dict, model) -> dict:
             for k, v in state_dict.items()}
 
 
-def _register(name, variant, num_params, defaults=None, norm_eps=None):
+def _register(name, variant, num_params, defaults=None, norm_eps=None, cls=FasterRCNN,
+              family="faster_rcnn", default_classes=91):
     def build(num_classes: Optional[int] = None, features_only: bool = False,
               out_indices: Optional[Sequence[int]] = None, **kwargs):
         if features_only:
@@ -253,14 +274,15 @@ def _register(name, variant, num_params, defaults=None, norm_eps=None):
             kwargs.setdefault(k, v)
         if norm_eps is not None:
             kwargs.setdefault("norm_eps", norm_eps)
-        return FasterRCNN(variant=variant, num_classes=91 if num_classes is None else num_classes,
-                          **kwargs)
+        return cls(variant=variant,
+                   num_classes=default_classes if num_classes is None else num_classes, **kwargs)
 
     build.__name__ = name
-    build.__doc__ = f"torchvision's ``{name}`` (91 COCO classes, background included)."
+    build.__doc__ = (f"torchvision's ``{name}`` ({default_classes} classes, background "
+                     f"included).")
     mobilenet = variant == "mobilenet"
     size = (defaults or {}).get("min_size", 800), (defaults or {}).get("max_size", 1333)
-    register_model(name, family="faster_rcnn", torch_name=name, num_params=num_params,
+    register_model(name, family=family, torch_name=name, num_params=num_params,
                    input_size=(512, 512), resize_size=size[0], crop_size=size[1],
                    adapt_state_dict=adapt_mobilenet_state_dict if mobilenet else None,
                    export_state_dict=export_mobilenet_state_dict if mobilenet else None,

@@ -13,8 +13,10 @@ import math
 from typing import Optional, Sequence
 
 import numpy as np
+import jax
 import jax.numpy as jnp
 
+from jaxvision.heads.mask_rcnn import paste_masks_in_image
 from jaxvision.layers.interpolate import interpolate
 from jaxvision.ops.resize import resized_size
 
@@ -62,9 +64,15 @@ def prepare(images: Sequence[np.ndarray], mean, std, min_size: int, max_size: in
     return batch, np.asarray(sizes, np.int32)
 
 
+_paste = jax.jit(paste_masks_in_image, static_argnums=2)
+
+
 def to_original(detections: dict, resized_sizes, original_sizes) -> list[dict]:
     """Padded batch detections -> one dict of numpy ``boxes``/``scores``/``labels`` per image,
-    boxes scaled from the resized image back to the original (torchvision's ``resize_boxes``)."""
+    boxes scaled from the resized image back to the original (torchvision's ``resize_boxes``).
+    A Mask R-CNN's ``mask_probs`` become ``masks`` (n, 1, H, W) pasted at the original size
+    with the scaled boxes, a Keypoint R-CNN's ``keypoints`` scale as the boxes (torchvision's
+    ``transform.postprocess``)."""
     results = []
     for i, (rs, os_) in enumerate(zip(resized_sizes, original_sizes)):
         n = int(detections["count"][i])
@@ -72,6 +80,20 @@ def to_original(detections: dict, resized_sizes, original_sizes) -> list[dict]:
         ratio_h = np.float32(os_[0]) / np.float32(rs[0])
         ratio_w = np.float32(os_[1]) / np.float32(rs[1])
         boxes = boxes * np.array([ratio_w, ratio_h, ratio_w, ratio_h], np.float32)
-        results.append({"boxes": boxes, "scores": np.asarray(detections["scores"][i, :n]),
-                        "labels": np.asarray(detections["labels"][i, :n]).astype(np.int64)})
+        result = {"boxes": boxes, "scores": np.asarray(detections["scores"][i, :n]),
+                  "labels": np.asarray(detections["labels"][i, :n]).astype(np.int64)}
+        if "mask_probs" in detections:
+            probs = detections["mask_probs"][i]
+            # every slot at once, so one compilation serves each original size
+            padded = np.zeros((len(probs), 4), np.float32)
+            padded[:n] = boxes
+            pasted = _paste(jnp.asarray(probs), padded, (int(os_[0]), int(os_[1])))
+            result["masks"] = np.asarray(pasted)[:n, None]
+        if "keypoints" in detections:
+            kp = np.array(detections["keypoints"][i, :n], np.float32)
+            kp[..., 0] *= ratio_w
+            kp[..., 1] *= ratio_h
+            result["keypoints"] = kp
+            result["keypoints_scores"] = np.asarray(detections["keypoints_scores"][i, :n])
+        results.append(result)
     return results
