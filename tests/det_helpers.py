@@ -100,3 +100,71 @@ def assert_detections_match(got, want, score_atol, box_tol, pairs=None):
             pairs.append((i, int(j)))
         box_err = max(box_err, float(dist.min()))
     return score_err, box_err
+
+
+def check_rcnn_losses(name, tmodel, model, variables, images, raw, branch=None,
+                      check_proposals=None, min_positive=1):
+    """An R-CNN's losses against torchvision's, torchvision handed our sampled anchors, our
+    proposals and our sampled proposals (read from the loss call's intermediates); its backbone
+    in eval mode (our frozen statistics), the RPN and RoI heads in training mode.  ``raw``:
+    torchvision's targets in original pixels; ``branch``: None, "masks" or "keypoints" (the
+    extra target our loss takes); ``check_proposals(ours, torchvision's)``: a further check."""
+    timgs = [torch.from_numpy(im.transpose(2, 0, 1).copy()) for im in images]
+    tmodel.train()
+    tmodel.backbone.eval()
+    try:
+        with torch.no_grad():
+            batch, targets = tmodel.transform(timgs, raw)
+        x = batch.tensors.numpy().transpose(0, 2, 3, 1)
+        g = 4
+        boxes = np.zeros((2, g, 4), np.float32)
+        labels, valid = np.zeros((2, g), np.int32), np.zeros((2, g), bool)
+        extra = {"masks": np.zeros((2, g, *x.shape[1:3]), np.float32),
+                 "keypoints": np.zeros((2, g, 17, 3), np.float32)}.get(branch)
+        for i, t in enumerate(targets):
+            k = len(t["boxes"])
+            boxes[i, :k], labels[i, :k], valid[i, :k] = t["boxes"].numpy(), t["labels"], True
+            if branch == "masks":
+                hh, ww = t["masks"].shape[1:]
+                extra[i, :k, :hh, :ww] = t["masks"].numpy()
+            elif branch == "keypoints":
+                extra[i, :k] = t["keypoints"].numpy()
+        sizes = np.array(batch.image_sizes, np.int32)
+        branch_kw = lambda a: {} if branch is None else {branch: a}  # noqa: E731
+        got, state = jax.jit(lambda v, *a: model.apply(
+            v, *a[:4], train=False, image_sizes=a[4], method="loss", rngs={"dropout": a[5]},
+            mutable=["intermediates"], **branch_kw(a[6])))(
+                variables, x, boxes, labels, valid, sizes, jax.random.key(0), extra)
+        inter = jax.tree.map(np.asarray, state["intermediates"])
+        pos, neg = inter["rpn_sample"][0]
+        sample = inter["roi_sample"][0]
+        tmodel.rpn.fg_bg_sampler = lambda _: ([torch.from_numpy(m) for m in pos],
+                                              [torch.from_numpy(m) for m in neg])
+        with torch.no_grad():
+            feats = tmodel.backbone(batch.tensors)
+            want_props, rpn_losses = tmodel.rpn(batch, feats, targets)
+            # the RoI heads get the same proposals (ours): a box a float32 rounding away moves
+            # a RoI across an FPN level boundary now and then
+            props = inter["proposals"][0]
+            proposals = [torch.from_numpy(props["boxes"][i, :int(props["valid"][i].sum())])
+                         for i in range(2)]
+            assert [len(q) for q in proposals] == [len(q) for q in want_props]
+            if check_proposals is not None:
+                check_proposals(proposals, want_props)
+            p = sample["positive"].shape[1] - g
+            keep = lambda m, i: torch.from_numpy(np.concatenate(  # noqa: E731
+                [m[i, :len(proposals[i])], m[i, p:p + len(targets[i]["boxes"])]]))
+            tmodel.roi_heads.fg_bg_sampler = lambda _: (
+                [keep(sample["positive"], i) for i in range(2)],
+                [keep(sample["negative"], i) for i in range(2)])
+            _, roi_losses = tmodel.roi_heads(feats, proposals, batch.image_sizes, targets)
+    finally:
+        tmodel.eval()
+    want = {**rpn_losses, **roi_losses}
+    assert set(got) == set(want)
+    assert (sample["labels"][sample["valid"]] > 0).sum() >= min_positive
+    errs = {k: abs(float(got[k]) / float(want[k]) - 1) for k in want}
+    print(f"\n{name} losses: " + ", ".join(f"{k} {float(got[k]):.6g} (rel err {e:.2g})"
+                                           for k, e in errs.items()))
+    for k in want:
+        np.testing.assert_allclose(float(got[k]), float(want[k]), rtol=1e-5, err_msg=k)

@@ -22,7 +22,7 @@ from jaxvision.heads import roi_heads
 from jaxvision.models.detection import transform
 from jaxvision.models.detection.faster_rcnn import FasterRCNN
 
-from det_helpers import DEFAULT_IMAGES, assert_detections_match, nchw
+from det_helpers import DEFAULT_IMAGES, assert_detections_match, check_rcnn_losses, nchw
 from tv_parity import as_float64, fill_zero_params_, randomize_
 
 IMAGES = [np.random.default_rng(0).random((240, 320, 3)).astype(np.float32),
@@ -203,11 +203,9 @@ def test_detections_equal_torchvision_at_default_sizes(name):
 
 
 def check_losses(name, tmodel, model, variables, images, seed=0):
-    """The four losses, torchvision handed our sampled anchors, our proposals (checked
-    against its own) and our sampled proposals; its backbone in eval mode (our frozen
-    statistics), the RPN and RoI heads in training mode."""
+    """The four losses, torchvision handed our samples (det_helpers.check_rcnn_losses), our
+    proposals checked against its own."""
     rng = np.random.default_rng(seed)
-    timgs = [torch.from_numpy(im.transpose(2, 0, 1).copy()) for im in images]
     raw = []
     for im in images:  # boxes in the original pixels; the transform resizes them
         h, w = im.shape[:2]
@@ -217,56 +215,13 @@ def check_losses(name, tmodel, model, variables, images, seed=0):
         raw.append({"boxes": torch.from_numpy(b.astype(np.float32)),
                     "labels": torch.from_numpy(rng.integers(1, 6, n))})
     raw[1] = {"boxes": raw[1]["boxes"][:2], "labels": raw[1]["labels"][:2]}
-    tmodel.train()
-    tmodel.backbone.eval()
-    try:
-        with torch.no_grad():
-            batch, targets = tmodel.transform(timgs, raw)
-        x = batch.tensors.numpy().transpose(0, 2, 3, 1)
-        g = 4
-        boxes = np.zeros((2, g, 4), np.float32)
-        labels, valid = np.zeros((2, g), np.int32), np.zeros((2, g), bool)
-        for i, t in enumerate(targets):
-            k = len(t["boxes"])
-            boxes[i, :k], labels[i, :k], valid[i, :k] = t["boxes"].numpy(), t["labels"], True
-        sizes = np.array(batch.image_sizes, np.int32)
-        got, state = jax.jit(lambda v, *a: model.apply(
-            v, *a[:4], train=False, image_sizes=a[4], method="loss", rngs={"dropout": a[5]},
-            mutable=["intermediates"]))(variables, x, boxes, labels, valid, sizes,
-                                        jax.random.key(seed))
-        inter = jax.tree.map(np.asarray, state["intermediates"])
-        pos, neg = inter["rpn_sample"][0]
-        sample = inter["roi_sample"][0]
-        tmodel.rpn.fg_bg_sampler = lambda _: ([torch.from_numpy(m) for m in pos],
-                                              [torch.from_numpy(m) for m in neg])
-        with torch.no_grad():
-            feats = tmodel.backbone(batch.tensors)
-            want_props, rpn_losses = tmodel.rpn(batch, feats, targets)
-            # the RoI heads get the same proposals (ours): a box a float32 rounding away moves
-            # a RoI across an FPN level boundary now and then
-            props = inter["proposals"][0]
-            proposals = [torch.from_numpy(props["boxes"][i, :int(props["valid"][i].sum())])
-                         for i in range(2)]
-            assert [len(q) for q in proposals] == [len(q) for q in want_props]
-            for q, w in zip(proposals, want_props):
-                assert _matched(q.numpy(), w.numpy(), 1e-2)[0] >= 0.99
-            p = sample["positive"].shape[1] - g
-            keep = lambda m, i: torch.from_numpy(np.concatenate(
-                [m[i, :len(proposals[i])], m[i, p:p + len(targets[i]["boxes"])]]))
-            tmodel.roi_heads.fg_bg_sampler = lambda _: (
-                [keep(sample["positive"], i) for i in range(2)],
-                [keep(sample["negative"], i) for i in range(2)])
-            _, roi_losses = tmodel.roi_heads(feats, proposals, batch.image_sizes, targets)
-    finally:
-        tmodel.eval()
-    want = {**rpn_losses, **roi_losses}
-    assert set(got) == set(want)
-    assert sample["valid"].sum() > 0 and (sample["labels"][sample["valid"]] > 0).any()
-    errs = {k: abs(float(got[k]) / float(want[k]) - 1) for k in want}
-    print(f"\n{name} losses: " + ", ".join(f"{k} {float(got[k]):.6g} (rel err {e:.2g})"
-                                           for k, e in errs.items()))
-    for k in want:
-        np.testing.assert_allclose(float(got[k]), float(want[k]), rtol=1e-5, err_msg=k)
+
+    def check_proposals(ours, theirs):
+        for q, w in zip(ours, theirs):
+            assert _matched(q.numpy(), w.numpy(), 1e-2)[0] >= 0.99
+
+    check_rcnn_losses(name, tmodel, model, variables, images, raw,
+                      check_proposals=check_proposals)
 
 
 def test_mobilenet_320_losses_equal_torchvision_given_the_same_samples(mobile320):

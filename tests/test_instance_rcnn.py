@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import jaxvision as jv
 from jaxvision.models.detection import transform
 
-from det_helpers import assert_detections_match
+from det_helpers import assert_detections_match, check_rcnn_losses
 from tv_parity import fill_zero_params_, randomize_
 
 IMAGES = [np.random.default_rng(0).random((240, 320, 3)).astype(np.float32),
@@ -182,64 +182,9 @@ def _targets(rng, images, branch):
 
 
 def check_losses(name, tmodel, model, variables, images, branch, seed=0):
-    """All the losses, torchvision handed our sampled anchors, our proposals and our sampled
-    proposals; its backbone in eval mode (our frozen statistics), the RPN and RoI heads in
-    training mode."""
-    timgs = [torch.from_numpy(im.transpose(2, 0, 1).copy()) for im in images]
+    """All the losses, torchvision handed our samples (det_helpers.check_rcnn_losses)."""
     raw = _targets(np.random.default_rng(seed), images, branch)
-    tmodel.train()
-    tmodel.backbone.eval()
-    try:
-        with torch.no_grad():
-            batch, targets = tmodel.transform(timgs, raw)
-        x = batch.tensors.numpy().transpose(0, 2, 3, 1)
-        g = 4
-        boxes = np.zeros((2, g, 4), np.float32)
-        labels, valid = np.zeros((2, g), np.int32), np.zeros((2, g), bool)
-        extra = (np.zeros((2, g, *x.shape[1:3]), np.float32) if branch == "masks"
-                 else np.zeros((2, g, 17, 3), np.float32))
-        for i, t in enumerate(targets):
-            k = len(t["boxes"])
-            boxes[i, :k], labels[i, :k], valid[i, :k] = t["boxes"].numpy(), t["labels"], True
-            if branch == "masks":
-                hh, ww = t["masks"].shape[1:]
-                extra[i, :k, :hh, :ww] = t["masks"].numpy()
-            else:
-                extra[i, :k] = t["keypoints"].numpy()
-        sizes = np.array(batch.image_sizes, np.int32)
-        got, state = jax.jit(lambda v, *a: model.apply(
-            v, *a[:4], train=False, image_sizes=a[4], method="loss", rngs={"dropout": a[5]},
-            mutable=["intermediates"], **{branch: a[6]}))(
-                variables, x, boxes, labels, valid, sizes, jax.random.key(seed), extra)
-        inter = jax.tree.map(np.asarray, state["intermediates"])
-        pos, neg = inter["rpn_sample"][0]
-        sample = inter["roi_sample"][0]
-        tmodel.rpn.fg_bg_sampler = lambda _: ([torch.from_numpy(m) for m in pos],
-                                              [torch.from_numpy(m) for m in neg])
-        with torch.no_grad():
-            feats = tmodel.backbone(batch.tensors)
-            want_props, rpn_losses = tmodel.rpn(batch, feats, targets)
-            props = inter["proposals"][0]
-            proposals = [torch.from_numpy(props["boxes"][i, :int(props["valid"][i].sum())])
-                         for i in range(2)]
-            assert [len(q) for q in proposals] == [len(q) for q in want_props]
-            p = sample["positive"].shape[1] - g
-            keep = lambda m, i: torch.from_numpy(np.concatenate(
-                [m[i, :len(proposals[i])], m[i, p:p + len(targets[i]["boxes"])]]))
-            tmodel.roi_heads.fg_bg_sampler = lambda _: (
-                [keep(sample["positive"], i) for i in range(2)],
-                [keep(sample["negative"], i) for i in range(2)])
-            _, roi_losses = tmodel.roi_heads(feats, proposals, batch.image_sizes, targets)
-    finally:
-        tmodel.eval()
-    want = {**rpn_losses, **roi_losses}
-    assert set(got) == set(want)
-    assert (sample["labels"][sample["valid"]] > 0).sum() >= 2
-    errs = {k: abs(float(got[k]) / float(want[k]) - 1) for k in want}
-    print(f"\n{name} losses: " + ", ".join(f"{k} {float(got[k]):.6g} (rel err {e:.2g})"
-                                           for k, e in errs.items()))
-    for k in want:
-        np.testing.assert_allclose(float(got[k]), float(want[k]), rtol=1e-5, err_msg=k)
+    check_rcnn_losses(name, tmodel, model, variables, images, raw, branch, min_positive=2)
 
 
 def test_mask_rcnn_losses_equal_torchvision_given_the_same_samples(mask18):

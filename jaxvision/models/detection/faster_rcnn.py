@@ -43,7 +43,7 @@ from jaxvision.models.detection.transform import Preprocessing
 from jaxvision.models.mobilenet import MobileNetV3
 from jaxvision.necks.fpn import FPN
 from jaxvision.ops.samplers import sample_labels
-from jaxvision.registry import register_model
+from jaxvision.registry import get_spec, list_models, register_model
 
 VARIANTS = ("v1", "v2", "mobilenet")
 
@@ -158,6 +158,11 @@ class FasterRCNN(nn.Module):
             self.features = MobileNetWithFPN(norm, self.fpn_channels, self.dtype,
                                              name="backbone")
         else:
+            # the body's maps are ResNet's layer1..layer4 and its stages resnet_stage_layout's
+            resnets = sorted(n for n in list_models() if get_spec(n).family == "resnet")
+            if self.backbone not in resnets:
+                raise ValueError(f"backbone must be one of the ResNet family's models "
+                                 f"({', '.join(resnets)}), got {self.backbone!r}")
             body_kwargs = {"norm": norm}
             if self.norm_eps is not None:
                 body_kwargs["norm_eps"] = self.norm_eps
