@@ -137,10 +137,19 @@ class FasterRCNN(nn.Module):
         return MOBILENET_ANCHORS if self.variant == "mobilenet" else FPN_ANCHORS
 
     @property
+    def fpn_levels(self) -> tuple:
+        """The FPN maps RoIs are pooled from (torchvision's featmap_names)."""
+        return (("features_13", "features_16") if self.variant == "mobilenet" else
+                tuple(f"layer{i}" for i in range(1, 5)))
+
+    @property
     def box_roi_pool(self):
-        names = (("features_13", "features_16") if self.variant == "mobilenet" else
-                 tuple(f"layer{i}" for i in range(1, 5)))
-        return ops.MultiScaleRoIAlign(names, 7, 2)
+        return ops.MultiScaleRoIAlign(self.fpn_levels, 7, 2)
+
+    @property
+    def branch_roi_pool(self):
+        """The 14 x 14 RoIs of a mask or keypoint branch."""
+        return ops.MultiScaleRoIAlign(self.fpn_levels, 14, 2)
 
     @property
     def box_coder(self):

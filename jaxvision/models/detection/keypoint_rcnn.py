@@ -15,7 +15,6 @@ from typing import Sequence
 import jax.numpy as jnp
 import flax.linen as nn
 
-from jaxvision import ops
 from jaxvision.heads.keypoint_rcnn import (KEYPOINT_LAYERS, NUM_KEYPOINTS,
                                            KeypointRCNNPredictor, heatmaps_to_keypoints,
                                            keypoint_rcnn_heads, keypointrcnn_loss)
@@ -55,10 +54,6 @@ class KeypointRCNN(FasterRCNN):
     # smaller than torchvision's eight 512-channel convs: a CPU-sized keypoint head
     keypoint_layers: Sequence[int] = KEYPOINT_LAYERS
 
-    @property
-    def keypoint_roi_pool(self):
-        return ops.MultiScaleRoIAlign(tuple(f"layer{i}" for i in range(1, 5)), 14, 2)
-
     def make_roi_heads(self):
         return KeypointRoIHeads(self.num_classes, "conv_fc" if self.variant == "v2" else "mlp",
                                 self.representation_size, norm="batch", dtype=self.dtype,
@@ -68,7 +63,7 @@ class KeypointRCNN(FasterRCNN):
     def __call__(self, x, train: bool = False, image_sizes=None):
         feats, _, dets = self.detect(x, train, image_sizes)
         valid = jnp.arange(dets["boxes"].shape[1]) < dets["count"][:, None]
-        pooled = self.keypoint_roi_pool(feats, dets["boxes"], x.shape[1:3])
+        pooled = self.branch_roi_pool(feats, dets["boxes"], x.shape[1:3])
         # a detection's box lies in its image: x's padded size bounds every resized heatmap
         xy, scores = heatmaps_to_keypoints(self.roi_heads.keypoints(pooled), dets["boxes"],
                                            x.shape[1:3])
@@ -87,7 +82,7 @@ class KeypointRCNN(FasterRCNN):
         losses, feats, sample = self.box_losses(x, boxes, labels, valid, train, image_sizes)
         pos = positive_samples(sample, int(self.box_batch_size_per_image
                                            * self.box_positive_fraction))
-        pooled = self.keypoint_roi_pool(feats, pos["boxes"], x.shape[1:3])
+        pooled = self.branch_roi_pool(feats, pos["boxes"], x.shape[1:3])
         losses["loss_keypoint"] = keypointrcnn_loss(self.roi_heads.keypoints(pooled),
                                                     pos["boxes"], keypoints,
                                                     pos["matched_idxs"], pos["valid"])

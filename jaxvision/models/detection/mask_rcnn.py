@@ -1,5 +1,5 @@
 """torchvision's Mask R-CNN (``models/detection/mask_rcnn.py``): Faster R-CNN plus the mask
-branch of ``heads/mask_rcnn.py``, RoIs 14 x 14 from the four FPN levels (``mask_roi_pool``),
+branch of ``heads/mask_rcnn.py``, RoIs 14 x 14 from the four FPN levels (``branch_roi_pool``),
 ``roi_heads.mask_head`` / ``roi_heads.mask_predictor`` as torchvision's keys.
 
 ``model.apply(v, x, image_sizes=...)`` -> Faster R-CNN's padded detections plus
@@ -18,7 +18,6 @@ from typing import Optional, Sequence
 import jax.numpy as jnp
 import flax.linen as nn
 
-from jaxvision import ops
 from jaxvision.heads.mask_rcnn import (MASK_LAYERS, MaskRCNNPredictor, mask_rcnn_heads,
                                        maskrcnn_inference, maskrcnn_loss, paste_masks_in_image)
 from jaxvision.heads.roi_heads import RoIBoxHeads, positive_samples
@@ -56,10 +55,6 @@ class MaskRoIHeads(RoIBoxHeads):
 class MaskRCNN(FasterRCNN):
     paste_masks: bool = True
 
-    @property
-    def mask_roi_pool(self):
-        return ops.MultiScaleRoIAlign(tuple(f"layer{i}" for i in range(1, 5)), 14, 2)
-
     def make_roi_heads(self):
         return MaskRoIHeads(self.num_classes, "conv_fc" if self.variant == "v2" else "mlp",
                             self.representation_size, norm="batch", dtype=self.dtype,
@@ -68,7 +63,7 @@ class MaskRCNN(FasterRCNN):
     def __call__(self, x, train: bool = False, image_sizes=None):
         feats, sizes, dets = self.detect(x, train, image_sizes)
         valid = jnp.arange(dets["boxes"].shape[1]) < dets["count"][:, None]
-        pooled = self.mask_roi_pool(feats, dets["boxes"], x.shape[1:3])
+        pooled = self.branch_roi_pool(feats, dets["boxes"], x.shape[1:3])
         probs = maskrcnn_inference(self.roi_heads.masks(pooled, train, valid), dets["labels"])
         dets["mask_probs"] = jnp.where(valid[..., None, None], probs, 0.0)
         if self.paste_masks:
@@ -87,7 +82,7 @@ class MaskRCNN(FasterRCNN):
         losses, feats, sample = self.box_losses(x, boxes, labels, valid, train, image_sizes)
         pos = positive_samples(sample, int(self.box_batch_size_per_image
                                            * self.box_positive_fraction))
-        pooled = self.mask_roi_pool(feats, pos["boxes"], x.shape[1:3])
+        pooled = self.branch_roi_pool(feats, pos["boxes"], x.shape[1:3])
         logits = self.roi_heads.masks(pooled, train, pos["valid"])
         losses["loss_mask"] = maskrcnn_loss(logits, pos["boxes"], masks, labels,
                                             pos["matched_idxs"], pos["valid"],
