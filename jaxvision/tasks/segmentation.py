@@ -8,10 +8,9 @@ import numpy as np
 import optax
 from PIL import Image, ImageDraw
 
+from jaxvision.data.transforms import IGNORE
 from jaxvision.layers import lowering
 from jaxvision.tasks.base import Task, output_paths, read_image
-
-IGNORE = 255
 
 
 def voc_palette(n: int = 256) -> np.ndarray:
