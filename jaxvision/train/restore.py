@@ -13,6 +13,7 @@ import orbax.checkpoint as ocp
 from jaxvision.data import build_data
 from jaxvision.layers import lowering
 from jaxvision.train import checkpoint
+from jaxvision.train.state import eval_weights
 from jaxvision.layers.normalize import normalize
 
 
@@ -65,9 +66,7 @@ def load_task_run(workdir: str, log=None):
     task = build_task(config, meta["num_classes"])
     model = build_model(config, meta["num_classes"], task)
     # the weights the best metric measured: the EMA's for a ``*_ema`` metric, else the live ones
-    ema = state.get("ema_params") is not None and metric.endswith("_ema")
-    variables = {"params": state["ema_params" if ema else "params"],
-                 "batch_stats": state["ema_batch_stats" if ema else "batch_stats"]}
+    variables = eval_weights(state, ema=metric.endswith("_ema"))
     return config, meta, task, model, variables, step
 
 

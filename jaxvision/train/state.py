@@ -1,7 +1,7 @@
 """The train state: everything a step reads, and everything it changes."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import flax.struct
 import jax
@@ -33,7 +33,14 @@ class TrainState:
         return {"params": self.params, "batch_stats": self.batch_stats}
 
     def eval_variables(self) -> dict:
-        """EMA weights when kept (what torchvision's --model-ema evaluates), else the live ones."""
-        if self.ema_params is not None:
-            return {"params": self.ema_params, "batch_stats": self.ema_batch_stats}
-        return self.live_variables()
+        """EMA weights when kept, else the live ones (:func:`eval_weights`)."""
+        return eval_weights(vars(self))
+
+
+def eval_weights(state: Mapping, ema: bool = True) -> dict:
+    """The variables to evaluate from a train state's fields (a ``TrainState``'s, or a restored
+    checkpoint's dict): the EMA weights when ``ema`` and kept (what torchvision's --model-ema
+    evaluates), else the live ones."""
+    if ema and state.get("ema_params") is not None:
+        return {"params": state["ema_params"], "batch_stats": state["ema_batch_stats"]}
+    return {"params": state["params"], "batch_stats": state["batch_stats"]}
