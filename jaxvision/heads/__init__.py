@@ -1,7 +1,7 @@
 """Task heads: segmentation (FCN, DeepLabV3, DeepLabV3+, LR-ASPP), detection (RetinaNet,
 FCOS, SSD, YOLO, EfficientDet, the RPN of two-stage detectors) and the mask and keypoint branches
 of Mask and Keypoint R-CNN, each with its loss and post-processing where the head defines them."""
-from jaxvision.heads.dense import DenseTower
+from jaxvision.heads.dense_prediction import DenseTower
 from jaxvision.heads.efficientdet import EfficientDetHead
 from jaxvision.heads.fcos import FCOSHead, fcos_loss, fcos_postprocess
 from jaxvision.heads.keypoint_rcnn import (KeypointRCNNPredictor, heatmaps_to_keypoints,

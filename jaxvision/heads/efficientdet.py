@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from jaxvision.heads.dense import per_anchor, prior_bias
+from jaxvision.heads.dense_prediction import per_anchor, prior_bias
 from jaxvision.layers.norm import BatchNorm
 from jaxvision.layers.separable import SeparableConv2d
 

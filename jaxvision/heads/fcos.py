@@ -13,7 +13,7 @@ import optax
 import flax.linen as nn
 
 from jaxvision import ops
-from jaxvision.heads.dense import DenseTower, postprocess, prior_bias
+from jaxvision.heads.dense_prediction import DenseTower, postprocess, prior_bias
 
 
 class FCOSHead(nn.Module):

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from jaxvision import ops
-from jaxvision.heads.dense import DenseTower, postprocess, prior_bias
+from jaxvision.heads.dense_prediction import DenseTower, postprocess, prior_bias
 
 
 class RetinaNetHead(nn.Module):
@@ -79,7 +79,7 @@ def retinanet_loss(head_outputs, anchors, boxes, labels, valid, box_loss: str = 
 def retinanet_postprocess(head_outputs, anchors_per_level: Sequence, image_sizes,
                           score_thresh: float = 0.05, nms_thresh: float = 0.5,
                           detections_per_img: int = 300, topk_candidates: int = 1000):
-    """Detections from head outputs (see :func:`jaxvision.heads.dense.postprocess`)."""
+    """Detections from head outputs (see :func:`jaxvision.heads.dense_prediction.postprocess`)."""
     coder = ops.BoxCoder((1.0, 1.0, 1.0, 1.0))
     return postprocess(jax.nn.sigmoid(head_outputs["cls_logits"]),
                        head_outputs["bbox_regression"], anchors_per_level, image_sizes,

@@ -35,7 +35,7 @@ import flax.linen as nn
 import optax
 
 from jaxvision import ops
-from jaxvision.heads.dense import postprocess
+from jaxvision.heads.dense_prediction import postprocess
 from jaxvision.layers import Conv2d, leaky
 from jaxvision.layers.blocks import conv_norm_act
 
@@ -166,7 +166,7 @@ def yolo_postprocess(preds, anchors, image_sizes, score_thresh: float, nms_thres
                      detections_per_img: int, topk_candidates: int) -> dict:
     """Score = objectness x class probability for every (anchor, class); per scale those above
     ``score_thresh``, the best ``topk_candidates``, clipped to the image; class-wise NMS;
-    padded to ``detections_per_img`` as :func:`jaxvision.heads.dense.postprocess`."""
+    padded to ``detections_per_img`` as :func:`jaxvision.heads.dense_prediction.postprocess`."""
     scores, boxes, levels = [], [], []
     for s, p in enumerate(preds):
         n = p.shape[0]
