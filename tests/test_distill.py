@@ -185,7 +185,7 @@ def test_teacher_top1_is_reported_once(straight, teacher_dirs):
 
 
 def test_teacher_from_a_train_workdir(straight):
-    from jaxvision.train.restore import load_run
+    from jaxvision.train.runs import load_run
 
     model, variables = teachers.load_teacher(distill_config(straight), 3, log=lambda m: None)
     _, _, _, want, _ = load_run(straight, log=lambda m: None)
@@ -278,7 +278,7 @@ def test_predict_temperature_scales_the_logits(tmp_path, straight, capsys):
 def test_predict_temperature_with_a_weights_directory(tmp_path, teacher_dirs):
     from PIL import Image
 
-    from jaxvision.train.restore import predict_weights as predict
+    from jaxvision.train.runs import predict_weights as predict
 
     image = str(tmp_path / "x.png")
     Image.fromarray(np.random.default_rng(1).integers(0, 255, (40, 40, 3), np.uint8)).save(image)

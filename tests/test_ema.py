@@ -99,7 +99,7 @@ def test_live_and_ema_weights_are_both_evaluated_and_the_best_metric_picks_the_w
     import os
 
     from jaxvision.train.loop import train
-    from jaxvision.train.restore import evaluate_run
+    from jaxvision.train.runs import evaluate_run
     from train_configs import tiny_config
 
     workdir = str(tmp_path / "run")

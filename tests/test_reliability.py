@@ -21,7 +21,7 @@ import pytest
 from jaxvision.train import checkpoint
 from jaxvision.train.cli import main as train_cli
 from jaxvision.train.loop import NonFiniteLoss, train
-from jaxvision.train.restore import evaluate_run
+from jaxvision.train.runs import evaluate_run
 from train_configs import tiny_config
 
 
@@ -320,7 +320,7 @@ def test_export_writes_the_best_weights_as_a_loadable_directory(base_run, tmp_pa
     import jaxvision as jv
     from jaxvision.cli import main as cli_main
     from jaxvision.convert import store
-    from jaxvision.train.restore import load_run
+    from jaxvision.train.runs import load_run
 
     out = tmp_path / "exported"
     assert cli_main(["export", "--workdir", str(base_run), str(out)]) == 0
@@ -342,7 +342,7 @@ def test_export_safetensors_loads_into_torchvision_with_the_same_logits(base_run
     import torchvision
 
     from jaxvision.cli import main as cli_main
-    from jaxvision.train.restore import load_run
+    from jaxvision.train.runs import load_run
 
     out = tmp_path / "run.safetensors"
     assert cli_main(["export", "--workdir", str(base_run), "--format", "safetensors",
@@ -363,7 +363,7 @@ def test_export_stablehlo_runs_in_a_process_without_jaxvision(base_run, tmp_path
     lowering on.)"""
     from jaxvision.cli import main as cli_main
     from jaxvision.convert import store
-    from jaxvision.train.restore import load_run
+    from jaxvision.train.runs import load_run
 
     out = tmp_path / "hlo"
     assert cli_main(["export", "--workdir", str(base_run), "--format", "stablehlo",
@@ -395,7 +395,7 @@ def test_export_onnx_of_a_run_runs_in_onnxruntime_and_records_its_card(base_run,
     import onnxruntime
 
     from jaxvision.cli import main as cli_main
-    from jaxvision.train.restore import load_run
+    from jaxvision.train.runs import load_run
 
     out = tmp_path / "onnx"
     assert cli_main(["export", "--workdir", str(base_run), "--format", "onnx", str(out)]) == 0

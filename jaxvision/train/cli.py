@@ -56,7 +56,7 @@ def _eval(argv):
     p = argparse.ArgumentParser(prog="jaxvision eval")
     p.add_argument("--workdir", required=True)
     args = p.parse_args(argv)
-    from jaxvision.train.restore import evaluate_run
+    from jaxvision.train.runs import evaluate_run
 
     print(json.dumps(evaluate_run(args.workdir)))
     return 0
@@ -86,7 +86,7 @@ def _predict(argv):
                    help="segmentation/detection: folder for the pictures (default WORKDIR/predictions)")
     p.add_argument("images", nargs="+")
     args = p.parse_args(argv)
-    from jaxvision.train.restore import predict, predict_weights
+    from jaxvision.train.runs import predict, predict_weights
 
     if args.weights:
         top_k = predict_weights(args.weights, args.images, args.topk, args.temperature)
@@ -104,7 +104,7 @@ def _extract(argv):
     p.add_argument("--split", choices=("train", "val"), default="val")
     p.add_argument("--out", required=True, help="an .npz file: embeddings, labels")
     args = p.parse_args(argv)
-    from jaxvision.train.restore import extract
+    from jaxvision.train.runs import extract
 
     n = extract(args.workdir, args.split, args.out)
     print(f"wrote {n} embeddings to {args.out}")

@@ -82,7 +82,7 @@ def from_workdir(workdir: str) -> Exportable:
     without reading the data (which may be gone by now)."""
     from jaxvision.data.loader import preprocessing as run_preprocessing
     from jaxvision.tasks import data_task
-    from jaxvision.train.restore import load_run
+    from jaxvision.train.runs import load_run
 
     config, meta, model, variables, step = load_run(workdir)
     d = config.data

@@ -34,7 +34,7 @@ def digest(variables) -> str:
 
 
 def _from_workdir(name, path, log):
-    from jaxvision.train.restore import load_run
+    from jaxvision.train.runs import load_run
 
     _, meta, model, variables, _ = load_run(path, log)
     if meta["model"] != name:
