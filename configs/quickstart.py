@@ -16,9 +16,8 @@ def get_config():
     c.data.augment.update(random_resized_crop=False, hflip=True)
     c.data.batch_size = 32
     c.data.eval_batch_size = 256
-    # 32-px shapes are cheap to make: a worker process only adds its ~3 s start-up before the
-    # first step (warm compile cache: first step 5.9 s with 1 worker, 2.7-4.6 s without; the
-    # whole run 118 s either way)
+    # 32-px shapes are cheap to make: a worker process would only add its start-up before the
+    # first step and win nothing over the run (docs/performance.md, "The quickstart")
     c.data.num_workers = 0
     c.optimizer.update(name="adamw", lr=0.002, weight_decay=1e-4, wd_exclude_norm_bias=True)
     c.schedule.update(name="cosine", unit="step")

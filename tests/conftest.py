@@ -12,7 +12,7 @@ whether a cache is in use. Workers and subprocesses find it through the environm
 
 The convolutions a test traces itself lower by XLA's own op (``layers.lowering.using("xla")``)
 unless the test is marked ``default_lowering``: the library's CPU default, the exact rewrites,
-makes models' graphs compile 1.3-2x slower (resnet50's gradient at 64 px: 13 -> 17 s), and a
+makes models' graphs compile slower (docs/performance.md, "The rewrites as the default"), and a
 parity test's point is the model's sums. The rewrites' own tests, the engine's (whose configs
 choose for themselves) and one parity test per rewrite on a representative family are marked;
 ``JAXVISION_TEST_LOWERING=auto`` runs every test on the default (the whole-suite check).

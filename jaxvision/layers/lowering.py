@@ -4,7 +4,7 @@ XLA:CPU (jaxlib 0.10.2) has three slow spots that model code can route around:
 
 * a convolution whose kernel is larger than its (padded) input map, e.g. a 3x3 on the 2x2 and
   1x1 maps of a ResNet at 32 px, has its operands swapped (``ConvOperandSwapper``) and runs in
-  XLA's naive element-wise loop, forward and input gradient alike (200-270 ms per conv);
+  XLA's naive element-wise loop, forward and input gradient alike;
 * 1x1 convolutions' weight gradients go through large transpose copies;
 * depthwise convolutions run in a generic grouped loop.
 
@@ -40,25 +40,21 @@ IMPLS = ("xla", "im2col", "einsum", "taps", "xla_tapgrad")
 # Two CPUs were measured, and the choices below differ between them: an AVX-only one whose XLA
 # kept convolutions to itself, and the AVX-512 one whose XLA sends them to YNNPACK by default,
 # where compiler_options() hands them to Eigen instead ("eigen" below: _eigen_convolutions).
-# im2col on the AVX-512 CPU (jit of forward + input and kernel gradients, 3x3):
+# The per-layer timings behind each threshold are in docs/performance.md ("The measurements
+# behind layers/lowering.py"); re-measure them before trusting a threshold on another CPU.
+# im2col on the AVX-512 CPU:
 # * always when the output map has at most half a position per kernel tap (3x3: 2x2 and 1x1),
-#   where XLA's convolution falls into its naive loop: batch 64, 2x2 256->256 107 ms / im2col
-#   3.3; 4x4 -> 2x2 stride 2 128->256 23.3 / 2.0;
+#   where XLA's convolution falls into its naive loop;
 # * up to this many positions per tap (3x3: maps up to 7x7) only from IM2COL_MIN_CHANNELS input
-#   channels: batch 16, 7x7 512->512 34.3 / 31.8; 14x14 -> 7x7 stride 2 256->512 18.8 / 16.7;
-#   4x4 512 15.1 / 10.7; but batch 64, 4x4 128->128 3.9 / 4.2 and 8x8 -> 4x4 stride 2
-#   64->128 2.4 / 3.4 (a resnet18 train step at 32 px, batch 64: 93 ms with them through
-#   im2col, 74-78 without); from 14x14 up im2col loses 2x (256 ch: 31 / 54).
-# On the AVX-only CPU im2col was ahead from 8x8 down at any width (batch 64, 4x4 256ch xla 150
-# ms / im2col 115; 8x8 128ch 179 / 197, even; 16x16 64ch 159 / 209).
+#   channels: narrower ones are Eigen's there, and from 14x14 up im2col loses at any width.
+# On the AVX-only CPU im2col was ahead from 8x8 down at any width.
 IM2COL_ALWAYS_POSITIONS_PER_TAP = 0.5
 IM2COL_MAX_POSITIONS_PER_TAP = 6
 IM2COL_MIN_CHANNELS = 256
 
 # the kernel gradient as per-tap GEMMs from output maps of this many positions up (20x20), on
-# the AVX-only CPU. With Eigen on the AVX-512 one XLA's own kernel gradient is 1.3-3x faster
-# (forward + kernel gradient, batch 16: 56x56 64->64 34.9 ms / per-tap 80.3; 28x28 128->128
-# 18.7 / 41.3; stem 7x7 3->64 at 224 61.8 / 127.3; batch 64 16x16 64->64 8.6 / 27.4).
+# the AVX-only CPU, where XLA's kernel gradient cost 3-5x its forward. With Eigen on the
+# AVX-512 one XLA's own kernel gradient is the faster, so this is not chosen there.
 TAPGRAD_MIN_POSITIONS = 400
 
 
@@ -134,10 +130,9 @@ def jit(fun, conv_lowering=None, platform=None, **jit_kwargs):
 
 # jaxlib 0.10.2's XLA:CPU hands each convolution to YNNPACK on the AVX-512 CPU measured here (on
 # an AVX-only one measured earlier it apparently did not), and YNNPACK keeps one core busy for any
-# convolution of up to 80 output channels (1.5 cores at 96, 2 at 128): ResNet's stem and layer1.
-# Eigen's convolution, what XLA runs without that fusion, keeps both busy (batch 16: 3x3 56x56
-# 64->64 18.6 -> 11.7 ms, stem 7x7/2 3->64 39.7 -> 29.3 ms, 3x3 14x14 256->256 17.7 -> 8.7 ms;
-# none of the seven resnet50 shapes measured was slower, forward or with gradients). The option
+# convolution of up to 80 output channels: ResNet's stem and layer1. Eigen's convolution, what
+# XLA runs without that fusion, keeps both busy and was nowhere slower on resnet50's shapes
+# (docs/performance.md, "The measurements behind layers/lowering.py"). The option
 # takes a whole list, not a change to the default, so it is passed only where the default is
 # known to be this list (a probe compiles the same either way), and then without convolutions.
 _YNN_OPTION = "xla_cpu_experimental_ynn_fusion_type"
@@ -192,12 +187,10 @@ def choose(x_shape, kernel_shape, stride, padding, dilation, groups, platform=No
     kh, kw, cin_g, cout = kernel_shape
     cin = x_shape[-1]
     if (kh, kw) == (1, 1) and groups == 1:
-        # batch 16, 56x56, fwd+grads: 256->64 xla 2306 ms / einsum 577; 64->256 2816 / 1144;
-        # 256->512 stride 2 4203 / 970; 7x7 2048->512 366 / 244
+        # XLA's 1x1 weight gradients go through large transpose copies; a dot does not
         return "einsum"
     if groups == cin and cin_g == 1:
-        # mobilenet_v2's depthwise 3x3 at 224, batch 8, fwd+grads: 112x112x32 xla 1325 ms /
-        # taps 569; 112x112x96 stride 2 6717 / 589; 56x56x144 3919 / 606; 14x14x384 585 / 28
+        # XLA runs a depthwise convolution in its generic grouped loop, at every size measured
         return "taps"
     oh = out_size(x_shape[1], kh, stride[0], padding[0], dilation[0])
     ow = out_size(x_shape[2], kw, stride[1], padding[1], dilation[1])
@@ -207,11 +200,8 @@ def choose(x_shape, kernel_shape, stride, padding, dilation, groups, platform=No
             and (cin >= IM2COL_MIN_CHANNELS or not eigen)):
         return "im2col"
     if groups == 1 and oh * ow >= TAPGRAD_MIN_POSITIONS and not eigen:
-        # (AVX-only CPU) XLA's kernel gradient is 3-5x its forward; per-tap GEMMs cut it
-        # 1.5-3x (batch 16, 56x56 64->64: 435 -> 157 ms; 28x28 128->128: 157 -> 75; resnet
-        # stem 7x7 3->64 at 224: 624 -> 194 via im2col; 14x14 256->256 only 101 -> 96, and a
-        # resnet18 step at 32 px, whose 3x3s are 8x8 and smaller, gained nothing); forward and
-        # input gradient stay XLA's
+        # (AVX-only CPU) XLA's kernel gradient is 3-5x its forward and per-tap GEMMs cut it
+        # on large maps (little from 14x14 down); forward and input gradient stay XLA's
         return "xla_tapgrad"
     return "xla"
 
@@ -297,11 +287,10 @@ def conv2d(x, kernel, stride=1, padding=0, dilation=1, groups=1, impl=None):
 
 # im2col's patches on the smallest maps (3x3: 2x2 and 1x1) as one gather rather than one
 # strided slice per tap stacked: XLA:CPU emits each slice as its own loop fusion ahead of an
-# unfused concatenate, and compiling those kernels is what made im2col graphs compile slowly
-# (forward + gradients of one 3x3 conv, load ~4: 2x2 512 ch 0.90 s -> 0.38 s). The gather runs
-# as fast there (batch 64, 2x2 512->512: 7.47 / 7.48 ms forward) but 5-6% slower on 7x7 maps
-# (batch 16, 512 ch: 22.0 / 23.2 ms), where the slices stay. Its own transpose, a scatter-add,
-# runs slower than the slices' pads and adds, which fuse into one loop: the gradient stays theirs.
+# unfused concatenate, and compiling those kernels is what made im2col graphs compile slowly.
+# The gather runs as fast there but slower on 7x7 maps, where the slices stay. Its own
+# transpose, a scatter-add, runs slower than the slices' pads and adds, which fuse into one
+# loop: the gradient stays theirs.
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _patches(spec, x):
     """(N, oh, ow, taps, C): the padded input under each live kernel tap, row-major."""
@@ -355,7 +344,7 @@ def _tapgrad_bwd(stride, padding, dilation, res, g):
     n, oh, ow, _ = g.shape
     views = tap_views(x, kh, kw, stride, padding, dilation, oh, ow)
     g2 = g.reshape(n * oh * ow, cout)
-    if cin < 16:  # a stem: one (kh*kw*cin)-row GEMM beats kh*kw thin ones (7x7x3: 313 -> 194 ms)
+    if cin < 16:  # a stem: one (kh*kw*cin)-row GEMM beats kh*kw thin ones
         patches = jnp.stack(views, axis=3).reshape(n * oh * ow, kh * kw * cin)
         dk = lax.dot_general(patches, g2, (((0,), (0,)), ((), ())))
     else:
