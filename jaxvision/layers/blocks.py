@@ -8,7 +8,7 @@ parameter paths the converter expects.  Heads whose torch twin is a flat Sequent
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -19,19 +19,23 @@ from jaxvision.layers.norm import norm_factory
 
 
 def conv_norm_act(x, train: bool, features: int, kernel_size: int, name: Optional[str] = None, *,
-                  norm: str = "batch", act: Optional[Callable] = nn.relu, stride: int = 1,
-                  dilation: int = 1, groups: int = 1, padding: Optional[int] = None,
+                  norm: Union[str, Callable] = "batch", act: Optional[Callable] = nn.relu,
+                  stride: int = 1, dilation: int = 1, groups: int = 1,
+                  padding: Optional[int] = None,
                   names: Optional[tuple[str, str]] = None, norm_kwargs: Optional[dict] = None,
                   kernel_init=None, dtype: Any = None):
     """Conv (no bias, torch's padding ``(k - 1) // 2 * dilation``) -> norm -> ``act``.
 
-    Call inside a compact method: the layers become children of that module.
+    Call inside a compact method: the layers become children of that module.  ``norm`` is a
+    :func:`~jaxvision.layers.norm.norm_factory` name, or a factory already made (a family that
+    builds one per block, as MobileNet does, passes it down); ``norm_kwargs`` go with a name.
     """
     conv_name, norm_name = names if names is not None else (f"{name}_0", f"{name}_1")
     pad = (kernel_size - 1) // 2 * dilation if padding is None else padding
     x = Conv2d(features, kernel_size, stride, pad, dilation, groups, dtype=dtype,
                kernel_init=kernel_init, name=conv_name)(x)
-    x = norm_factory(norm, dtype, **(norm_kwargs or {}))(name=norm_name)(x, train)
+    make_norm = norm if callable(norm) else norm_factory(norm, dtype, **(norm_kwargs or {}))
+    x = make_norm(name=norm_name)(x, train)
     return act(x) if act is not None else x
 
 

@@ -20,14 +20,15 @@ _13, _16``; ``features_4`` is the 40-channel stride-8 map LR-ASPP and the DeepLa
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Callable, Optional, Sequence
 
 import jax.numpy as jnp
 import flax.linen as nn
 
-from jaxvision.layers import (Conv2d, Linear, SqueezeExcitation, adaptive_avg_pool2d, hardsigmoid,
-                              hardswish, kaiming_normal_fan_out, make_divisible, norm_factory,
-                              relu6)
+from jaxvision.layers import (Conv2d, Linear, SqueezeExcitation, adaptive_avg_pool2d,
+                              conv_norm_act, hardsigmoid, hardswish, kaiming_normal_fan_out,
+                              make_divisible, norm_factory, relu6)
 from jaxvision.models._features import FeatureCollector, features_at_strides
 from jaxvision.models._stages import StageLayout, block_range
 from jaxvision.registry import register_model
@@ -36,22 +37,16 @@ from jaxvision.registry import register_model
 _linear_init = dict(kernel_init=nn.initializers.normal(0.01), bias_init=nn.initializers.zeros)
 
 
+# torchvision's MobileNets initialise every conv with kaiming_normal_(mode="fan_out").
+_conv_norm_act = partial(conv_norm_act, kernel_init=kaiming_normal_fan_out)
+
+
 def _conv(features, k, stride=1, groups=1, dilation=1, bias=False, name=None, dtype=None,
           kernel_init=kaiming_normal_fan_out):
     # torchvision's Conv2dNormActivation padding; kaiming_normal_(mode="fan_out"), zero bias.
     return Conv2d(features, k, stride, (k - 1) // 2 * dilation, dilation, groups, bias=bias,
                   dtype=dtype, kernel_init=kernel_init,
                   bias_init=nn.initializers.zeros, name=name)
-
-
-def conv_norm_act(x, train, features, k, name, norm, act=None, stride=1, groups=1, dilation=1,
-                  dtype=None, kernel_init=kaiming_normal_fan_out):
-    """torchvision's ``Conv2dNormActivation`` as the children ``{name}_0`` (conv) and
-    ``{name}_1`` (norm) of the calling module, so paths match the Sequential's indices."""
-    x = _conv(features, k, stride, groups, dilation, name=f"{name}_0", dtype=dtype,
-              kernel_init=kernel_init)(x)
-    x = norm(name=f"{name}_1")(x, train)
-    return act(x) if act is not None else x
 
 
 def _stage_layout(opens: Sequence[bool]) -> StageLayout:
@@ -100,10 +95,11 @@ class InvertedResidual(nn.Module):
         hidden = int(round(self.inp * self.expand_ratio))
         y, i = x, 0
         if self.expand_ratio != 1:
-            y = conv_norm_act(y, train, hidden, 1, "conv_0", norm, relu6, dtype=self.dtype)
+            y = _conv_norm_act(y, train, hidden, 1, "conv_0", norm=norm, act=relu6,
+                               dtype=self.dtype)
             i = 1
-        y = conv_norm_act(y, train, hidden, 3, f"conv_{i}", norm, relu6, self.stride, hidden,
-                          dtype=self.dtype)
+        y = _conv_norm_act(y, train, hidden, 3, f"conv_{i}", norm=norm, act=relu6,
+                           stride=self.stride, groups=hidden, dtype=self.dtype)
         y = _conv(self.oup, 1, name=f"conv_{i + 1}", dtype=self.dtype)(y)
         y = norm(name=f"conv_{i + 2}")(y, train)
         return x + y if self.stride == 1 and self.inp == self.oup else y
@@ -163,7 +159,8 @@ class MobileNetV2(nn.Module):
         feats = FeatureCollector(self.feature_info, self.features_only, self.out_indices)
         norm = norm_factory(self.norm, self.dtype)
         x = x.astype(self.dtype)
-        x = conv_norm_act(x, train, stem, 3, "features_0", norm, relu6, 2, dtype=self.dtype)
+        x = _conv_norm_act(x, train, stem, 3, "features_0", norm=norm, act=relu6, stride=2,
+                           dtype=self.dtype)
         if feats.add("features_0", x):
             return feats.maps
         for i, (inp, out, stride, t) in enumerate(blocks, 1):
@@ -172,7 +169,8 @@ class MobileNetV2(nn.Module):
             if feats.add(f"features_{i}", x):
                 return feats.maps
         i = len(blocks) + 1
-        x = conv_norm_act(x, train, last, 1, f"features_{i}", norm, relu6, dtype=self.dtype)
+        x = _conv_norm_act(x, train, last, 1, f"features_{i}", norm=norm, act=relu6,
+                           dtype=self.dtype)
         if feats.add(f"features_{i}", x):
             return feats.maps
         return _head(x, train, self.num_classes, self.dropout, self.dtype)
@@ -210,20 +208,22 @@ def inverted_residual_v3(x, train, cnf, norm, child, dtype=None,
     y, i = x, 0
     if exp != inp:
         if not expanded:
-            y = conv_norm_act(y, train, exp, 1, child(0), norm, act, dtype=dtype,
-                              kernel_init=kernel_init)
+            y = _conv_norm_act(y, train, exp, 1, child(0), norm=norm, act=act, dtype=dtype,
+                               kernel_init=kernel_init)
         i = 1
     elif expanded:
         raise ValueError(f"a block without expansion (in {inp} == expanded {exp}) cannot start "
                          "after its expansion")
-    y = conv_norm_act(y, train, exp, k, child(i), norm, act, 1 if dilation > 1 else stride, exp,
-                      dilation, dtype, kernel_init)
+    y = _conv_norm_act(y, train, exp, k, child(i), norm=norm, act=act,
+                       stride=1 if dilation > 1 else stride, groups=exp, dilation=dilation,
+                       dtype=dtype, kernel_init=kernel_init)
     if use_se:
         i += 1
         y = SqueezeExcitation(make_divisible(exp // 4, 8), scale_activation=hardsigmoid,
                               dtype=dtype, kernel_init=kernel_init,
                               bias_init=nn.initializers.zeros, name=child(i))(y)
-    y = conv_norm_act(y, train, out, 1, child(i + 1), norm, dtype=dtype, kernel_init=kernel_init)
+    y = _conv_norm_act(y, train, out, 1, child(i + 1), norm=norm, act=None, dtype=dtype,
+                       kernel_init=kernel_init)
     return y + x if stride == 1 and inp == out and not expanded else y
 
 
@@ -305,8 +305,8 @@ class MobileNetV3(nn.Module):
         norm = norm_factory(self.norm, self.dtype, momentum=self.norm_momentum,
                             epsilon=self.norm_eps)
         x = x.astype(self.dtype)
-        x = conv_norm_act(x, train, cnfs[0][0], 3, "features_0", norm, hardswish, 2,
-                          dtype=self.dtype)
+        x = _conv_norm_act(x, train, cnfs[0][0], 3, "features_0", norm=norm, act=hardswish,
+                           stride=2, dtype=self.dtype)
         if feats.add("features_0", x):
             return feats.maps
         for i, cnf in enumerate(cnfs, 1):
@@ -315,8 +315,8 @@ class MobileNetV3(nn.Module):
             if feats.add(f"features_{i}", x):
                 return feats.maps
         i = len(cnfs) + 1
-        x = conv_norm_act(x, train, 6 * cnfs[-1][3], 1, f"features_{i}", norm, hardswish,
-                          dtype=self.dtype)
+        x = _conv_norm_act(x, train, 6 * cnfs[-1][3], 1, f"features_{i}", norm=norm, act=hardswish,
+                           dtype=self.dtype)
         if feats.add(f"features_{i}", x):
             return feats.maps
         return _head(x, train, self.num_classes, self.dropout, self.dtype, last_channel,
@@ -372,14 +372,14 @@ class MobileNetV1(nn.Module):
         feats = FeatureCollector(self.feature_info, self.features_only, self.out_indices)
         norm = norm_factory(self.norm, self.dtype)
         x = x.astype(self.dtype)
-        x = conv_norm_act(x, train, channels[0], 3, "features_0", norm, nn.relu, 2,
-                          dtype=self.dtype)
+        x = _conv_norm_act(x, train, channels[0], 3, "features_0", norm=norm, act=nn.relu, stride=2,
+                           dtype=self.dtype)
         if feats.add("features_0", x):
             return feats.maps
         for i, ((_, stride), c) in enumerate(zip(V1_SETTING, channels[1:]), 1):
             # one Sequential(dw conv, BN, ReLU, pw conv, BN, ReLU) per block
-            x = conv_norm_act(x, train, x.shape[-1], 3, f"features_{i}", norm, nn.relu, stride,
-                              x.shape[-1], dtype=self.dtype)
+            x = _conv_norm_act(x, train, x.shape[-1], 3, f"features_{i}", norm=norm, act=nn.relu,
+                               stride=stride, groups=x.shape[-1], dtype=self.dtype)
             x = _conv(c, 1, name=f"features_{i}_3", dtype=self.dtype)(x)
             x = nn.relu(norm(name=f"features_{i}_4")(x, train))
             if feats.add(f"features_{i}", x):
