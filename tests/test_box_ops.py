@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from jaxvision.data.box_ops import crop_boxes, hflip_boxes, resize_boxes
+from jaxvision.data.box_ops import crop_boxes, hflip_boxes
+from jaxvision.ops.resize import resize_boxes
 
 
 def _painted(h, w, boxes):

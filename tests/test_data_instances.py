@@ -9,10 +9,10 @@ from PIL import Image
 from jaxvision.data import DataError, default_data_config
 from jaxvision.data.coco import CocoSource
 from jaxvision.data.det_transforms import DetEvalTransform, DetTrainTransform
-from jaxvision.data.instance_ops import (COCO_KEYPOINT_FLIP, hflip_keypoints, resize_keypoints,
-                                         resize_masks)
+from jaxvision.data.instance_ops import COCO_KEYPOINT_FLIP, hflip_keypoints, resize_masks
 from jaxvision.data.loader import build_data
 from jaxvision.data.shapes import ShapesSource
+from jaxvision.ops.resize import resize_keypoints
 
 CATS = [{"id": 1, "name": "person", "keypoints": [f"k{i}" for i in range(17)]},
         {"id": 3, "name": "car"}]

@@ -1,7 +1,8 @@
 """Host-side box geometry for joint image+box transforms (numpy, xyxy in absolute pixels).
 
 A box ``[x1, y1, x2, y2]`` covers the pixels ``x1 <= x < x2``, ``y1 <= y < y2`` (torchvision's
-convention), so a flip maps ``x`` to ``width - x`` and a resize scales by ``new / old``.
+convention), so a flip maps ``x`` to ``width - x``; a resize scales by ``new / old``
+(``jaxvision.ops.resize.resize_boxes``, the rule the detectors take their boxes back with).
 """
 from __future__ import annotations
 
@@ -15,13 +16,6 @@ def hflip_boxes(boxes: np.ndarray, width: float) -> np.ndarray:
     out[:, 0] = width - boxes[:, 2]
     out[:, 2] = width - boxes[:, 0]
     return out
-
-
-def resize_boxes(boxes: np.ndarray, src_hw, dst_hw) -> np.ndarray:
-    """Boxes of an image of size ``src_hw`` (h, w) resized to ``dst_hw``; x and y scale apart."""
-    (h, w), (h2, w2) = src_hw, dst_hw
-    scale = np.array([w2 / w, h2 / h, w2 / w, h2 / h], np.float32)
-    return np.asarray(boxes, np.float32) * scale
 
 
 def crop_boxes(boxes: np.ndarray, classes: np.ndarray, top: float, left: float, h: float,

@@ -15,12 +15,12 @@ import grain
 import numpy as np
 from PIL import Image
 
-from jaxvision.data.box_ops import crop_boxes, hflip_boxes, resize_boxes
+from jaxvision.data.box_ops import crop_boxes, hflip_boxes
 from jaxvision.data.errors import DataError
 from jaxvision.data.instance_ops import (COCO_KEYPOINT_FLIP, crop_keypoints, hflip_keypoints,
-                                         resize_keypoints, resize_masks)
+                                         resize_masks)
 from jaxvision.data.transforms import _RESAMPLE, to_rgb
-from jaxvision.ops.resize import resized_size
+from jaxvision.ops.resize import resize_boxes, resize_keypoints, resized_size
 
 
 def _targets(example, hw, prefix="", count="num_boxes"):

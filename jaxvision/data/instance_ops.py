@@ -3,7 +3,7 @@ pixels), moved with their image as ``box_ops`` moves boxes.
 
 Masks resize by torch's ``interpolate(mode="nearest")``, as torchvision's detectors resize
 their targets (``_resize_image_and_masks``), and keypoints by the size ratio
-(``resize_keypoints``). A flip mirrors x and swaps left and right keypoints, and a keypoint
+(``jaxvision.ops.resize.resize_keypoints``). A flip mirrors x and swaps left and right keypoints, and a keypoint
 that is not labelled (v = 0) becomes all zeros, as the detection reference's
 ``_flip_coco_person_keypoints``.
 """
@@ -32,15 +32,6 @@ def resize_masks(masks: np.ndarray, dst_hw) -> np.ndarray:
     h, w = masks.shape[-2:]
     rows, cols = _nearest_index(h, int(dst_hw[0])), _nearest_index(w, int(dst_hw[1]))
     return masks[:, rows][:, :, cols]
-
-
-def resize_keypoints(keypoints: np.ndarray, src_hw, dst_hw) -> np.ndarray:
-    """Keypoints of an image of size ``src_hw`` resized to ``dst_hw`` (x and y scale apart,
-    in float32 as torchvision's ``resize_keypoints``; v unchanged)."""
-    out = np.array(keypoints, np.float32)
-    out[..., 0] *= np.float32(dst_hw[1]) / np.float32(src_hw[1])
-    out[..., 1] *= np.float32(dst_hw[0]) / np.float32(src_hw[0])
-    return out
 
 
 def hflip_keypoints(keypoints: np.ndarray, width: float,

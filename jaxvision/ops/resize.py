@@ -1,6 +1,9 @@
-"""The resize rule of torchvision's detectors (``GeneralizedRCNNTransform``), shared by the
-detectors' inference transform and the detection data pipeline."""
+"""The resize rule of torchvision's detectors (``GeneralizedRCNNTransform``), and how boxes and
+keypoints follow a resize: shared by the detectors' inference transform (there and back) and the
+detection data pipeline."""
 from __future__ import annotations
+
+import numpy as np
 
 
 def resized_size(height: int, width: int, min_size: float, max_size: float) -> tuple[int, int]:
@@ -14,3 +17,26 @@ def resized_size(height: int, width: int, min_size: float, max_size: float) -> t
         raise ValueError(f"resized_size: image of {height}x{width} has an empty side")
     scale = min(min_size / min(height, width), max_size / max(height, width))
     return int(height * scale), int(width * scale)
+
+
+def _ratios(src_hw, dst_hw):
+    # float32 quotients, as torchvision's resize_boxes / resize_keypoints divide tensors
+    return (np.float32(dst_hw[0]) / np.float32(src_hw[0]),
+            np.float32(dst_hw[1]) / np.float32(src_hw[1]))
+
+
+def resize_boxes(boxes, src_hw, dst_hw) -> np.ndarray:
+    """xyxy boxes of an image of size ``src_hw`` (h, w) resized to ``dst_hw``; x and y scale
+    apart (torchvision's ``transform.resize_boxes``)."""
+    rh, rw = _ratios(src_hw, dst_hw)
+    return np.asarray(boxes, np.float32) * np.array([rw, rh, rw, rh], np.float32)
+
+
+def resize_keypoints(keypoints, src_hw, dst_hw) -> np.ndarray:
+    """(..., K, 3) keypoints (x, y, v) of an image of size ``src_hw`` resized to ``dst_hw``:
+    x and y scale apart, v unchanged (torchvision's ``transform.resize_keypoints``)."""
+    rh, rw = _ratios(src_hw, dst_hw)
+    out = np.array(keypoints, np.float32)
+    out[..., 0] *= rw
+    out[..., 1] *= rh
+    return out

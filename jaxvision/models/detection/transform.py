@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from jaxvision.heads.mask_rcnn import paste_masks_in_image
 from jaxvision.layers.interpolate import interpolate
-from jaxvision.ops.resize import resized_size
+from jaxvision.ops.resize import resize_boxes, resize_keypoints, resized_size
 
 __all__ = ["Preprocessing", "resized_size", "prepare", "to_original"]
 
@@ -76,10 +76,7 @@ def to_original(detections: dict, resized_sizes, original_sizes) -> list[dict]:
     results = []
     for i, (rs, os_) in enumerate(zip(resized_sizes, original_sizes)):
         n = int(detections["count"][i])
-        boxes = np.asarray(detections["boxes"][i, :n], np.float32)
-        ratio_h = np.float32(os_[0]) / np.float32(rs[0])
-        ratio_w = np.float32(os_[1]) / np.float32(rs[1])
-        boxes = boxes * np.array([ratio_w, ratio_h, ratio_w, ratio_h], np.float32)
+        boxes = resize_boxes(detections["boxes"][i, :n], rs, os_)
         result = {"boxes": boxes, "scores": np.asarray(detections["scores"][i, :n]),
                   "labels": np.asarray(detections["labels"][i, :n]).astype(np.int64)}
         if "mask_probs" in detections:
@@ -90,10 +87,7 @@ def to_original(detections: dict, resized_sizes, original_sizes) -> list[dict]:
             pasted = _paste(jnp.asarray(probs), padded, (int(os_[0]), int(os_[1])))
             result["masks"] = np.asarray(pasted)[:n, None]
         if "keypoints" in detections:
-            kp = np.array(detections["keypoints"][i, :n], np.float32)
-            kp[..., 0] *= ratio_w
-            kp[..., 1] *= ratio_h
-            result["keypoints"] = kp
+            result["keypoints"] = resize_keypoints(detections["keypoints"][i, :n], rs, os_)
             result["keypoints_scores"] = np.asarray(detections["keypoints_scores"][i, :n])
         results.append(result)
     return results
