@@ -13,6 +13,15 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def eval_preprocessing(resize_size, crop_size, interpolation: str, mean, std) -> dict:
+    """The one spelling of a classifier's eval transform (torchvision's ``weights.transforms()``:
+    resize the shorter side, centre crop, normalise) that weights directories, exports and the
+    run tools record and ``tasks.classification.top_classes`` reads."""
+    return {"resize_size": int(resize_size), "crop_size": int(crop_size),
+            "interpolation": interpolation, "mean": [float(m) for m in mean],
+            "std": [float(s) for s in std]}
+
+
 @dataclasses.dataclass(frozen=True)
 class FeatureInfo:
     """One feature map a backbone can return with ``features_only=True``."""
@@ -72,6 +81,12 @@ class ModelSpec:
     # that adapt_state_dict dropped because jaxvision computes them
     export_state_dict: Optional[Callable[[dict, Any], dict]] = None
     notes: str = ""
+
+    @property
+    def preprocessing(self) -> dict:
+        """The eval transform of this model's default weights (:func:`eval_preprocessing`)."""
+        return eval_preprocessing(self.resize_size, self.crop_size, self.interpolation,
+                                  self.mean, self.std)
 
     @property
     def has_torchvision_weights(self) -> bool:

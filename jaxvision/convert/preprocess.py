@@ -15,9 +15,7 @@ from jaxvision.convert.merge import ConversionError
 
 
 def spec_preprocessing(spec) -> dict:
-    return {"resize_size": int(spec.resize_size), "crop_size": int(spec.crop_size),
-            "interpolation": spec.interpolation, "mean": list(spec.mean), "std": list(spec.std),
-            "from": f"the jaxvision registry spec of {spec.name}"}
+    return {**spec.preprocessing, "from": f"the jaxvision registry spec of {spec.name}"}
 
 
 def torchvision_weights(spec, src, weights_name: str | None = None):

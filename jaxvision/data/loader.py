@@ -51,6 +51,15 @@ class Data:
         """The classification eval crop: data.eval_image_size, else the train crop."""
         return self.cfg.get("eval_image_size") or self.cfg.image_size
 
+    @property
+    def preprocessing(self) -> dict:
+        """This run's eval transform as the registry spells a model's
+        (:func:`jaxvision.registry.eval_preprocessing`): what a predict or an export of it uses."""
+        from jaxvision.registry import eval_preprocessing
+
+        return eval_preprocessing(self.resize_size, self.eval_image_size, self.cfg.interpolation,
+                                  self.mean, self.std)
+
     def _local_batch(self, batch_size, process_count):
         if batch_size % process_count:
             raise DataError(f"data.batch_size {batch_size} is not divisible by the number of "

@@ -124,10 +124,7 @@ class Classification(Task):
                 conv_lowering=None, **_):
         """``path: name prob, ...`` for the top-k classes of each image; the probabilities are
         ``softmax(logits / temperature)`` (above 1 softer, below 1 sharper)."""
-        preprocessing = {"crop_size": data.eval_image_size, "resize_size": data.resize_size,
-                         "interpolation": data.cfg.interpolation, "mean": data.mean,
-                         "std": data.std}
-        top = top_classes(model, variables, paths, preprocessing, data.class_names, topk,
+        top = top_classes(model, variables, paths, data.preprocessing, data.class_names, topk,
                           temperature, conv_lowering)
         return [path + ": " + ", ".join(f"{name} {prob:.3f}" for name, prob in row)
                 for path, row in zip(paths, top)]

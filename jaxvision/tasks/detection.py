@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw
 
 from jaxvision.layers import lowering
 from jaxvision.models.detection import transform
-from jaxvision.registry import get_spec
+from jaxvision.registry import IMAGENET_MEAN, IMAGENET_STD, get_spec
 from jaxvision.tasks.base import Task, output_paths, read_image
 
 AP_KEYS = ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large")
@@ -212,6 +212,6 @@ def preprocessing_of(model, name: str | None = None) -> transform.Preprocessing:
     spec = get_spec(name) if name else None
     fixed = tuple(spec.input_size) if spec and spec.family == "ssd" else None
     return transform.Preprocessing(
-        spec.mean if spec else (0.485, 0.456, 0.406), spec.std if spec else (0.229, 0.224, 0.225),
+        spec.mean if spec else IMAGENET_MEAN, spec.std if spec else IMAGENET_STD,
         getattr(model, "min_size", 800), getattr(model, "max_size", 1333), fixed,
         1 if fixed else 32)

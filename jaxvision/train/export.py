@@ -80,17 +80,13 @@ class Exportable:
 def from_workdir(workdir: str) -> Exportable:
     """The best checkpoint's eval weights (EMA if used), with what the run's eval transform used,
     without reading the data (which may be gone by now)."""
-    from jaxvision.data.loader import preprocessing as run_preprocessing
+    from jaxvision.data.loader import predict_data
     from jaxvision.tasks import data_task
     from jaxvision.train.runs import load_run
 
     config, meta, model, variables, step = load_run(workdir)
-    d = config.data
-    mean, std, resize = run_preprocessing(d, config.model.name, data_task(config))
-    preprocessing = {"resize_size": int(resize), "crop_size": int(d.image_size),
-                     "interpolation": d.interpolation,
-                     "mean": [float(m) for m in mean], "std": [float(s) for s in std],
-                     "from": f"the config of the run in {workdir}"}
+    data = predict_data(config.data, config.model.name, data_task(config), meta["class_names"])
+    preprocessing = {**data.preprocessing, "from": f"the config of the run in {workdir}"}
     return Exportable(config.model.name, model, variables,
                       {"num_classes": meta["num_classes"], **config.model.kwargs.to_dict()},
                       {"source": f"trained with jaxvision: {workdir} step {step}",
