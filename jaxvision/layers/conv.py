@@ -16,6 +16,13 @@ kaiming_normal_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "norma
 torch_default_kernel = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
+def trunc_normal(std: float):
+    """torch's ``trunc_normal_(std=std)``: it cuts at the absolute values +-2, more than 50 std
+    for every std torchvision uses, so it is a plain normal (flax's ``truncated_normal`` would
+    cut at 2 std)."""
+    return nn.initializers.normal(std)
+
+
 def _pair(v):
     return (v, v) if isinstance(v, int) else tuple(v)
 

@@ -18,14 +18,13 @@ from typing import Any, Optional, Sequence
 import jax.numpy as jnp
 import flax.linen as nn
 
-from jaxvision.layers import Conv2d, Linear, layer_norm
+from jaxvision.layers import Conv2d, Linear, layer_norm, trunc_normal
 from jaxvision.layers.stochastic_depth import StochasticDepth
 from jaxvision.models._features import FeatureCollector
 from jaxvision.models._stages import StageLayout
 from jaxvision.registry import FeatureInfo, register_model
 
-# torch's trunc_normal_(std=0.02) cuts at +-2 (absolute), i.e. 100 std: a plain normal
-_init = nn.initializers.normal(0.02)
+_init = trunc_normal(0.02)
 _zeros = nn.initializers.zeros
 
 

@@ -25,14 +25,14 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from jaxvision.errors import ConversionError
-from jaxvision.layers import Conv2d, Linear, layer_norm
+from jaxvision.layers import Conv2d, Linear, layer_norm, trunc_normal
 from jaxvision.layers.attention import relative_position_index
 from jaxvision.layers.stochastic_depth import StochasticDepth
 from jaxvision.models._features import FeatureCollector
 from jaxvision.models._stages import StageLayout
 from jaxvision.registry import FeatureInfo, register_model
 
-_init = nn.initializers.normal(0.02)  # torch's trunc_normal_(std=.02) cuts at +-2: 100 std
+_init = trunc_normal(0.02)
 _zeros = nn.initializers.zeros
 
 

@@ -30,17 +30,11 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from jaxvision.errors import ConversionError
-from jaxvision.layers import Conv2d, Linear, layer_norm
+from jaxvision.layers import Conv2d, Linear, layer_norm, trunc_normal
 from jaxvision.layers.attention import MultiheadAttention
 from jaxvision.models._features import FeatureCollector
 from jaxvision.models._stages import StageLayout
 from jaxvision.registry import FeatureInfo, register_model
-
-
-def _normal(std):
-    # torch's trunc_normal_(std=s) cuts at the absolute values +-2, i.e. >50 std for every
-    # std used here: a plain normal, unlike flax's truncated_normal (cut at 2 std)
-    return nn.initializers.normal(std)
 
 
 _layer_norm = partial(layer_norm, eps=1e-6)
@@ -113,7 +107,7 @@ class Encoder(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        pos = self.param("pos_embedding", _normal(0.02), (1, self.seq_length, self.hidden_dim),
+        pos = self.param("pos_embedding", trunc_normal(0.02), (1, self.seq_length, self.hidden_dim),
                          jnp.float32)
         x = nn.Dropout(self.dropout, deterministic=not train)(x + pos.astype(self.dtype))
         x, kept = EncoderLayers(self.num_layers, self.num_heads, self.hidden_dim, self.mlp_dim,
@@ -135,7 +129,7 @@ class Heads(nn.Module):
         d = self.hidden_dim
         if self.representation_size is not None:
             r = self.representation_size
-            x = Linear(r, d, self.dtype, _normal(math.sqrt(1 / d)), nn.initializers.zeros,
+            x = Linear(r, d, self.dtype, trunc_normal(math.sqrt(1 / d)), nn.initializers.zeros,
                        name="pre_logits")(x)
             x, d = jnp.tanh(x), r
         zeros = nn.initializers.zeros
@@ -190,7 +184,7 @@ class VisionTransformer(nn.Module):
         n_h = n_w = self.image_size // p
         x = x.astype(self.dtype)
         x = Conv2d(d, p, p, bias=True, dtype=self.dtype,
-                   kernel_init=_normal(math.sqrt(1 / (3 * p * p))),
+                   kernel_init=trunc_normal(math.sqrt(1 / (3 * p * p))),
                    bias_init=nn.initializers.zeros, name="conv_proj")(x)
         x = x.reshape(x.shape[0], n_h * n_w, d)  # NHWC flattens row-major like torch's (n_h, n_w)
         cls = self.param("class_token", nn.initializers.zeros, (1, 1, d), jnp.float32)
