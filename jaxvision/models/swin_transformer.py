@@ -299,18 +299,7 @@ def export_state_dict(state_dict: dict, model) -> dict:
     return state_dict
 
 
-_VARIANTS = {
-    # name: (embed, depths, heads, window, sd prob, v2, params, resize, crop)
-    "swin_t": (96, (2, 2, 6, 2), (3, 6, 12, 24), 7, 0.2, False, 28_288_354, 232, 224),
-    "swin_s": (96, (2, 2, 18, 2), (3, 6, 12, 24), 7, 0.3, False, 49_606_258, 246, 224),
-    "swin_b": (128, (2, 2, 18, 2), (4, 8, 16, 32), 7, 0.5, False, 87_768_224, 238, 224),
-    "swin_v2_t": (96, (2, 2, 6, 2), (3, 6, 12, 24), 8, 0.2, True, 28_351_570, 260, 256),
-    "swin_v2_s": (96, (2, 2, 18, 2), (3, 6, 12, 24), 8, 0.3, True, 49_737_442, 260, 256),
-    "swin_v2_b": (128, (2, 2, 18, 2), (4, 8, 16, 32), 8, 0.5, True, 87_930_848, 272, 256),
-}
-
-
-def _register(name, embed, depths, heads, window, sd_prob, v2, num_params, resize, crop):
+def _register(name, *, embed, depths, heads, window, sd_prob, v2, num_params, resize, crop):
     def build(**kwargs):
         # any field may be overridden (tests build reduced-depth twins with depths=...)
         arch = dict(patch_size=(4, 4), embed_dim=embed, depths=depths, num_heads=heads,
@@ -327,5 +316,16 @@ def _register(name, embed, depths, heads, window, sd_prob, v2, num_params, resiz
                    export_state_dict=export_state_dict)(build)
 
 
-for _name, _args in _VARIANTS.items():
-    _register(_name, *_args)
+# torchvision's builders: the architecture, then its weights' parameter count and transforms
+_register("swin_t", embed=96, depths=(2, 2, 6, 2), heads=(3, 6, 12, 24), window=7, sd_prob=0.2,
+          v2=False, num_params=28_288_354, resize=232, crop=224)
+_register("swin_s", embed=96, depths=(2, 2, 18, 2), heads=(3, 6, 12, 24), window=7, sd_prob=0.3,
+          v2=False, num_params=49_606_258, resize=246, crop=224)
+_register("swin_b", embed=128, depths=(2, 2, 18, 2), heads=(4, 8, 16, 32), window=7, sd_prob=0.5,
+          v2=False, num_params=87_768_224, resize=238, crop=224)
+_register("swin_v2_t", embed=96, depths=(2, 2, 6, 2), heads=(3, 6, 12, 24), window=8, sd_prob=0.2,
+          v2=True, num_params=28_351_570, resize=260, crop=256)
+_register("swin_v2_s", embed=96, depths=(2, 2, 18, 2), heads=(3, 6, 12, 24), window=8,
+          sd_prob=0.3, v2=True, num_params=49_737_442, resize=260, crop=256)
+_register("swin_v2_b", embed=128, depths=(2, 2, 18, 2), heads=(4, 8, 16, 32), window=8,
+          sd_prob=0.5, v2=True, num_params=87_930_848, resize=272, crop=256)

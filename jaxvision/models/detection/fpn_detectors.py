@@ -34,9 +34,13 @@ from jaxvision.necks.fpn import FPN
 from jaxvision.registry import register_model
 
 KINDS = ("retinanet", "retinanet_v2", "fcos")
-_DEFAULTS = {  # torchvision's score_thresh, nms_thresh, detections_per_img, topk_candidates
-    "retinanet": (0.05, 0.5, 300, 1000), "retinanet_v2": (0.05, 0.5, 300, 1000),
-    "fcos": (0.2, 0.6, 100, 1000)}
+_POSTPROCESS = ("score_thresh", "nms_thresh", "detections_per_img", "topk_candidates")
+_DEFAULTS = {  # torchvision's, for a field left None
+    "retinanet": dict(score_thresh=0.05, nms_thresh=0.5, detections_per_img=300,
+                      topk_candidates=1000),
+    "retinanet_v2": dict(score_thresh=0.05, nms_thresh=0.5, detections_per_img=300,
+                         topk_candidates=1000),
+    "fcos": dict(score_thresh=0.2, nms_thresh=0.6, detections_per_img=100, topk_candidates=1000)}
 
 
 def anchors(kind: str, strides: Sequence[int]) -> ops.AnchorGenerator:
@@ -138,8 +142,9 @@ class FPNDetector(nn.Module):
         return Preprocessing(tuple(self.image_mean), tuple(self.image_std), self.min_size,
                              self.max_size)
 
-    def _setting(self, i, value):
-        return _DEFAULTS[self.kind][i] if value is None else value
+    def _setting(self, field: str):
+        value = getattr(self, field)
+        return _DEFAULTS[self.kind][field] if value is None else value
 
     def setup(self):
         if self.kind not in KINDS:
@@ -172,8 +177,7 @@ class FPNDetector(nn.Module):
         sizes = jnp.tile(jnp.array(x.shape[1:3]), (x.shape[0], 1)) if image_sizes is None \
             else image_sizes
         post = fcos_postprocess if self.kind == "fcos" else retinanet_postprocess
-        return post(out, out["anchors"], sizes, *(self._setting(i, v) for i, v in enumerate(
-            (self.score_thresh, self.nms_thresh, self.detections_per_img, self.topk_candidates))))
+        return post(out, out["anchors"], sizes, *map(self._setting, _POSTPROCESS))
 
     def loss(self, x, boxes, labels, valid, train: bool = True):
         out = self.head_outputs(x, train)
