@@ -1,13 +1,14 @@
-"""The ``jaxvision`` command: list | info | convert here; train | eval | predict | extract live
-in ``jaxvision.train.cli`` (they take ml_collections configs); bench in ``jaxvision.bench``."""
+"""The ``jaxvision`` command, every subcommand parsed here: list | info | convert | export share
+one parser; train | eval | predict | extract each have their own, since they take ml_collections
+``--config.KEY=VALUE`` overrides; bench is ``jaxvision.bench``'s (it imports no data stack).
+Each command imports what it runs only when it runs, so ``jaxvision list`` stays light."""
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
-
-TRAIN_COMMANDS = ("train", "eval", "predict", "extract")
 
 
 def _list(args):
@@ -70,6 +71,133 @@ def _export(args):
                              else f"(from {args.weights})"))
 
 
+def _positive(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def _split(argv):
+    overrides = [a for a in argv if a.startswith("--config.")]
+    return [a for a in argv if not a.startswith("--config.")], overrides
+
+
+def _train(argv):
+    p = argparse.ArgumentParser(prog="jaxvision train")
+    p.add_argument("--config", required=True,
+                   help="a python file defining get_config() (FILE.py:ARG calls get_config(ARG)) "
+                        "or a run's config.json")
+    p.add_argument("--workdir", required=True)
+    rest, overrides = _split(argv)
+    args = p.parse_args(rest)
+    from jaxvision.train.config import apply_overrides, load_config_file
+
+    config = apply_overrides(load_config_file(args.config), overrides)
+    from jaxvision.train import compile_cache
+    from jaxvision.train.loop import NonFiniteLoss, train
+
+    compile_cache.enable(config.get("compile_cache", ""))
+
+    try:
+        result = train(config, args.workdir)
+    except NonFiniteLoss as e:
+        print(f"jaxvision train: {e}", file=sys.stderr)
+        return 3
+    print(json.dumps(result))
+    return 0
+
+
+def _eval(argv):
+    p = argparse.ArgumentParser(prog="jaxvision eval")
+    p.add_argument("--workdir", required=True)
+    args = p.parse_args(argv)
+    from jaxvision.train.runs import evaluate_run
+
+    print(json.dumps(evaluate_run(args.workdir)))
+    return 0
+
+
+def _positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
+def _predict(argv):
+    p = argparse.ArgumentParser(prog="jaxvision predict")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--workdir", help="a train workdir (its best checkpoint)")
+    source.add_argument("--weights", help="a directory from 'jaxvision convert' or 'export': "
+                                          "its recorded preprocessing and class names")
+    p.add_argument("--topk", type=_positive, default=5)
+    p.add_argument("--temperature", type=_positive_float, default=1.0,
+                   help="classification: probabilities are softmax(logits / T); above 1 "
+                        "softer, below 1 sharper (default 1)")
+    p.add_argument("--out", default=None,
+                   help="segmentation/detection: folder for the pictures (default WORKDIR/predictions)")
+    p.add_argument("images", nargs="+")
+    args = p.parse_args(argv)
+    from jaxvision.train.runs import predict, predict_weights
+
+    if args.weights:
+        top_k = predict_weights(args.weights, args.images, args.topk, args.temperature)
+        for path, top in zip(args.images, top_k):
+            print(path + ": " + ", ".join(f"{name} {prob:.3f}" for name, prob in top))
+        return 0
+    for line in predict(args.workdir, args.images, args.topk, args.out, args.temperature):
+        print(line)
+    return 0
+
+
+def _extract(argv):
+    p = argparse.ArgumentParser(prog="jaxvision extract")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--split", choices=("train", "val"), default="val")
+    p.add_argument("--out", required=True, help="an .npz file: embeddings, labels")
+    args = p.parse_args(argv)
+    from jaxvision.train.runs import extract
+
+    n = extract(args.workdir, args.split, args.out)
+    print(f"wrote {n} embeddings to {args.out}")
+    return 0
+
+
+RUN_COMMANDS = {"train": _train, "eval": _eval, "predict": _predict, "extract": _extract}
+
+
+def _run_errors() -> tuple:
+    """What a run command reports in one line (exit 2) rather than as a traceback."""
+    from jaxvision.data.errors import DataError
+    from jaxvision.train.checkpoint import CheckpointWriteError, WorkdirError
+    from jaxvision.train.config import ConfigError
+
+    return (ConfigError, DataError, WorkdirError, CheckpointWriteError, FileNotFoundError,
+            KeyError, ValueError)
+
+
+def _fail(command: str, e: Exception) -> int:
+    msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+    print(f"jaxvision {command}: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def run_command(command: str, argv) -> int:
+    """``jaxvision train | eval | predict | extract`` with the arguments after the command."""
+    errors = _run_errors()
+    try:
+        return RUN_COMMANDS[command](list(argv))
+    except errors as e:
+        return _fail(command, e)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="jaxvision", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -114,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("out", help="directory (dir, stablehlo, onnx) or file (safetensors) to create; "
                                "never overwritten")
     s.set_defaults(fn=_export)
-    for name in TRAIN_COMMANDS:
+    for name in RUN_COMMANDS:
         sub.add_parser(name, help=f"{name} (see 'jaxvision {name} --help')", add_help=False)
     sub.add_parser("bench", help="jaxvision vs torchvision images/s (see 'jaxvision bench "
                                  "--help')", add_help=False)
@@ -123,10 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] in TRAIN_COMMANDS:
-        from jaxvision.train import cli as train_cli
-
-        return train_cli.main(argv[0], argv[1:]) or 0
+    if argv and argv[0] in RUN_COMMANDS:
+        return run_command(argv[0], argv[1:]) or 0
     if argv and argv[0] == "bench":  # imports no data stack: runs on a bare accelerator box
         from jaxvision import bench
 
@@ -135,9 +261,7 @@ def main(argv=None) -> int:
     try:
         args.fn(args)
     except (KeyError, ValueError, FileNotFoundError, FileExistsError, ImportError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"jaxvision {args.command}: error: {msg}", file=sys.stderr)
-        return 2
+        return _fail(args.command, e)
     return 0
 
 

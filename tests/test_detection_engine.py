@@ -15,7 +15,7 @@ from jaxvision.data.errors import DataError
 from jaxvision.data.loader import build_data
 from jaxvision.data.shapes import KINDS, ShapesSource
 from jaxvision.tasks import Detection, build_task
-from jaxvision.train.cli import main as cli
+from jaxvision.cli import run_command as cli
 from jaxvision.train.defaults import default_config
 from jaxvision.train.loop import evaluate, train
 from jaxvision.train.step import make_mesh

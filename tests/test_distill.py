@@ -248,7 +248,7 @@ def test_teacher_from_a_torchvision_pth(tmp_path):
 def test_predict_temperature_scales_the_logits(tmp_path, straight, capsys):
     from PIL import Image
 
-    from jaxvision.train.cli import main as cli
+    from jaxvision.cli import run_command as cli
 
     image = str(tmp_path / "x.png")
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), np.uint8)).save(image)

@@ -13,7 +13,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from jaxvision.train import checkpoint
-from jaxvision.train.cli import main as train_cli
+from jaxvision.cli import run_command as train_cli
 from jaxvision.train.config import ConfigError, apply_overrides
 from jaxvision.train.loop import NonFiniteLoss, train
 from train_configs import RESNET18_CONVS, fast_path, tiny_config

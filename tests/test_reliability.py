@@ -19,7 +19,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from jaxvision.train import checkpoint
-from jaxvision.train.cli import main as train_cli
+from jaxvision.cli import run_command as train_cli
 from jaxvision.train.loop import NonFiniteLoss, train
 from jaxvision.train.runs import evaluate_run
 from train_configs import tiny_config

@@ -13,7 +13,7 @@ import torch
 import seg_fixtures  # noqa: F401  (registers tiny_segmenter_test)
 from jaxvision.tasks import Segmentation, build_task
 from jaxvision.train import freeze
-from jaxvision.train.cli import main as cli
+from jaxvision.cli import run_command as cli
 from jaxvision.train.loop import build_model, train
 from jaxvision.train.optim import build_optimizer
 from jaxvision.train.state import TrainState

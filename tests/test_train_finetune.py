@@ -15,7 +15,7 @@ from PIL import Image
 
 import jaxvision as jv
 from jaxvision.train import checkpoint
-from jaxvision.train.cli import main as cli
+from jaxvision.cli import run_command as cli
 from jaxvision.train.config import apply_overrides, load_config_file
 
 ROOT = os.path.dirname(os.path.dirname(__file__))
