@@ -22,7 +22,8 @@ from jaxvision.heads import roi_heads
 from jaxvision.models.detection import transform
 from jaxvision.models.detection.faster_rcnn import FasterRCNN
 
-from det_helpers import DEFAULT_IMAGES, assert_detections_match, check_rcnn_losses, nchw
+from det_helpers import (DEFAULT_IMAGES, assert_detections_match, check_rcnn_losses,
+                         match_up_to_nms_ties, nchw)
 from tv_parity import as_float64, fill_zero_params_, randomize_
 
 IMAGES = [np.random.default_rng(0).random((240, 320, 3)).astype(np.float32),
@@ -138,51 +139,6 @@ def check_detections(name, tmodel, model, variables, images):
             f"score {max(e[0] for e in errs):.2g}, box {max(e[1] for e in errs):.2g} px)")
     print("\n" + line)
     return line
-
-
-def _tie(dets, i, nms_thresh, tol=1e-3):
-    """Whether detection ``i`` of ``dets`` has a better-scored box of its class at an IoU within
-    ``tol`` of the NMS threshold: a suppression float32 rounding decides either way."""
-    better = (dets["labels"] == dets["labels"][i]) & (dets["scores"] > dets["scores"][i])
-    if not better.any():
-        return False
-    iou = torchvision.ops.box_iou(torch.from_numpy(dets["boxes"][i:i + 1]),
-                                  torch.from_numpy(dets["boxes"][better]))[0].numpy()
-    return bool((np.abs(iou - nms_thresh) < tol).any())
-
-
-def match_up_to_nms_ties(got, want, nms_thresh, score_atol=1e-4, box_tol=1e-2):
-    """Detections equal one by one (label, score, box), except where a suppression sits at the
-    NMS threshold to float32 rounding (random weights decode many near-identical boxes): such a
-    box may be kept on one side only, and one more box then enters the top-k at the tail.
-    Returns the largest (score, box) errors of the matched pairs."""
-    assert len(got["scores"]) == len(want["scores"]) > 0
-    free = np.ones(len(got["scores"]), bool)
-    score_err = box_err = 0.0
-    missing = []
-    for j in range(len(want["scores"])):
-        ok = (free & (got["labels"] == want["labels"][j])
-              & (np.abs(got["scores"] - want["scores"][j]) <= score_atol))
-        dist = np.where(ok, np.abs(got["boxes"] - want["boxes"][j]).max(1), np.inf)
-        i = int(np.argmin(dist))
-        if dist[i] <= box_tol:
-            free[i] = False
-            score_err = max(score_err, abs(float(got["scores"][i] - want["scores"][j])))
-            box_err = max(box_err, float(dist[i]))
-        else:
-            missing.append(j)
-    extra = list(np.flatnonzero(free))
-    flips = [j for j in missing if _tie(want, j, nms_thresh)]
-    flips += [i for i in extra if _tie(got, i, nms_thresh)]
-    tail = len(want["scores"]) - len(flips)
-    for j in missing:
-        assert j in flips or j >= tail, f"torchvision's detection {j} {want['scores'][j]} " \
-            f"label {want['labels'][j]} box {want['boxes'][j]} has no counterpart"
-    for i in extra:
-        assert i in flips or i >= tail, f"our detection {i} {got['scores'][i]} label " \
-            f"{got['labels'][i]} box {got['boxes'][i]} has no counterpart in torchvision's"
-    assert len(flips) <= 2, f"{len(flips)} NMS ties: {flips}"
-    return score_err, box_err
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,10 @@ same sampled anchors and proposals (ours, handed to torchvision's samplers).
 
 The suite runs both detectors on a ResNet-18 body (torchvision's detector classes around
 ``_resnet_fpn_extractor(resnet18())``: the same heads and keys) at min_size 192 with 10
-detections an image.  Not here yet: the ResNet-50 builders at 800/1333, where boxes moved by up
-to 0.11 px (beyond the 1e-2 bar; not yet traced to float32 or to a cause)."""
+detections an image; the ``sweep`` runs maskrcnn_resnet50_fpn, its v2 and
+keypointrcnn_resnet50_fpn as torchvision builds them, at 800/1333 with 100 detections an image
+(minutes each on 2 cores).  Where torch float32 is itself further than the issue's bars from
+torch float64, ours must be as near float64's as torch's (``check_detections``)."""
 import numpy as np
 import pytest
 import torch
@@ -23,8 +25,8 @@ import jax.numpy as jnp
 import jaxvision as jv
 from jaxvision.models.detection import transform
 
-from det_helpers import assert_detections_match, check_rcnn_losses
-from tv_parity import fill_zero_params_, randomize_
+from det_helpers import DEFAULT_IMAGES, check_rcnn_losses, match_up_to_nms_ties
+from tv_parity import as_float64, assert_no_zero_tensor, fill_zero_params_, randomize_
 
 IMAGES = [np.random.default_rng(0).random((240, 320, 3)).astype(np.float32),
           np.random.default_rng(1).random((333, 500, 3)).astype(np.float32)]
@@ -61,21 +63,42 @@ def test_param_counts_equal_torchvisions(name):
     assert _count(shapes["params"]) == n_torch == jv.model_info(name).num_params
 
 
-def _pair(name, tbuild, **kwargs):
-    """(torch model, jaxvision model, its variables converted from the torch state_dict)."""
+def _pair(name, tbuild, fpn_scale=1.0, bn_eps=None, **kwargs):
+    """(torch model, jaxvision model, its variables converted from the torch state_dict);
+    ``fpn_scale`` scales the FPN's weights, ``bn_eps`` replaces the BatchNorm eps (after the
+    calibration, which refuses 0)."""
     torch.manual_seed(0)
     tmodel = tbuild()
     randomize_(tmodel.backbone.body, calib_size=(160, 160))
     fill_zero_params_(tmodel)
     with torch.no_grad():
         for n, p in tmodel.named_parameters():
+            if n.startswith("backbone.fpn") and n.endswith("weight"):
+                p.mul_(fpn_scale)
             if not n.startswith("backbone.body"):
                 p.add_(torch.randn_like(p) * 0.01)
+        for n, m in tmodel.named_modules():  # v2's FPN and heads: statistics other than 0 / 1
+            if isinstance(m, torch.nn.BatchNorm2d) and not n.startswith("backbone.body"):
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.8, 1.3)
         # class scores spread so that many pass 0.05 and NMS and the top-n have work to do
         tmodel.roi_heads.box_predictor.cls_score.bias.normal_(0, 1.0)
+    for m in tmodel.modules():
+        if bn_eps is not None and isinstance(m, torch.nn.BatchNorm2d):
+            m.eps = bn_eps
     tmodel.eval()
+    assert_no_zero_tensor(tmodel.state_dict())
     model = jv.create_model(name, **kwargs)
     return tmodel, model, jv.load_pretrained(name, tmodel.state_dict(), model=model)
+
+
+def _default_pair(name):
+    """torchvision's builder as is (800/1333, 1000 proposals, 100 detections an image), BatchNorm
+    eps 0 where the published weights have it (our default), FPN maps of O(10) as trained ones
+    (not O(600): unsaturated scores), as test_faster_rcnn's."""
+    build = getattr(tv_kp if name.startswith("keypoint") else tv_mask, name)
+    return _pair(name, lambda: build(weights=None, weights_backbone=None), fpn_scale=0.1,
+                 bn_eps=None if name == "maskrcnn_resnet50_fpn_v2" else 0.0)
 
 
 def _resnet18_pair(name, tclass, num_classes, textra=None, **extra):
@@ -105,47 +128,93 @@ def _mask_iou(a, b):
     return 1.0 if union == 0 else (a & b).sum() / union
 
 
+# the issue's bars against torch float32: label and score (1e-4), box (1e-2 px), pasted mask
+# probabilities (1e-3) and their IoU at 0.5 (>= 0.99: 1 - IoU <= 0.01), keypoints (0.5 px) and
+# their scores (1e-4)
+BARS = {"scores": 1e-4, "boxes": 1e-2, "masks": 1e-3, "mask_iou": 1e-2, "keypoints": 0.5,
+        "keypoints_scores": 1e-4}
+
+
+def _error(a, b, key):
+    """The largest difference of ``key`` between two detections (dicts of numpy values)."""
+    if key == "mask_iou":
+        return 1.0 - _mask_iou(a["masks"], b["masks"])
+    x, y = np.asarray(a[key]), np.asarray(b[key])
+    if key == "keypoints":  # (x, y, 1)
+        x, y = x[..., :2], y[..., :2]
+    return float(np.abs(x - y).max())
+
+
+def _one(dets, i):
+    return {k: v[i] for k, v in dets.items()}
+
+
+def _twin(truth, want, b, name):
+    """The index of torch float32's detection ``b``'s float64 twin: same label, a score within
+    1e-3, the nearest box."""
+    peers = np.flatnonzero((truth["labels"] == want["labels"][b])
+                           & (np.abs(truth["scores"] - want["scores"][b]) <= 1e-3))
+    assert len(peers), f"{name}: torch's detection {b} has no float64 counterpart"
+    return peers[np.argmin(np.abs(truth["boxes"][peers] - want["boxes"][b]).max(1))]
+
+
 def check_detections(name, tmodel, model, variables, images):
-    """Detections of ``images`` (one padded batch) as torchvision's, with each matched pair's
-    pasted mask or keypoints; returns the report line."""
+    """Detections of ``images`` (one padded batch) matched one by one to torch float32's (up to
+    near-tied scores and float32-decided suppressions: det_helpers.match_up_to_nms_ties), and
+    for each matched pair every quantity (score, box, pasted mask, keypoints and their scores)
+    within the issue's bar (``BARS``) of torch float32's -- or, where torch float32 is itself
+    further than that from torch float64 (model.double() on double images), as exact as torch:
+    no further from float64's than twice torch float32's distance.  Returns the report line.
+
+    Why the second form: keypoint scores are heatmap logits (up to ~20 on random weights) after
+    a ResNet, an FPN, RoIAlign and nine convolutions; on the suite's ResNet-18 at 192 torch
+    float32's own heatmaps are 4e-3 from float64's and its keypoint scores 2e-4 to 4e-3 (ours:
+    as far).  heatmaps_to_keypoints itself, given the same heatmaps, is within 1e-5 of
+    torchvision's (test_keypoint_heads).  At 800/1333 on a ResNet-50 torch float32's boxes are
+    ~0.06 px from float64's, and keypointrcnn_resnet50_fpn's keypoint scores (eight 512-channel
+    convolutions) 0.05, where a heatmap's near-tied maximum moves a keypoint by 11 px (ours:
+    as far, 1.3e-3 px and 1.5e-3 from torch float32's)."""
     x, sizes = model.preprocessing.prepare(images)
     dets = jax.jit(lambda v, x, s: model.apply(v, x, image_sizes=s))(variables, x, sizes)
     dets = jax.tree.map(np.asarray, dets)
-    with torch.no_grad():
-        want = tmodel([torch.from_numpy(im.transpose(2, 0, 1).copy()) for im in images])
-    got = transform.to_original(dets, sizes, [im.shape[:2] for im in images])
-    errs, mask_err, iou, kp_err, kp_score_err, kp_scale = [], 0.0, 1.0, 0.0, 0.0, 1.0
-    for i, (g, w) in enumerate(zip(got, want)):
-        pairs = []
-        errs.append(assert_detections_match(g, w, score_atol=1e-4, box_tol=1e-2, pairs=pairs))
-        for a, b in pairs:
-            if "masks" in w:
-                gm, wm = g["masks"][a], w["masks"][b].numpy()
-                assert gm.shape == wm.shape
-                mask_err = max(mask_err, float(np.abs(gm - wm).max()))
-                iou = min(iou, _mask_iou(gm, wm))
-            if "keypoints" in w:
-                kp_err = max(kp_err, float(np.abs(g["keypoints"][a]
-                                                  - w["keypoints"][b].numpy()).max()))
-                kp_score_err = max(kp_score_err, float(np.abs(
-                    g["keypoints_scores"][a] - w["keypoints_scores"][b].numpy()).max()))
-                kp_scale = max(kp_scale, float(np.abs(w["keypoints_scores"][b]).max()))
-        if "masks" in w:  # the masks pasted into the padded input: only the detections'
-            n = int(dets["count"][i])
-            assert dets["masks"].shape[1:] == (model.box_detections_per_img, *x.shape[1:3])
+    if "masks" in dets:  # the masks pasted into the padded input: only the detections'
+        assert dets["masks"].shape[1:] == (model.box_detections_per_img, *x.shape[1:3])
+        for i, n in enumerate(dets["count"]):
             assert not dets["masks"][i, n:].any() and dets["masks"][i, :n].any()
             assert not dets["masks"][i, :, sizes[i][0]:].any()
-    line = (f"{name}: images {[tuple(s) for s in sizes]}, detections "
-            f"{[len(g['scores']) for g in got]} matched (max score "
-            f"{max(e[0] for e in errs):.2g}, box {max(e[1] for e in errs):.2g} px)")
-    if "masks" in want[0]:
-        line += f", mask prob {mask_err:.2g}, min mask IoU {iou:.4f}"
-        assert mask_err <= 1e-3 and iou >= 0.99, line
-    if "keypoints" in want[0]:
-        # the scores are heatmap logits (up to ~30 on random weights): 1e-4 of their scale
-        line += f", keypoints {kp_err:.2g} px, scores {kp_score_err:.2g} (of {kp_scale:.3g})"
-        assert kp_err <= 0.5 and kp_score_err <= 1e-4 * kp_scale, line
+    got = transform.to_original(dets, sizes, [im.shape[:2] for im in images])
+    timgs = [torch.from_numpy(im.transpose(2, 0, 1).copy()) for im in images]
+    with torch.no_grad():
+        want = [{k: v.numpy() for k, v in w.items()} for w in tmodel(timgs)]
+    keys = [k for k in BARS if {"mask_iou": "masks"}.get(k, k) in want[0]]
+    pairs, counts = [], []
+    for g, w in zip(got, want):
+        pairs.append([])
+        match_up_to_nms_ties(g, w, model.box_nms_thresh, score_atol=1e-3, box_tol=0.5,
+                             pairs=pairs[-1])
+        counts.append(f"{len(pairs[-1])}/{len(w['scores'])}")
+        if "masks" in w:
+            assert all(g["masks"][a].shape == w["masks"][b].shape for a, b in pairs[-1])
+    # per quantity: the largest error of ours vs torch float32, ours vs float64, float32 vs 64
+    err = {k: [max(_error(_one(g, a), _one(w, b), k) for g, w, ab in zip(got, want, pairs)
+                   for a, b in ab), None, None] for k in keys}
+    if any(err[k][0] > BARS[k] for k in keys):
+        with torch.no_grad():
+            truth = [{k: v.numpy().astype(np.float32) for k, v in t.items()}
+                     for t in as_float64(tmodel)([t.double() for t in timgs])]
+        for k in keys:
+            e = [(_error(_one(g, a), _one(t, c), k), _error(_one(w, b), _one(t, c), k))
+                 for g, w, t, ab in zip(got, want, truth, pairs) for a, b in ab
+                 for c in [_twin(t, w, b, name)]]
+            err[k][1:] = [max(u for u, _ in e), max(v for _, v in e)]
+    shown = [f"{k} {e[0]:.2g}" + ("" if e[1] is None else
+                                  f" (from f64: ours {e[1]:.2g}, torch f32 {e[2]:.2g})")
+             for k, e in err.items()]
+    line = (f"{name}: images {[tuple(map(int, s)) for s in sizes]}, detections matched "
+            f"{counts}; " + ", ".join(shown))
     print("\n" + line)
+    for k, (ours32, ours64, torch64) in err.items():
+        assert ours32 <= BARS[k] or ours64 <= max(BARS[k], 2 * torch64), f"{k}: {line}"
     return line
 
 
@@ -155,6 +224,13 @@ def test_mask_rcnn_detections_and_masks_equal_torchvision(mask18):
 
 def test_keypoint_rcnn_detections_and_keypoints_equal_torchvision(keypoint18):
     check_detections(*keypoint18, IMAGES)
+
+
+@pytest.mark.sweep
+@pytest.mark.parametrize("name", ["maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2",
+                                  "keypointrcnn_resnet50_fpn"])
+def test_detections_equal_torchvision_at_default_sizes(name):
+    check_detections(name, *_default_pair(name), DEFAULT_IMAGES)
 
 
 def _targets(rng, images, branch):
