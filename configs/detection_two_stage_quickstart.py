@@ -33,6 +33,8 @@ def get_config():
     c.optimizer.update(name="adamw", lr=0.001, weight_decay=1e-4, wd_exclude_norm_bias=True)
     c.schedule.update(name="cosine", unit="step")
     c.schedule.warmup.update(length=50, unit="step", method="linear", start_factor=0.1)
-    c.train.update(epochs=3, log_every=16, eval_every_epochs=1)
+    # AP50 is 1.0 after the first epoch already (measured); the second raises the AP at tighter
+    # IoUs (0.77 -> 0.92) for about 4 min of CPU time in all
+    c.train.update(epochs=2, log_every=16, eval_every_epochs=1)
     c.checkpoint.keep = 2
     return c

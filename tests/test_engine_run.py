@@ -37,6 +37,18 @@ def assert_trees_equal(a, b):
                                       err_msg=jax.tree_util.keystr(path))
 
 
+def check_resumed(resumed, interrupted_at, straight_dir, killed_dir, steps):
+    """The ``resumed`` process (of the run killed after step ``interrupted_at``) ends where the
+    uninterrupted run did, bitwise."""
+    out = resumed.communicate(timeout=300)[0]
+    assert resumed.returncode == 0, out
+    assert f"resumed from step {interrupted_at}" in out
+    step_a, a = final_state(straight_dir)
+    step_b, b = final_state(killed_dir)
+    assert step_a == step_b == steps
+    assert_trees_equal(a, b)
+
+
 RUNNER = textwrap.dedent("""
     import sys
     sys.path.insert(0, {here!r})
@@ -68,14 +80,8 @@ def test_sigkill_then_resume_is_bitwise_equal_to_uninterrupted(tmp_path):
     assert straight.wait(timeout=300) == 0, straight.stdout.read()
     interrupted_at = max(int(p) for p in os.listdir(ckpts) if p.isdigit())
     assert interrupted_at < steps, "the victim finished before it was killed"
-    resumed = run_script(killed_dir, steps)
-    out = resumed.communicate(timeout=300)[0]
-    assert resumed.returncode == 0, out
-    assert f"resumed from step {interrupted_at}" in out
-    step_a, a = final_state(tmp_path / "straight")
-    step_b, b = final_state(killed_dir)
-    assert step_a == step_b == steps
-    assert_trees_equal(a, b)
+    check_resumed(run_script(killed_dir, steps), interrupted_at, tmp_path / "straight",
+                  killed_dir, steps)
 
 
 def test_sigterm_saves_and_exits_cleanly(tmp_path):

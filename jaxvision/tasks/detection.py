@@ -2,6 +2,7 @@
 boxes drawn on pictures) and ``predict``, from images to torchvision-style detections."""
 from __future__ import annotations
 
+import inspect
 import os
 from typing import Sequence
 
@@ -21,6 +22,13 @@ AP_KEYS = ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large")
 def gt_valid(batch):
     """(N, M) bool: which of the padded ground-truth rows are real."""
     return jnp.arange(batch["boxes"].shape[1])[None] < batch["num_boxes"][:, None]
+
+
+def loss_image_sizes(model, batch) -> dict:
+    """``image_sizes`` for a detector whose loss takes them: the R-CNNs clip their training
+    proposals to each image's size, as torchvision does; a one-stage loss has no use for them."""
+    takes = "image_sizes" in inspect.signature(type(model).loss).parameters
+    return {"image_sizes": batch["image_size"]} if takes else {}
 
 
 class Detection(Task):
@@ -43,7 +51,8 @@ class Detection(Task):
         clipped to each image's resized size."""
         if train:
             return model.apply(variables, batch["image"], batch["boxes"], batch["classes"],
-                               gt_valid(batch), train=True, method="loss", **apply_kwargs)
+                               gt_valid(batch), train=True, method="loss",
+                               **loss_image_sizes(model, batch), **apply_kwargs)
         return model.apply(variables, batch["image"], train=False,
                            image_sizes=batch["image_size"], **apply_kwargs)
 
