@@ -41,8 +41,8 @@ CASES = [
     ("im2col", 2, 17, 6, 4, 7, 2, 3, 1, 1),     # a resnet-style stem
     ("im2col", 2, 9, 6, 4, 3, 1, 2, 2, 1),      # dilation
     ("im2col", 2, 6, 8, 12, 3, 2, 1, 1, 4),     # groups (resnext)
-    ("im2col", 2, 2, 8, 12, 3, 1, 1, 1, 4),     # groups on a 2x2 map (patches by one gather)
-    ("im2col", 2, 2, 6, 4, 3, 1, 2, 2, 1),      # dilation on a 2x2 map (gather)
+    ("im2col", 2, 2, 8, 12, 3, 1, 1, 1, 4),     # groups on a 2x2 map
+    ("im2col", 2, 2, 6, 4, 3, 1, 2, 2, 1),      # dilation on a 2x2 map
     ("im2col", 2, 3, 8, 8, 3, 1, 1, 1, 8),      # depthwise through im2col
     ("im2col", 1, 8, 4, 6, (1, 3), 1, (0, 1), 1, 1),  # inception's 1x3 / 3x1
     ("einsum", 2, 7, 8, 6, 1, 1, 0, 1, 1),

@@ -268,11 +268,7 @@ def conv2d(x, kernel, stride=1, padding=0, dilation=1, groups=1, impl=None):
         kernel, kh, kw = kernel[r0:r1, c0:c1], r1 - r0, c1 - c0
     if impl == "im2col":
         # (N, oh, ow, kh*kw, Cin): the (i, j, c) order of HWIO
-        if oh * ow <= IM2COL_ALWAYS_POSITIONS_PER_TAP * kh * kw:
-            patches = _patches((stride, padding, dilation, oh, ow, r0, r1, c0, c1), x)
-        else:
-            patches = jnp.stack(tap_views(x, kh, kw, stride, padding, dilation, oh, ow,
-                                          range(r0, r1), range(c0, c1)), axis=3)
+        patches = _patches((stride, padding, dilation, oh, ow, r0, r1, c0, c1), x)
         if groups == 1:  # one GEMM: (N*oh*ow, kh*kw*Cin) @ (kh*kw*Cin, Cout)
             y = patches.reshape(n * oh * ow, kh * kw * cin) @ kernel.reshape(kh * kw * cin, cout)
             return y.reshape(n, oh, ow, cout)
@@ -295,13 +291,11 @@ def conv2d(x, kernel, stride=1, padding=0, dilation=1, groups=1, impl=None):
     raise ValueError(f"unknown convolution lowering {impl!r}; expected one of {IMPLS}")
 
 
-# im2col's patches on the smallest maps (3x3: 2x2 and 1x1) as one gather rather than one
-# strided slice per tap stacked: XLA:CPU emits each slice as its own loop fusion ahead of an
-# unfused concatenate, and compiling those kernels is what made im2col graphs compile slowly
-# (forward + gradients of one 3x3 conv, load ~4: 2x2 512 ch 0.90 s -> 0.38 s). The gather runs
-# as fast there (batch 64, 2x2 512->512: 7.47 / 7.48 ms forward) but 5-6% slower on 7x7 maps
-# (batch 16, 512 ch: 22.0 / 23.2 ms), where the slices stay. Its own transpose, a scatter-add,
-# runs slower than the slices' pads and adds, which fuse into one loop: the gradient stays theirs.
+# im2col's patches as one gather rather than one strided slice per tap stacked: XLA:CPU emits
+# each slice as its own loop fusion ahead of a concatenate it does not fuse, and compiling those
+# kernels made im2col graphs compile slower than XLA's convolution (docs/performance.md, "Why the
+# rewritten graphs compiled slowly"). The gather's own transpose, a scatter-add, runs slower than
+# the slices' pads and adds, which fuse into one loop: the gradient stays theirs.
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _patches(spec, x):
     """(N, oh, ow, taps, C): the padded input under each live kernel tap, row-major."""
