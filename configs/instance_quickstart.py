@@ -20,8 +20,6 @@ def get_config():
     # (torchvision's: four of 256) on the 14 x 14 RoIs
     c.model.kwargs.update(mask_layers=(64, 64))
     c.data.detection.masks = True
-    # one epoch of the two-stage quickstart's 2048 scenes reaches mask AP50 0.97 already: two
-    # epochs of 1024, an eval after each
-    c.data.shapes.num_train = 1024
-    c.train.epochs = 2
+    # the two-stage quickstart's data and schedule (3 epochs of 2048 scenes): measured under
+    # load, mask AP50 0.969 (box 0.974) after the first epoch
     return c
