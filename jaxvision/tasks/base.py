@@ -23,6 +23,12 @@ class Task:
     # takes every family that no other task claims (tasks.check_model)
     model_families: tuple[str, ...] = ()
 
+    @classmethod
+    def best_for(cls, config) -> str:
+        """The metric that picks the best checkpoint of a run of ``config`` (a class method:
+        a run's checkpoints are chosen before its class count is known); ``best_metric``."""
+        return cls.best_metric
+
     def build_model(self, config, dtype, **engine_kwargs):
         """The linen Module this task trains (``config.model`` names it); ``engine_kwargs``: what
         the engine's settings imply (``freeze.norm_eval``'s norm)."""

@@ -14,9 +14,11 @@ from PIL import Image, ImageDraw
 from jaxvision.layers import lowering
 from jaxvision.models.detection import transform
 from jaxvision.registry import IMAGENET_MEAN, IMAGENET_STD, get_spec
+from jaxvision.tasks import instance
 from jaxvision.tasks.base import Task, output_paths, read_image
 
 AP_KEYS = ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large")
+BOX_FIELDS = ("boxes", "scores", "labels", "iscrowd")  # what per-class box AP reads
 
 
 def gt_valid(batch):
@@ -37,18 +39,37 @@ class Detection(Task):
     best_metric = "val_ap"
     best_mode = "max"
     meta_keys = ("model", "num_classes", "task")
-    model_families = ("fpn_detector", "faster_rcnn", "ssd", "yolo", "efficientdet")
+    model_families = ("fpn_detector", "faster_rcnn", "ssd", "yolo", "efficientdet",
+                      *instance.BRANCHES)
 
-    def __init__(self, num_classes: int, draw_score: float = 0.3):
+    def __init__(self, num_classes: int, draw_score: float = 0.3, branch: str | None = None):
         self.num_classes, self.draw_score = int(num_classes), float(draw_score)
+        # "masks" (Mask R-CNN) or "keypoints" (Keypoint R-CNN): trained and evaluated too
+        self.branch = branch
 
     @classmethod
     def from_config(cls, config, num_classes):
-        return cls(num_classes)
+        branch = instance.branch_of(config.model.name)
+        instance.check_data(config, branch)
+        return cls(num_classes, branch=branch)
+
+    @classmethod
+    def best_for(cls, config) -> str:
+        """Mask AP picks a Mask R-CNN's best checkpoint, keypoint AP a Keypoint R-CNN's."""
+        branch = instance.branch_of(config.model.name)
+        return instance.BEST[branch] if branch else cls.best_metric
+
+    def branch_call(self, model, batch, train: bool, apply_kwargs: dict):
+        """(model, apply kwargs) with the mask / keypoint branch's part: its ground truth to the
+        loss; in eval, a Mask R-CNN's unpasted masks (the host pastes them)."""
+        if train:
+            return model, {**apply_kwargs, **instance.train_targets(self.branch, batch)}
+        return instance.eval_model(model), apply_kwargs
 
     def forward(self, model, variables, batch, train: bool, **apply_kwargs):
         """Train: the detector's loss dict on the padded targets; eval: its padded detections
         clipped to each image's resized size."""
+        model, apply_kwargs = self.branch_call(model, batch, train, apply_kwargs)
         if train:
             return model.apply(variables, batch["image"], batch["boxes"], batch["classes"],
                                gt_valid(batch), train=True, method="loss",
@@ -69,7 +90,8 @@ class Detection(Task):
                 "det_labels": outputs["labels"], "det_count": outputs["count"],
                 "gt_boxes": batch["boxes"], "gt_classes": batch["classes"],
                 "gt_count": batch["num_boxes"], "scale": batch["scale"],
-                "valid": batch["valid"], **crowd}
+                "valid": batch["valid"], **crowd,
+                **instance.eval_sums(self.branch, outputs, batch)}
 
     def accumulate(self, total, sums):
         """Per real image: detections and ground truth in the original image's pixels; crowd
@@ -79,17 +101,19 @@ class Detection(Task):
         for i in np.nonzero(np.asarray(s["valid"]))[0]:
             n, m = int(s["det_count"][i]), int(s["gt_count"][i])
             scale = s["scale"][i]
-            total["dets"].append({"boxes": boxes_to_original(s["det_boxes"][i, :n], scale),
-                                  "scores": np.asarray(s["det_scores"][i, :n]),
-                                  "labels": np.asarray(s["det_labels"][i, :n])})
+            det = {"boxes": boxes_to_original(s["det_boxes"][i, :n], scale),
+                   "scores": np.asarray(s["det_scores"][i, :n]),
+                   "labels": np.asarray(s["det_labels"][i, :n])}
             gt = {"boxes": boxes_to_original(s["gt_boxes"][i, :m], scale),
                   "labels": np.asarray(s["gt_classes"][i, :m])}
+            c = int(s["num_crowd"][i]) if "num_crowd" in s else 0
             if "num_crowd" in s:
-                c = int(s["num_crowd"][i])
                 gt = {"boxes": np.concatenate(
                           [gt["boxes"], boxes_to_original(s["crowd_boxes"][i, :c], scale)]),
                       "labels": np.concatenate([gt["labels"], s["crowd_classes"][i, :c]]),
                       "iscrowd": np.repeat([0, 1], [m, c])}
+            instance.add_predictions(self.branch, s, i, n, det, gt, c)
+            total["dets"].append(det)
             total["gts"].append(gt)
         return total
 
@@ -101,6 +125,9 @@ class Detection(Task):
     def summary(self, total):
         from jaxvision.tasks.coco_eval import coco_metrics
 
+        if self.branch:  # box AP beside mask (keypoint) AP
+            return {**instance.summary(self.branch, total["gts"], total["dets"]),
+                    "val_count": len(total["gts"])}
         ap = coco_metrics(total["gts"], total["dets"])
         return {**{f"val_{k}": float(ap[k]) for k in AP_KEYS}, "val_count": len(total["gts"])}
 
@@ -110,7 +137,8 @@ class Detection(Task):
         per_class = {}
         for c, name in enumerate(class_names):
             if any(np.any(g["labels"] == c) for g in total["gts"]):
-                pick = lambda d: {k: v[d["labels"] == c] for k, v in d.items()}
+                pick = lambda d: {k: v[d["labels"] == c] for k, v in d.items()
+                                  if k in BOX_FIELDS}
                 ap = coco_metrics([pick(g) for g in total["gts"]],
                                   [pick(d) for d in total["dets"]])
                 per_class[name] = float(ap["ap"])
@@ -118,16 +146,27 @@ class Detection(Task):
 
     def draw(self, images, batch, outputs, class_names):
         """Each image with its ground truth (green) and the detections scoring at least
-        ``draw_score`` (red, with class name and score)."""
+        ``draw_score`` (red, with class name and score); a Mask R-CNN's tile is the ground
+        truth's masks beside the predicted ones."""
         tiles = []
         for i, img in enumerate(images):
             m, n = int(batch["num_boxes"][i]), int(outputs["count"][i])
-            pic = draw_boxes(img, np.asarray(outputs["boxes"][i, :n]),
-                             np.asarray(outputs["labels"][i, :n]),
-                             np.asarray(outputs["scores"][i, :n]), class_names, self.draw_score,
-                             truth=np.asarray(batch["boxes"][i, :m]))
-            tiles.append(np.asarray(pic.resize((128, 128), Image.BILINEAR)) if
-                         pic.width < 128 else np.asarray(pic))
+            boxes, labels, scores = (np.asarray(outputs[k][i, :n])
+                                     for k in ("boxes", "labels", "scores"))
+            truth = np.asarray(batch["boxes"][i, :m])
+            if self.branch == "masks":
+                masks = instance.paste_original(outputs["mask_probs"][i], boxes, img.shape[:2])
+                pic = draw_instances(img, boxes, labels, scores, masks, class_names,
+                                     self.draw_score)
+                gt = draw_instances(img, [], batch["classes"][i, :m], np.ones(m),
+                                    batch["masks"][i, :m], class_names, truth=truth)
+                pic = Image.fromarray(np.concatenate([np.asarray(gt), np.asarray(pic)], 1))
+            else:
+                pic = draw_boxes(img, boxes, labels, scores, class_names, self.draw_score,
+                                 truth=truth)
+            tiles.append(np.asarray(pic.resize((128 * pic.width // pic.height, 128),
+                                               Image.BILINEAR)) if
+                         pic.height < 128 else np.asarray(pic))
         return tiles
 
     def predict(self, model, variables, paths, data, out_dir="predictions", conv_lowering=None,
@@ -152,7 +191,13 @@ class Detection(Task):
             boxes = boxes_to_original(out["boxes"][0, :n], ex["scale"])
             labels, scores = np.asarray(out["labels"][0, :n]), np.asarray(out["scores"][0, :n])
             keep = scores >= self.draw_score
-            draw_boxes(img, boxes, labels, scores, data.class_names, self.draw_score).save(dst)
+            if self.branch == "masks":  # translucent masks under the boxes
+                masks = instance.paste_original(out["mask_probs"][0], boxes, img.shape[:2])
+                pic = draw_instances(img, boxes, labels, scores, masks, data.class_names,
+                                     self.draw_score)
+            else:
+                pic = draw_boxes(img, boxes, labels, scores, data.class_names, self.draw_score)
+            pic.save(dst)
             found = ", ".join(f"{_name(data.class_names, c)} {s:.2f} "
                               f"[{', '.join(f'{v:.0f}' for v in b)}]"
                               for b, c, s in zip(boxes[keep], labels[keep], scores[keep]))
@@ -192,6 +237,17 @@ def draw_boxes(image, boxes, labels, scores, class_names, min_score=0.0, truth=N
         draw.rectangle([float(v) for v in b], outline=colour, width=2)
         draw.text((x1 + 2, max(y1 - 11, 0)), f"{_name(class_names, c)} {s:.2f}", fill=colour)
     return pic
+
+
+def draw_instances(image, boxes, labels, scores, masks, class_names, min_score=0.0,
+                   truth=None):
+    """``draw_boxes`` over the instance ``masks`` (n, H, W) scoring at least ``min_score``,
+    tinted translucently in their class colour."""
+    keep = np.asarray(scores) >= min_score
+    tinted = instance.overlay(Image.fromarray(np.asarray(image, np.uint8)),
+                              np.asarray(masks)[keep],
+                              [_colour(int(c)) for c in np.asarray(labels)[keep]])
+    return draw_boxes(tinted, boxes, labels, scores, class_names, min_score, truth)
 
 
 def predict(model, variables, images: Sequence[np.ndarray], name: str | None = None,

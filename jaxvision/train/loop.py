@@ -44,7 +44,8 @@ def best_metric(config, task) -> tuple[str, str]:
     weights' version, ``val_top1_ema``, when EMA is on)."""
     c = config.checkpoint
     ema = "_ema" if config.train.get("ema_decay") is not None else ""
-    return c.get("best_metric") or task.best_metric + ema, c.get("best_mode") or task.best_mode
+    return (c.get("best_metric") or task.best_for(config) + ema,
+            c.get("best_mode") or task.best_mode)
 
 
 def initial_variables(config, model, num_classes, log=print, task=None):

@@ -41,12 +41,14 @@ class MaskRoIHeads(RoIBoxHeads):
     """torchvision's ``roi_heads`` with a mask branch: ``masks(pooled)`` -> mask logits
     (N, R, 28, 28, num_classes)."""
     mask_norm: Optional[str] = None
+    mask_layers: Sequence[int] = MASK_LAYERS
 
     def setup(self):
         super().setup()
-        self.mask_head = _MaskHead(MASK_LAYERS, self.mask_norm, self.dtype)
+        self.mask_head = _MaskHead(tuple(self.mask_layers), self.mask_norm, self.dtype)
         nn.share_scope(self, self.mask_head)
-        self.mask_predictor = MaskRCNNPredictor(self.num_classes, MASK_LAYERS[-1], self.dtype)
+        self.mask_predictor = MaskRCNNPredictor(self.num_classes, self.mask_layers[-1],
+                                                self.dtype)
 
     def masks(self, pooled, train: bool = False, valid=None):
         return self.mask_predictor(self.mask_head(pooled, train, valid))
@@ -54,11 +56,15 @@ class MaskRoIHeads(RoIBoxHeads):
 
 class MaskRCNN(FasterRCNN):
     paste_masks: bool = True
+    # torchvision's four 256-channel convs (and a 256-channel transposed conv); narrower for a
+    # CPU-sized mask head
+    mask_layers: Sequence[int] = MASK_LAYERS
 
     def make_roi_heads(self):
         return MaskRoIHeads(self.num_classes, "conv_fc" if self.variant == "v2" else "mlp",
                             self.representation_size, norm="batch", dtype=self.dtype,
-                            mask_norm="batch" if self.variant == "v2" else None)
+                            mask_norm="batch" if self.variant == "v2" else None,
+                            mask_layers=tuple(self.mask_layers))
 
     def __call__(self, x, train: bool = False, image_sizes=None):
         feats, sizes, dets = self.detect(x, train, image_sizes)
