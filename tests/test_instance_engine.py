@@ -13,8 +13,8 @@ from PIL import Image
 from jaxvision.data.loader import build_data
 from jaxvision.tasks import build_task, check_model
 from jaxvision.tasks.coco_eval import instance_metrics
-from jaxvision.train.cli import main as cli
-from jaxvision.train.restore import load_task_run
+from jaxvision.cli import run_command as cli
+from jaxvision.train.runs import load_task_run
 from train_configs import tiny_config
 
 
