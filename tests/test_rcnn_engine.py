@@ -86,6 +86,9 @@ def start_run(workdir):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+# ~100 s of CPU (one cold compile, two warm subprocesses): in the sweep, for the suite's budget; the
+# default suite keeps the one-stage detector's SIGKILL check (test_engine_run), same machinery
+@pytest.mark.sweep
 @pytest.mark.default_lowering  # the library's lowering in this process too: the subprocesses'
 def test_sigkill_then_resume_of_faster_rcnn_is_bitwise_equal_to_uninterrupted(tmp_path):
     # uninterrupted, in this process: its compilations fill the session's cache, which the two
