@@ -16,19 +16,41 @@ classification model's own, so torchvision's classification weights fill them
 Which maps a head reads is read from *that instance's* ``feature_info``: a detector takes the
 deepest map of each of the last three strides >= 8 (C3..C5), a segmenter the last map (and the
 last of stride 4 for DeepLabV3+'s decoder, of stride 8 for LR-ASPP, the one before the last
-for the auxiliary FCN head); ``out_indices`` overrides.  A backbone that only takes one input
-size (ViT, MaxViT: ``fixed_input_size`` on the class) is refused, naming why.
+for the auxiliary FCN head); ``out_indices`` overrides.  A backbone that takes one input size
+only (ViT's position embedding, MaxViT's relative-position tables: ``fixed_input_size`` on the
+class) is built at that size (``backbone_kwargs``: ViT's ``image_size``, MaxViT's
+``input_size``; 224 by default): the composed model's ``image_size`` says it, ``create_model``
+initialises at it, and any other input size is refused by the backbone, naming its size (no
+position-embedding interpolation at run time; ``jaxvision.tasks.detection.predict``'s resize
+does not pad to a square, so feed such a detector square images of that size).
 ``output_stride`` (8/16) is asked of the backbone's own dilation switch (``dilation_kwargs``:
 ResNet's ``replace_stride_with_dilation``, MobileNetV3's dilated last stage) and refused where a
-family has none.
+family has none.  Where a backbone cannot serve a head, the error says why (YOLO needs maps at
+strides 8, 16, 32; DeepLabV3+ a stride-4 map; LR-ASPP a stride-8 map).
 
-**Neck.** Detection: ``fpn`` (torchvision's FeaturePyramidNetwork + LastLevelP6P7 from P5) at
-``neck/``; its input channels are those of the maps the backbone returns (Flax infers them), and
-the anchors follow the levels' real strides.  Segmentation: none (DeepLab's ASPP is in the head).
+**Neck** (``DETECTION_NECKS``, the default first).  RetinaNet / FCOS: ``fpn``
+(torchvision's FeaturePyramidNetwork + LastLevelP6P7 from P5) at ``neck/``, or
+``simple_pyramid`` (ViTDet's simple feature pyramid from the last map: strides /2, x1, x2 of
+it + P6/P7; ``neck_kwargs``: ``out_channels``, ``scale_factors``, ``norm``), the default where
+the backbone's maps have one stride only (ViT); the input channels are those of the maps the
+backbone returns (Flax infers them) and the anchors follow the levels' real strides.  YOLO:
+``spp+pan`` (YOLOv4's SPP block on C5 at ``spp/`` + PAN at ``neck/``, ``neck_kwargs``:
+``channels``) or ``pan``.  SSD: none (its extra stride-2 blocks on the deepest map, ``extra/``,
+belong to the detector, as ``backbone.extra`` in torchvision's SSD300).  Segmentation: none
+(DeepLab's ASPP is in the head).
 
-**Head.** ``retinanet``, ``fcos`` (``head/``, ``head_kwargs={"num_convs": n}``); ``fcn``,
-``deeplabv3``, ``deeplabv3plus``, ``lraspp`` (torchvision's ``classifier/`` and
-``aux_classifier/``, ``head_kwargs``: ``atrous_rates``, ``head_channels``).
+**Head.** ``retinanet``, ``fcos`` (``head/``, ``head_kwargs={"num_convs": n}``); ``ssd``
+(torchvision's SSDHead over the backbone's C3..C5 and extra blocks up to six maps, SSDLite's
+default boxes; ``head_kwargs={"extra_channels": (...)}``; labels count from 1, 0 is the
+background); ``yolo`` (the YOLOv3 head of ``yolo_cspdarknet53``, its anchors at strides 8, 16,
+32; labels from 0); ``fcn``, ``deeplabv3``, ``deeplabv3plus``, ``lraspp`` (torchvision's
+``classifier/`` and ``aux_classifier/``, ``head_kwargs``: ``atrous_rates``,
+``head_channels``); ``deeplabv1`` (LargeFOV: fc6 3x3 at rate 12, 1024 wide, fc7, fc8) and
+``deeplabv2`` (ASPP of summed branches at rates 6, 12, 18, 24, each one dilated 3x3 conv to the
+classes as v2 on ResNet; ``head_channels=1024``: each an fc6/fc7/fc8 branch, ASPP-L on VGG), at
+``classifier/`` (``heads.segmentation.DeepLabV2Head``).  Detection input is normalised with
+ImageNet's mean/std (the backbone's); SSD's transform resizes to ``size`` (320 unless the
+backbone fixes it), YOLO's to ``min_size``/``max_size`` (608).
 
 **Presets.** torchvision's names are this composition with torchvision's settings and its
 layout (``retinanet_resnet50_fpn``: ``backbone/body`` + ``backbone/fpn`` + ``head``;
