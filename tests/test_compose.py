@@ -264,8 +264,8 @@ def test_a_composed_ssd_runs_its_loss():
 
 
 def test_a_composed_yolo_runs_its_loss():
-    """MobileNetV3-small's maps at strides 8, 16, 32 under SPP + a narrow PAN."""
-    model = jv.create_model("yolo", backbone="mobilenet_v3_small", num_classes=3,
+    """ResNet-18's layer2..layer4 (strides 8, 16, 32) under SPP + a narrow PAN."""
+    model = jv.create_model("yolo", backbone="resnet18", num_classes=3,
                             neck_kwargs={"channels": (16, 24, 32)}, anchor_scale=64 / 608)
     assert [model.backbone.feature_info[i].reduction
             for i in model.body.model_kwargs["out_indices"]] == [8, 16, 32]
