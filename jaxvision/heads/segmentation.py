@@ -1,4 +1,4 @@
-"""Segmentation heads: FCN, DeepLabV3, DeepLabV3+ and LR-ASPP.
+"""Segmentation heads: FCN, DeepLabV3, DeepLabV3+, LR-ASPP and DeepLab v1 (LargeFOV) / v2.
 
 torchvision's ``FCNHead`` and ``DeepLabHead`` are flat ``nn.Sequential``s, so their layers are
 named ``classifier.0``, ``classifier.1``, ... directly under the model.  ``fcn_head`` and
@@ -94,3 +94,36 @@ class LRASPPHead(nn.Module):
         x = interpolate(x, low.shape[1:3], "bilinear", align_corners=False)
         return (_classifier(low, self.num_classes, "low_classifier", self.dtype)
                 + _classifier(x, self.num_classes, "high_classifier", self.dtype))
+
+
+class DeepLabV2Head(nn.Module):
+    """DeepLab v2's ASPP (Chen et al. 2017, Fig. 4): parallel branches on one map, one per
+    atrous rate, each predicting the classes; their logits are *summed* (v3's ASPP concatenates
+    and projects instead).  ``channels=0``: each branch is one 3x3 dilated conv with bias to the
+    classes (``branch_{i}_fc8``), as DeepLab v2 on ResNet-101 (rates 6, 12, 18, 24); ``channels``
+    > 0: each branch is ``fc6`` (3x3 dilated, ``channels``) + ReLU + Dropout, ``fc7`` (1x1) +
+    ReLU + Dropout and ``fc8`` (1x1 to the classes), v2's ASPP-L on VGG-16 (channels 1024).
+    DeepLab v1's LargeFOV is one such branch at rate 12 (``atrous_rates=(12,)``)."""
+
+    num_classes: int
+    atrous_rates: Sequence[int] = (6, 12, 18, 24)
+    channels: int = 0
+    dropout: float = 0.5
+    dtype: Any = None
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        conv = lambda c, k, name, rate=1: Conv2d(c, k, padding=(k - 1) // 2 * rate,
+                                                 dilation=rate, bias=True, dtype=self.dtype,
+                                                 in_features=None, name=name)
+        out = 0
+        for i, rate in enumerate(self.atrous_rates):
+            if not self.channels:
+                out = out + conv(self.num_classes, 3, f"branch_{i}_fc8", rate)(x)
+                continue
+            y = x
+            for name, k, r in (("fc6", 3, rate), ("fc7", 1, 1)):
+                y = nn.relu(conv(self.channels, k, f"branch_{i}_{name}", r)(y))
+                y = nn.Dropout(self.dropout, deterministic=not train)(y)
+            out = out + conv(self.num_classes, 1, f"branch_{i}_fc8")(y)
+        return out

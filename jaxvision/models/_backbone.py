@@ -38,9 +38,9 @@ def _frozen(kwargs: Mapping) -> tuple:
 
 
 def build_backbone(name: str, kwargs: Optional[Mapping] = None, dtype: Any = None,
-                   out_indices: Optional[Sequence[int]] = None, head: str = "a dense head"):
+                   out_indices: Optional[Sequence[int]] = None):
     """``(module, ref_kwargs)``: registered model ``name`` built ``features_only`` with
-    ``kwargs`` (its spec's defaults under them), refused where it cannot serve ``head``."""
+    ``kwargs`` (its spec's defaults under them); a dense model is refused as a backbone."""
     spec = get_spec(name)
     if spec.family in DENSE_FAMILIES:
         raise ValueError(f"backbone={name!r} is a {spec.family} model, not a classification "
@@ -53,14 +53,40 @@ def build_backbone(name: str, kwargs: Optional[Mapping] = None, dtype: Any = Non
     full = {**spec.default_kwargs, **kwargs}
     probe = spec.builder(features_only=True, **({"dtype": dtype} if dtype is not None else {}),
                          **full)
-    reason = getattr(type(probe), "fixed_input_size", None)
-    if reason:
-        raise ValueError(f"backbone={name!r} cannot serve {head}: {reason}; a dense model "
-                         f"takes images of any size")
     if not getattr(probe, "feature_info", ()):
         raise ValueError(f"backbone={name!r} declares no feature_info: it cannot return "
                          f"feature maps")
     return probe, kwargs
+
+
+def fixed_image_size(backbone) -> Optional[tuple[int, int]]:
+    """(H, W) for a backbone that takes one input size only (``fixed_input_size`` on its class:
+    ViT's position embedding, MaxViT's relative-position tables), else None.  A dense model on
+    it takes images of that size only (the backbone's own error names it otherwise) and is
+    initialised at it (``image_size``, read by ``jaxvision.build.dummy_input``); the size is
+    chosen when the backbone is built (``backbone_kwargs``: ViT's ``image_size``, MaxViT's
+    ``input_size``)."""
+    if not getattr(type(backbone), "fixed_input_size", None):
+        return None
+    size = backbone.image_size
+    return (size, size) if isinstance(size, int) else tuple(size)
+
+
+class OnBackbone:
+    """What a dense model holding a classification model as its ``backbone`` field (at
+    ``backbone/``) derives from it: the stages ``frozen_stages`` counts (the backbone's own,
+    with ``head_paths`` as what a linear probe trains) and the one input size of a fixed-size
+    backbone (``image_size``, None: any size).  A mixin of such ``nn.Module`` classes."""
+
+    head_paths = r"head/"
+
+    @property
+    def image_size(self) -> Optional[tuple[int, int]]:
+        return fixed_image_size(self.backbone)
+
+    @property
+    def stage_layout(self):
+        return self.backbone.stage_layout.under("backbone/", self.head_paths)
 
 
 def select(probe, out_indices: Sequence[int], dtype: Any = None):
@@ -106,4 +132,5 @@ def output_stride_kwargs(probe, name: str, output_stride: Optional[int]) -> dict
 
 
 # registry families of dense models: never a backbone
-DENSE_FAMILIES = ("segmentation", "fpn_detector", "ssd", "yolo")
+DENSE_FAMILIES = ("segmentation", "fpn_detector", "ssd", "yolo", "efficientdet", "faster_rcnn",
+                  "mask_rcnn", "keypoint_rcnn")

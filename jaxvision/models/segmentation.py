@@ -19,15 +19,14 @@ from typing import Any, Optional, Sequence
 import jax.numpy as jnp
 import flax.linen as nn
 
-from jaxvision.heads.segmentation import (DeepLabV3PlusHead, LRASPPHead, deeplab_head,
-                                          fcn_head)
+from jaxvision.heads.segmentation import (DeepLabV2Head, DeepLabV3PlusHead, LRASPPHead,
+                                          deeplab_head, fcn_head)
 from jaxvision.layers import check_nhwc
 from jaxvision.layers.interpolate import interpolate
-from jaxvision.models._backbone import BackboneRef, build_backbone, ref, select
-from jaxvision.models._stages import StageLayout
+from jaxvision.models._backbone import BackboneRef, OnBackbone, build_backbone, ref, select
 from jaxvision.registry import register_model
 
-HEADS = ("fcn", "deeplabv3", "deeplabv3plus", "lraspp")
+HEADS = ("fcn", "deeplabv3", "deeplabv3plus", "lraspp", "deeplabv1", "deeplabv2")
 HEAD_PATHS = r"(aux_)?classifier"  # what linear_probe trains: the heads
 
 
@@ -37,9 +36,11 @@ def check_input(x, num_classes, model: str = "segmenter"):
     check_nhwc(x, model, channels=3)
 
 
-class Segmenter(nn.Module):
+class Segmenter(OnBackbone, nn.Module):
     """``backbone`` (``features_only``) -> head on ``high`` (+ ``low``) -> upsample; the aux FCN
-    head reads ``aux``.  Heads: ``fcn``, ``deeplabv3``, ``deeplabv3plus``, ``lraspp``."""
+    head reads ``aux``.  Heads: ``fcn``, ``deeplabv3``, ``deeplabv3plus``, ``lraspp``, and DeepLab
+    v1 (LargeFOV) / v2 (summed ASPP branches), where ``head_channels`` is each branch's fc6/fc7
+    width (0: one dilated conv per branch, v2 on ResNet)."""
 
     backbone: nn.Module
     head: str
@@ -54,10 +55,7 @@ class Segmenter(nn.Module):
     dtype: Any = jnp.float32
     # the classification model the backbone is (pretrained_backbone)
     body: Optional[BackboneRef] = None
-
-    @property
-    def stage_layout(self) -> StageLayout:
-        return self.backbone.stage_layout.under("backbone/", HEAD_PATHS)
+    head_paths = HEAD_PATHS
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -77,6 +75,9 @@ class Segmenter(nn.Module):
             out = DeepLabV3PlusHead(self.num_classes, tuple(self.atrous_rates),
                                     self.head_channels, decoder_channels=self.head_channels,
                                     name="classifier", **kw)(feats[self.low], high, train)
+        elif self.head in ("deeplabv1", "deeplabv2"):
+            out = DeepLabV2Head(self.num_classes, tuple(self.atrous_rates), self.head_channels,
+                                dtype=self.dtype, name="classifier")(high, train)
         else:
             out = LRASPPHead(self.num_classes, self.head_channels, name="classifier",
                              **kw)(feats[self.low], high, train)
@@ -90,7 +91,7 @@ class Segmenter(nn.Module):
 
 def _backbone(name, kwargs, wanted, dtype):
     """``(module, ref)``: registered ``name`` returning the maps at ``wanted``."""
-    probe, kwargs = build_backbone(name, kwargs, dtype, head="a segmentation head")
+    probe, kwargs = build_backbone(name, kwargs, dtype)
     return select(probe, wanted, dtype), ref("backbone", name, kwargs, wanted)
 
 

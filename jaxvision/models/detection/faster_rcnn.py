@@ -175,7 +175,7 @@ class FasterRCNN(nn.Module):
             body_kwargs = {"norm": norm}
             if self.norm_eps is not None:
                 body_kwargs["norm_eps"] = self.norm_eps
-            probe, _ = build_backbone(self.backbone, body_kwargs, self.dtype, head="faster_rcnn")
+            probe, _ = build_backbone(self.backbone, body_kwargs, self.dtype)
             # built detached (parent=None): BackboneWithFPN adopts them as body and fpn
             fpn = FPN(self.fpn_channels, "pool", norm="batch" if v2 else None, dtype=self.dtype,
                       parent=None)

@@ -25,8 +25,8 @@ from jaxvision import ops
 from jaxvision.heads.fcos import FCOSHead, fcos_loss, fcos_postprocess
 from jaxvision.heads.retinanet import RetinaNetHead, retinanet_loss, retinanet_postprocess
 from jaxvision.layers import check_nhwc
-from jaxvision.models._backbone import (BackboneRef, build_backbone, pyramid_indices, ref,
-                                        select)
+from jaxvision.models._backbone import (BackboneRef, build_backbone, fixed_image_size,
+                                        pyramid_indices, ref, select)
 from jaxvision.models._features import select as select_names
 from jaxvision.models._stages import StageLayout
 from jaxvision.models.detection.transform import Preprocessing
@@ -121,6 +121,11 @@ class FPNDetector(nn.Module):
         return self.backbone.body if self.neck is None else self.backbone
 
     @property
+    def image_size(self):
+        """The one input size of a fixed-size backbone (ViT), else None: any size."""
+        return fixed_image_size(self.backbone_module)
+
+    @property
     def stage_layout(self) -> StageLayout:
         # a linear probe trains what is not the backbone: the head (and a composed neck)
         head = r"head/" if self.neck is None else r"(neck|head)/"
@@ -198,7 +203,7 @@ def preset(kind: str, backbone: str = "resnet50", norm: Optional[str] = None,
     body_kwargs = {"norm": norm or ("batch" if kind == "retinanet_v2" else "frozen")}
     if norm_eps is not None:
         body_kwargs["norm_eps"] = norm_eps
-    probe, body_kwargs = build_backbone(backbone, body_kwargs, dtype, head=kind)
+    probe, body_kwargs = build_backbone(backbone, body_kwargs, dtype)
     idx = pyramid_indices(probe.feature_info, backbone)
     c5 = probe.feature_info[idx[-1]].channels
     fpn = FPN(fpn_channels, "p6p7", c5 if kind == "retinanet_v2" else fpn_channels, dtype=dtype)

@@ -21,11 +21,14 @@ import flax.linen as nn
 
 from jaxvision import ops
 from jaxvision.heads.ssd import SSDHead, ssd_loss, ssd_postprocess
-from jaxvision.layers import Conv2d, check_nhwc, kaiming_normal_fan_out, max_pool2d
+from jaxvision.layers import (Conv2d, check_nhwc, conv_norm_act, kaiming_normal_fan_out,
+                              max_pool2d)
+from jaxvision.models._backbone import BackboneRef, OnBackbone
 from jaxvision.models._stages import StageLayout, block_range
+from jaxvision.models.detection.fpn_detectors import pyramid
 from jaxvision.models.detection.transform import Preprocessing
 from jaxvision.models.vgg import CFGS
-from jaxvision.registry import register_model
+from jaxvision.registry import IMAGENET_MEAN, IMAGENET_STD, register_model
 
 _xavier = nn.initializers.xavier_uniform()
 # (1x1 channels, 3x3 channels, stride, padding) of conv8_2 .. conv11_2
@@ -115,6 +118,10 @@ class SSD(nn.Module):
                 SSDHead(DEFAULT_BOXES.num_anchors_per_location(), self.num_classes, self.dtype),
                 DEFAULT_BOXES)
 
+    def features(self, x, train: bool = False) -> list:
+        """The maps the head reads, finest first."""
+        return self.backbone(x, train)
+
     def setup(self):
         if self.num_classes < 2:
             raise ValueError(f"{type(self).__name__}: num_classes must be >= 2 (class 0 is the "
@@ -123,7 +130,7 @@ class SSD(nn.Module):
 
     def head_outputs(self, x, train: bool = False):
         check_nhwc(x, type(self).__name__, channels=3)
-        feats = self.backbone(x.astype(self.dtype), train)
+        feats = self.features(x.astype(self.dtype), train)
         out = self.head(feats, train)
         out["anchors"] = jnp.concatenate(self.default_boxes(
             x.shape[1:3], [f.shape[1:3] for f in feats]))
@@ -154,3 +161,58 @@ def ssd300_vgg16(num_classes: Optional[int] = None, features_only: bool = False,
     if features_only:
         raise ValueError("ssd300_vgg16 is a detector; build 'vgg16' for features_only")
     return SSD(num_classes=91 if num_classes is None else num_classes, **kwargs)
+
+
+# ----------------------------------------------------------------- SSD on any backbone
+
+class SSDExtras(nn.Module):
+    """SSD's extra layers generalised to any backbone: per entry of ``channels`` a block of a
+    1x1 conv to half the width and a 3x3 stride-2 conv (each conv + ``norm`` + ReLU, as
+    SSD300's ``extra`` blocks with BatchNorm), each adding a map at twice the stride.
+    Children ``block{i}_0`` / ``block{i}_1`` (conv ``_0``, norm ``_1``)."""
+
+    channels: Sequence[int] = (512, 256, 256)
+    norm: str = "batch"
+    dtype: Any = None
+
+    @nn.compact
+    def __call__(self, x, train: bool = False) -> list:
+        out = []
+        for i, c in enumerate(self.channels):
+            x = conv_norm_act(x, train, c // 2, 1, f"block{i}_0", norm=self.norm,
+                              dtype=self.dtype)
+            x = conv_norm_act(x, train, c, 3, f"block{i}_1", norm=self.norm, stride=2,
+                              dtype=self.dtype)
+            out.append(x)
+        return out
+
+
+class ComposedSSD(OnBackbone, SSD):
+    """``create_model("ssd", backbone=NAME)``: the backbone's maps (``backbone/``, the
+    classification model's own tree) + :class:`SSDExtras` on its deepest map (``extra/``) +
+    torchvision's ``SSDHead`` (``head/``) over all of them, with SSDLite's default boxes
+    (aspect ratios 2 and 3 at every level, scales 0.2..0.95: any number of levels)."""
+
+    backbone: Optional[nn.Module] = None
+    body: Optional[BackboneRef] = None
+    extra_channels: Sequence[int] = (512, 256, 256)
+    norm: str = "batch"
+    size: Sequence[int] = (320, 320)
+    image_mean: Sequence[float] = IMAGENET_MEAN
+    image_std: Sequence[float] = IMAGENET_STD
+    head_paths = r"(extra|head)/"
+
+    def setup(self):
+        if self.num_classes < 2:
+            raise ValueError(f"ssd: num_classes must be >= 2 (class 0 is the background), got "
+                             f"{self.num_classes}")
+        levels = len(self.backbone.out_indices) + len(self.extra_channels)
+        self.default_boxes = ops.DefaultBoxGenerator([[2, 3]] * levels, min_ratio=0.2,
+                                                     max_ratio=0.95)
+        self.extra = SSDExtras(tuple(self.extra_channels), self.norm, self.dtype)
+        self.head = SSDHead(self.default_boxes.num_anchors_per_location(), self.num_classes,
+                            self.dtype)
+
+    def features(self, x, train: bool = False) -> list:
+        maps = list(pyramid(self.backbone, x, train).values())
+        return maps + self.extra(maps[-1], train)

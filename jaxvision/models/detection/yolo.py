@@ -29,12 +29,14 @@ import flax.linen as nn
 from jaxvision.heads.yolo import YOLOHead, anchor_table, yolo_loss, yolo_postprocess
 from jaxvision.layers import check_nhwc, leaky
 from jaxvision.layers.blocks import conv_norm_act
+from jaxvision.models._backbone import BackboneRef, OnBackbone
 from jaxvision.models._stages import StageLayout
 from jaxvision.models.darknet import CHANNELS, DEPTHS, Darknet, darknet_stage_layout
+from jaxvision.models.detection.fpn_detectors import pyramid
 from jaxvision.models.detection.transform import Preprocessing
 from jaxvision.necks.pan import PAN
 from jaxvision.necks.spp import SPP
-from jaxvision.registry import register_model
+from jaxvision.registry import IMAGENET_MEAN, IMAGENET_STD, register_model
 
 PAN_CHANNELS = (128, 256, 512)
 
@@ -105,15 +107,20 @@ class YOLO(nn.Module):
         self.neck = PAN(widths, self.norm, self.dtype)
         self.head = YOLOHead(self.num_classes, 3, self.norm, self.dtype)
 
+    def features(self, x, train: bool = False) -> list:
+        """C3, C4, C5 (strides 8, 16, 32)."""
+        return list(self.backbone(x, train).values())
+
     def head_outputs(self, x, train: bool = False) -> dict:
         """``{"preds": [(N, H/s, W/s, 3, 5 + C) raw for s = 8, 16, 32], "anchors": (3, 3, 2)}``."""
         check_nhwc(x, "YOLO", channels=3)
         if x.shape[1] % 32 or x.shape[2] % 32:
             raise ValueError(f"YOLO: image height and width must be multiples of 32 (the "
                              f"coarsest stride), got {x.shape[1:3]}")
-        feats = self.backbone(x.astype(self.dtype), train)
-        c3, c4, c5 = feats.values()
-        maps = self.neck({"c3": c3, "c4": c4, "c5": self.spp(c5, train)}, train)
+        c3, c4, c5 = self.features(x.astype(self.dtype), train)
+        if self.spp is not None:
+            c5 = self.spp(c5, train)
+        maps = self.neck({"c3": c3, "c4": c4, "c5": c5}, train)
         return {"preds": self.head(list(maps.values()), train), "anchors": self.anchors}
 
     def __call__(self, x, train: bool = False, image_sizes=None):
@@ -141,3 +148,31 @@ def yolo_cspdarknet53(num_classes: Optional[int] = None, features_only: bool = F
         raise ValueError("yolo_cspdarknet53 is a detector; build 'cspdarknet53' for "
                          "features_only")
     return YOLO(num_classes=80 if num_classes is None else num_classes, **kwargs)
+
+
+class ComposedYOLO(OnBackbone, YOLO):
+    """``create_model("yolo", backbone=NAME)``: the backbone's C3, C4, C5 (strides 8, 16, 32,
+    which the head's anchors and decoding assume; ``backbone/``, the classification model's own
+    tree), YOLOv4's SPP block on C5 (``spp/``, ``use_spp=False``: none) and PAN (``neck/``,
+    widths ``neck_channels``), the YOLOv3 head (``head/``).  Input normalised with ImageNet's
+    mean/std, as the backbone's classification weights expect."""
+
+    backbone: Optional[nn.Module] = None
+    body: Optional[BackboneRef] = None
+    neck_channels: Sequence[int] = PAN_CHANNELS
+    use_spp: bool = True
+    image_mean: Sequence[float] = IMAGENET_MEAN
+    image_std: Sequence[float] = IMAGENET_STD
+    head_paths = r"(spp|neck|head)/"
+
+    def setup(self):
+        if self.num_classes < 1:
+            raise ValueError(f"yolo: num_classes must be >= 1, got {self.num_classes}")
+        self.anchors = anchor_table(self.anchor_scale)
+        widths = tuple(self._width(c) for c in self.neck_channels)
+        self.spp = SPPBlock(widths[-1], self.norm, self.dtype) if self.use_spp else None
+        self.neck = PAN(widths, self.norm, self.dtype)
+        self.head = YOLOHead(self.num_classes, 3, self.norm, self.dtype)
+
+    def features(self, x, train: bool = False) -> list:
+        return list(pyramid(self.backbone, x, train).values())
