@@ -10,6 +10,8 @@ import grain
 import numpy as np
 from PIL import Image
 
+from jaxvision.ops.labels import IGNORE
+
 _RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
 
 
@@ -133,7 +135,6 @@ class EvalTransform(grain.transforms.Map):
 
 # -- joint image + mask transforms (torchvision's references/segmentation/transforms.py) --------
 
-IGNORE = 255  # mask value of pixels that count nowhere (VOC's object borders, crop padding)
 
 
 def mask_pil(mask) -> Image.Image:

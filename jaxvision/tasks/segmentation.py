@@ -8,7 +8,7 @@ import numpy as np
 import optax
 from PIL import Image, ImageDraw
 
-from jaxvision.data.transforms import IGNORE
+from jaxvision.ops.labels import IGNORE
 from jaxvision.layers import lowering
 from jaxvision.tasks.base import Task, output_paths, read_image
 
