@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from jaxvision.data.box_ops import crop_boxes, hflip_boxes
-from jaxvision.ops.resize import resize_boxes
+from jaxvision.ops.resize import resize_boxes, resize_keypoints, to_original_pixels
 
 
 def _painted(h, w, boxes):
@@ -55,6 +55,21 @@ def test_resize_scales_x_and_y_apart_on_pixels():
     out = resize_boxes(BOXES, (10, 12), (30, 24))
     for i, box in enumerate(out):
         np.testing.assert_array_equal(box, _box_of(big, i + 1))
+
+
+def test_to_original_pixels_undoes_the_transforms_scale_for_boxes_and_keypoints():
+    scale = np.array([3.0, 2.0], np.float32)  # the data transform's (y, x) factors
+    big = resize_boxes(BOXES, (10, 12), (30, 24))
+    np.testing.assert_array_equal(to_original_pixels(big, scale), BOXES)
+    kps = np.array([[[1.5, 2.0, 2.0], [11.0, 9.0, 0.0]]], np.float32)  # (x, y, visibility)
+    back = to_original_pixels(resize_keypoints(kps, (10, 12), (30, 24)), scale)
+    np.testing.assert_array_equal(back, kps)
+    # a division by each factor, not a multiply by its float32 reciprocal: the last bit counts
+    odd = np.array([[0.1, 0.7, 33.3, 1e4]], np.float32)
+    third = np.float32(1 / 3)
+    got = to_original_pixels(odd, (np.float32(0.3), third))
+    np.testing.assert_array_equal(got, odd / np.array([third, 0.3, third, 0.3], np.float32))
+    assert got.dtype == np.float32
 
 
 def test_matches_torchvision_v2_kernels():

@@ -1,6 +1,6 @@
 """The resize rule of torchvision's detectors (``GeneralizedRCNNTransform``), and how boxes and
-keypoints follow a resize: shared by the detectors' inference transform (there and back) and the
-detection data pipeline."""
+keypoints follow a resize: shared by the detectors' inference transform (there and back), the
+detection data pipeline and the detection task (back to the original's pixels)."""
 from __future__ import annotations
 
 import numpy as np
@@ -40,3 +40,18 @@ def resize_keypoints(keypoints, src_hw, dst_hw) -> np.ndarray:
     out[..., 0] *= rw
     out[..., 1] *= rh
     return out
+
+
+def to_original_pixels(coords, scale) -> np.ndarray:
+    """Boxes (..., 4) xyxy or keypoints (..., 3) (x, y, v) of an image that the data transform
+    resized by ``scale`` (its (y, x) factors), back in the original image's pixels: x and y are
+    divided by their factor, a trailing unpaired value (visibility) is kept.
+
+    A division, not :func:`resize_boxes`' float32 ratio multiply: the detection task's COCO
+    numbers have always been computed this way, and the two differ in the last bit."""
+    out = np.asarray(coords, np.float32)
+    sy, sx = (float(v) for v in scale)
+    n = out.shape[-1]
+    factors = np.ones(n, np.float32)
+    factors[0:n - n % 2:2], factors[1:n - n % 2:2] = sx, sy
+    return out / factors

@@ -13,6 +13,7 @@ from PIL import Image, ImageDraw
 
 from jaxvision.layers import lowering
 from jaxvision.models.detection import transform
+from jaxvision.ops.resize import to_original_pixels
 from jaxvision.registry import IMAGENET_MEAN, IMAGENET_STD, get_spec
 from jaxvision.tasks import instance
 from jaxvision.tasks.base import Task, output_paths, read_image
@@ -101,15 +102,15 @@ class Detection(Task):
         for i in np.nonzero(np.asarray(s["valid"]))[0]:
             n, m = int(s["det_count"][i]), int(s["gt_count"][i])
             scale = s["scale"][i]
-            det = {"boxes": boxes_to_original(s["det_boxes"][i, :n], scale),
+            det = {"boxes": to_original_pixels(s["det_boxes"][i, :n], scale),
                    "scores": np.asarray(s["det_scores"][i, :n]),
                    "labels": np.asarray(s["det_labels"][i, :n])}
-            gt = {"boxes": boxes_to_original(s["gt_boxes"][i, :m], scale),
+            gt = {"boxes": to_original_pixels(s["gt_boxes"][i, :m], scale),
                   "labels": np.asarray(s["gt_classes"][i, :m])}
             c = int(s["num_crowd"][i]) if "num_crowd" in s else 0
             if "num_crowd" in s:
                 gt = {"boxes": np.concatenate(
-                          [gt["boxes"], boxes_to_original(s["crowd_boxes"][i, :c], scale)]),
+                          [gt["boxes"], to_original_pixels(s["crowd_boxes"][i, :c], scale)]),
                       "labels": np.concatenate([gt["labels"], s["crowd_classes"][i, :c]]),
                       "iscrowd": np.repeat([0, 1], [m, c])}
             instance.add_predictions(self.branch, s, i, n, det, gt, c)
@@ -188,7 +189,7 @@ class Detection(Task):
                            "classes": np.zeros((0,), np.int32), "num_boxes": 0})
             out = jax.device_get(fwd(variables, {k: np.asarray(v)[None] for k, v in ex.items()}))
             n = int(out["count"][0])
-            boxes = boxes_to_original(out["boxes"][0, :n], ex["scale"])
+            boxes = to_original_pixels(out["boxes"][0, :n], ex["scale"])
             labels, scores = np.asarray(out["labels"][0, :n]), np.asarray(out["scores"][0, :n])
             keep = scores >= self.draw_score
             if self.branch == "masks":  # translucent masks under the boxes
@@ -203,13 +204,6 @@ class Detection(Task):
                               for b, c, s in zip(boxes[keep], labels[keep], scores[keep]))
             lines.append(f"{path} -> {dst}: {found or 'nothing above ' + str(self.draw_score)}")
         return lines
-
-
-def boxes_to_original(boxes, scale) -> np.ndarray:
-    """xyxy boxes of a resized image back in the original's pixels; ``scale`` is the
-    transform's (y, x) factor."""
-    sy, sx = (float(v) for v in scale)
-    return np.asarray(boxes) / np.array([sx, sy, sx, sy], np.float32)
 
 
 def _name(class_names, c) -> str:

@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 from jaxvision.heads.mask_rcnn import paste_masks_in_image
+from jaxvision.ops.resize import to_original_pixels
 from jaxvision.registry import get_spec
 
 # registry family -> the branch's targets in a batch (data.detection.<branch>)
@@ -117,10 +118,8 @@ def add_predictions(branch, s, i, n, det, gt, crowd_count):
             gt["masks"] = list(gt["masks"]) + list(gt_rles(s["crowd_masks"][i, :crowd_count],
                                                            hw, orig))
     elif branch == "keypoints":
-        sy, sx = (float(v) for v in scale)
-        to_original = lambda k: np.asarray(k, np.float32) / np.array([sx, sy, 1], np.float32)
-        det["keypoints"] = to_original(s["det_keypoints"][i, :n])
-        kps = to_original(s["gt_keypoints"][i, :int(s["gt_count"][i])])
+        det["keypoints"] = to_original_pixels(s["det_keypoints"][i, :n], scale)
+        kps = to_original_pixels(s["gt_keypoints"][i, :int(s["gt_count"][i])], scale)
         # crowd regions carry no labelled keypoints
         gt["keypoints"] = np.concatenate([kps, np.zeros((crowd_count, *kps.shape[1:]),
                                                         np.float32)])
