@@ -117,6 +117,18 @@ def test_mask_model_without_masks_in_the_data_is_refused_naming_the_field():
         build_task(c, 4)
 
 
+def test_missing_masks_are_refused_at_config_time_before_the_workdir(tmp_path):
+    from jaxvision.train.loop import train
+
+    c = mask_config()
+    c.data.detection.masks = False
+    with pytest.raises(ValueError, match=r"data.detection.masks is False"):
+        check_model(c)
+    with pytest.raises(ValueError, match=r"data.detection.masks is False"):
+        train(c, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
 def test_keypoints_are_gathered_in_original_pixels_and_scored_as_keypoint_ap():
     """A Keypoint R-CNN's eval on the host: keypoints scale back by the transform's factors
     (crowd regions get none labelled), and a perfect prediction scores keypoint AP 1."""

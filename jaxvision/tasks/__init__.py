@@ -34,7 +34,8 @@ def model_task(family: str) -> str:
 
 def check_model(config) -> None:
     """Refuses, in one line, a ``model.name`` that ``config.task`` cannot train (a classifier
-    has no detection loss, a detector no per-pixel logits); before anything is written."""
+    has no detection loss, a detector no per-pixel logits), or data it cannot train that model
+    on (``Task.check_config``); before anything is written."""
     from jaxvision.registry import get_spec, list_models
 
     name, model = task_name(config), config.model.name
@@ -44,6 +45,7 @@ def check_model(config) -> None:
         takes = [m for m in list_models() if model_task(get_spec(m).family) == wants]
         raise ValueError(f"task={name!r} cannot train model.name={model!r}: a {kind} model "
                          f"(family {family}); {name} takes e.g. {', '.join(takes[:3])}")
+    TASKS[name].check_config(config)
 
 
 def build_task(config, num_classes: int) -> Task:

@@ -29,6 +29,11 @@ class Task:
         a run's checkpoints are chosen before its class count is known); ``best_metric``."""
         return cls.best_metric
 
+    @classmethod
+    def check_config(cls, config) -> None:
+        """One error for a model/data pairing of ``config`` this task cannot train, raised at
+        config time (``check_model``, ``from_config``): the batches then need no check."""
+
     def build_model(self, config, dtype, **engine_kwargs):
         """The linen Module this task trains (``config.model`` names it); ``engine_kwargs``: what
         the engine's settings imply (``freeze.norm_eval``'s norm)."""

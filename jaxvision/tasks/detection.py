@@ -49,10 +49,13 @@ class Detection(Task):
         self.branch = branch
 
     @classmethod
+    def check_config(cls, config) -> None:
+        instance.check_data(config, instance.branch_of(config.model.name))
+
+    @classmethod
     def from_config(cls, config, num_classes):
-        branch = instance.branch_of(config.model.name)
-        instance.check_data(config, branch)
-        return cls(num_classes, branch=branch)
+        cls.check_config(config)
+        return cls(num_classes, branch=instance.branch_of(config.model.name))
 
     @classmethod
     def best_for(cls, config) -> str:

@@ -36,13 +36,9 @@ def check_data(config, branch) -> None:
 
 
 def train_targets(branch, batch) -> dict:
-    """The loss's keyword for the branch's ground truth."""
-    if not branch:
-        return {}
-    if branch not in batch:
-        raise ValueError(f"the batch holds no {branch!r} (keys: {sorted(batch)}); set "
-                         f"data.detection.{branch}=True")
-    return {branch: batch[branch]}
+    """The loss's keyword for the branch's ground truth (``check_data`` made sure, at config
+    time, that the data carries it)."""
+    return {branch: batch[branch]} if branch else {}
 
 
 def eval_model(model):
