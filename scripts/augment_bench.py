@@ -88,7 +88,8 @@ def rate(make_iter, num_batches):
 
 
 def loader_rounds(root, workers, rounds, num_batches, batch):
-    from jaxvision.data import build_data, default_data_config, workers as grain_workers
+    from jaxvision.data import default_data_config, workers as grain_workers
+    from jaxvision.tasks import build_data
 
     c = default_data_config()
     c.source, c.imagefolder.root = "imagefolder", root

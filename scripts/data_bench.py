@@ -65,7 +65,8 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=32)
     a = p.parse_args(argv)
 
-    from jaxvision.data import build_data, default_data_config
+    from jaxvision.data import default_data_config
+    from jaxvision.tasks import build_data
 
     print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     with tempfile.TemporaryDirectory() as root:

@@ -5,7 +5,8 @@ import pytest
 import torch
 from torchvision.transforms import RandomErasing as TvRandomErasing
 
-from jaxvision.data import DataError, build_data
+from jaxvision.data import DataError
+from jaxvision.tasks import build_data
 from jaxvision.data import transforms as T
 from jaxvision.data.erasing import RandomErasing
 from jaxvision.data.policies import AugMix, TrivialAugmentWide

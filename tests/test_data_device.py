@@ -9,7 +9,8 @@ import numpy as np
 import optax
 import pytest
 
-from jaxvision.data import Data, build_data, default_data_config
+from jaxvision.data import Data, default_data_config
+from jaxvision.tasks import build_data
 from jaxvision.layers.normalize import normalize_batch
 from jaxvision.train.prefetch import DevicePrefetch
 from jaxvision.train.state import TrainState

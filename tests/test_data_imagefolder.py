@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxvision.data import DataError, build_data, default_data_config
+from jaxvision.data import DataError, default_data_config
+from jaxvision.tasks import build_data
 
 
 def _save(path, img):

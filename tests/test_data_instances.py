@@ -10,7 +10,7 @@ from jaxvision.data import DataError, default_data_config
 from jaxvision.data.coco import CocoSource
 from jaxvision.data.det_transforms import DetEvalTransform, DetTrainTransform
 from jaxvision.data.instance_ops import COCO_KEYPOINT_FLIP, hflip_keypoints, resize_masks
-from jaxvision.data.loader import build_data
+from jaxvision.tasks import build_data
 from jaxvision.data.shapes import ShapesSource
 from jaxvision.ops.resize import resize_keypoints
 

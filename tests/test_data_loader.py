@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from jaxvision.data import DataError, build_data, default_data_config
+from jaxvision.data import DataError, default_data_config
+from jaxvision.tasks import build_data
 
 
 def _cfg(**kw):

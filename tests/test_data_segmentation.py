@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxvision.data import DataError, build_data, default_data_config
+from jaxvision.data import DataError, default_data_config
+from jaxvision.tasks import build_data
 from jaxvision.data import transforms as T
 from jaxvision.tasks.segmentation import PALETTE
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from jaxvision.data.det_transforms import DetEvalTransform, DetTrainTransform
 from jaxvision.data.errors import DataError
-from jaxvision.data.loader import build_data
+from jaxvision.tasks import build_data
 from jaxvision.data.shapes import KINDS, ShapesSource
 from jaxvision.tasks import Detection, build_task
 from jaxvision.cli import run_command as cli

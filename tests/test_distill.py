@@ -164,7 +164,7 @@ def test_short_run_loss_falls_and_resume_is_bitwise_equal(tmp_path, teacher_dirs
 
 
 def test_teacher_top1_is_reported_once(straight, teacher_dirs):
-    from jaxvision.data import build_data
+    from jaxvision.tasks import build_data
     from jaxvision.layers.normalize import normalize
 
     with open(os.path.join(straight, "metrics.jsonl")) as f:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxvision.data.loader import build_data
+from jaxvision.tasks import build_data
 from jaxvision.tasks import build_task, check_model
 from jaxvision.tasks.coco_eval import instance_metrics
 from jaxvision.cli import run_command as cli

@@ -6,7 +6,8 @@ import grain
 import numpy as np
 import pytest
 
-from jaxvision.data import DataError, build_data
+from jaxvision.data import DataError
+from jaxvision.tasks import build_data
 from jaxvision.data.repeated_sampler import RepeatedAugmentSampler
 from test_data_loader import _cfg, check_resume
 

@@ -184,7 +184,7 @@ def test_imagenet_recipes_load_and_follow_torchvision(name, epoch_lrs):
                                   "vit_b_16"])
 @pending_tfds
 def test_recipes_build_their_transforms(name):
-    from jaxvision.data import build_data
+    from jaxvision.tasks import build_data
 
     d = _recipe(name).data
     d.source = "shapes"
@@ -195,7 +195,7 @@ def test_recipes_build_their_transforms(name):
 
 @pending_tfds
 def test_resnet50_recipe_carries_torchvisions_v2_flags():
-    from jaxvision.data import build_data
+    from jaxvision.tasks import build_data
     from jaxvision.train.loop import ema_rule
 
     c = _recipe("resnet50")

@@ -13,7 +13,7 @@ SCRIPT = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, {here!r})
     from train_configs import tiny_config
-    from jaxvision.data import build_data
+    from jaxvision.tasks import build_data
     c = tiny_config()
     c.data.num_workers = 1
     it = iter(build_data(c.data, "resnet18").train_loader(0))

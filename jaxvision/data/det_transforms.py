@@ -161,8 +161,9 @@ class DetEvalTransform(grain.transforms.Map):
     """torchvision's eval resize (shorter side ``min_size``, longer at most ``max_size``), pad
     to ``canvas``; ``scale`` maps the boxes back to the original image. Never truncates: an
     image with more than ``max_boxes`` boxes (or ``max_crowd`` crowd regions, where the source
-    keeps them) is refused (``Data.eval_transform`` pads to the split's largest counts where
-    the source knows them). Masks, keypoints and crowd regions move with the image."""
+    keeps them) is refused (the detection task's eval transform pads to the split's largest
+    counts where the source knows them). Masks, keypoints and crowd regions move with the
+    image."""
 
     def __init__(self, min_size, max_size, canvas, max_boxes=100, interpolation="bilinear",
                  max_crowd=1):

@@ -7,12 +7,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from jaxvision.data import transforms as T
-from jaxvision.data.det_transforms import DetEvalTransform, DetTrainTransform
-from jaxvision.data.erasing import RandomErasing
 from jaxvision.data.errors import DataError
-from jaxvision.data.instance_ops import COCO_KEYPOINT_FLIP
-from jaxvision.data.policies import build_policy
 from jaxvision.data.repeated_sampler import RepeatedAugmentSampler
 from jaxvision.data.shapes import ShapesSource
 from jaxvision.data.workers import RunWorker
@@ -27,7 +22,10 @@ class Data:
     mean: tuple
     std: tuple
     resize_size: int
-    task: str = "classification"  # which fields a batch carries: label | mask | boxes
+    # what the data serves (a task class of jaxvision.tasks, which data/ never imports): it
+    # gives the grain transforms, ``task.train_transform(data)`` / ``eval_transform(data)``, and
+    # checks its targets, ``task.check_targets(data, log)``
+    task: Any
 
     @property
     def num_classes(self) -> int:
@@ -90,59 +88,17 @@ class Data:
         return grain.DataLoader(data_source=self.train_source, sampler=sampler, operations=ops,
                                 worker_count=c.num_workers)
 
-    def detection_sizes(self) -> tuple[int, int, int]:
-        """(min_size, max_size, canvas) of a detection run (see data.detection)."""
-        d, min_size = self.cfg.detection, self.cfg.image_size
-        max_size = d.max_size or int(round(min_size * 1333 / 800))
-        canvas = d.canvas or -(-max_size // 32) * 32
-        if canvas < max_size:
-            raise DataError(f"data.detection.canvas {canvas} is smaller than max_size "
-                            f"{max_size}: an eval image would not fit")
-        return min_size, max_size, canvas
-
     def train_transform(self):
-        c = self.cfg
-        if self.task == "detection":
-            d = c.detection
-            k = getattr(self.train_source, "num_keypoints", None) if d.keypoints else None
-            if d.hflip and k not in (None, len(COCO_KEYPOINT_FLIP)):  # which is whose mirror?
-                raise DataError(f"data.detection.hflip with {k} keypoints per instance: the "
-                                f"flip knows COCO's {len(COCO_KEYPOINT_FLIP)} person keypoints "
-                                "only; set data.detection.hflip=False")
-            return DetTrainTransform(*self.detection_sizes(), tuple(d.scale_range), d.hflip,
-                                     d.max_boxes, interpolation=c.interpolation)
-        if self.task == "segmentation":
-            s = c.segmentation
-            return T.SegTrainTransform(c.image_size, self.resize_size, tuple(s.scale_range),
-                                       s.hflip, c.interpolation)
-        a = c.augment
-        erasing = None
-        if a.random_erasing:
-            try:
-                erasing = RandomErasing(a.random_erasing, tuple(a.random_erasing_scale),
-                                        tuple(a.random_erasing_ratio))
-            except ValueError as e:
-                raise DataError(f"data.augment.random_erasing: {e}") from None
-        return T.TrainTransform(c.image_size, a.random_resized_crop, tuple(a.scale),
-                                tuple(a.ratio), a.hflip, c.interpolation,
-                                build_policy(a, c.interpolation), erasing)
+        return self.task.train_transform(self)
 
     def eval_transform(self):
-        c = self.cfg
-        if self.task == "detection":
-            # every box of the split: max_boxes caps what training matches, not the truth
-            most, crowd = (_most(self.val_source, m) for m in ("box_counts", "crowd_counts"))
-            return DetEvalTransform(*self.detection_sizes(), max(c.detection.max_boxes, most),
-                                    c.interpolation, max(1, crowd))
-        if self.task == "segmentation":
-            canvas = c.segmentation.eval_size or max(c.image_size, self.resize_size)
-            return T.SegEvalTransform(self.resize_size, canvas, c.interpolation)
-        return T.EvalTransform(self.eval_image_size, self.resize_size, c.interpolation)
+        return self.task.eval_transform(self)
 
     def check_targets(self, num_classes: int, log=print) -> None:
         """Before training: one DataError if the data holds class ids a head of
         ``num_classes`` outputs cannot predict (which ids, which count); and, for detection,
-        one line saying how many boxes ``data.detection.max_boxes`` drops from training."""
+        what the task says of its targets (detection: how many boxes ``data.detection.max_boxes``
+        drops from training)."""
         over = [i for i, name in enumerate(self.class_names) if i >= num_classes and name != "N/A"]
         if over:
             where = getattr(self.train_source, "annotation_file", None) or f"data.{self.cfg.source}"
@@ -152,14 +108,7 @@ class Data:
                             f"{self.num_classes} classes: class ids {ids} of {where} exceed a "
                             f"head of ids 0..{num_classes - 1}; set model.num_classes to "
                             f"{self.num_classes} (0 takes the data's count)")
-        counts = _box_counts(self.train_source) if self.task == "detection" else None
-        cap = self.cfg.detection.max_boxes
-        if counts is not None and (counts > cap).any():
-            more = counts > cap
-            log(f"data.detection.max_boxes={cap}: training keeps the first {cap} boxes of an "
-                f"image and drops {int((counts[more] - cap).sum())} of the "
-                f"{int(counts.sum())} boxes, from {int(more.sum())} of the {len(counts)} train "
-                f"images (up to {int(counts.max())} boxes); evaluation sees every box")
+        self.task.check_targets(self, log)
 
     def eval_loader(self, process_index: int = 0, process_count: int = 1):
         """Every example exactly once; the last batch is padded and ``valid`` marks real ones.
@@ -194,18 +143,6 @@ class Data:
                 .batch(batch, drop_remainder=False))
 
 
-def _box_counts(source, method="box_counts"):
-    """Each example's box (or crowd region) count where the source knows it without reading
-    images, else None."""
-    counts = getattr(source, method, None)
-    return None if counts is None else np.asarray(counts())
-
-
-def _most(source, method) -> int:
-    counts = _box_counts(source, method)
-    return int(counts.max()) if counts is not None and len(counts) else 0
-
-
 def _absl_flags_ready():
     """grain's worker processes read absl flags, which a program without absl never parsed."""
     from absl import flags
@@ -214,18 +151,16 @@ def _absl_flags_ready():
         flags.FLAGS.mark_as_parsed()
 
 
-def preprocessing(cfg, model_name: str | None = None, task: str = "classification"):
+def preprocessing(cfg, model_name: str | None = None, targets: str = "classification"):
     """(mean, std, resize_size) of the data config ``cfg``, else the model's spec; reads no
-    data."""
+    data. ``targets``: what the examples carry (see :func:`make_data`)."""
     from jaxvision.registry import IMAGENET_MEAN, IMAGENET_STD, get_spec
 
-    if task not in TASKS:
-        raise DataError(f"task must be one of {'|'.join(TASKS)}, got {task!r}")
     spec = get_spec(model_name) if model_name else None
     mean = tuple(cfg.mean) if cfg.mean is not None else (spec.mean if spec else IMAGENET_MEAN)
     std = tuple(cfg.std) if cfg.std is not None else (spec.std if spec else IMAGENET_STD)
     resize = cfg.resize_size
-    if resize is None and task == "segmentation":
+    if resize is None and targets == "segmentation":
         resize = cfg.image_size  # the eval size; torchvision's VOC recipe: 520 (crop 480)
     elif resize is None:
         ratio = spec.resize_size / spec.crop_size if spec else 256 / 224
@@ -233,35 +168,38 @@ def preprocessing(cfg, model_name: str | None = None, task: str = "classificatio
     return mean, std, resize
 
 
-def predict_data(cfg, model_name: str | None, task: str, class_names) -> Data:
+def predict_data(cfg, model_name: str | None, targets: str, class_names, task) -> Data:
     """A ``Data`` without sources: the preprocessing and class names a trained model predicts
     with, on a machine that need not hold the dataset."""
-    return Data(None, None, list(class_names), cfg, *preprocessing(cfg, model_name, task), task)
+    return Data(None, None, list(class_names), cfg, *preprocessing(cfg, model_name, targets),
+                task)
 
 
-def build_data(cfg, model_name: str | None = None, task: str = "classification") -> Data:
-    """The train and val sources of ``cfg.source`` with the transforms ``task`` needs."""
-    mean, std, resize = preprocessing(cfg, model_name, task)
-    seg = task == "segmentation"
+def make_data(cfg, model_name: str | None, targets: str, task) -> Data:
+    """The train and val sources of ``cfg.source`` yielding ``targets`` ("classification":
+    labels, "segmentation": masks, "detection": boxes and the instance fields data.detection
+    asks for), for ``task``, which gives the transforms (``jaxvision.tasks.build_data``)."""
+    mean, std, resize = preprocessing(cfg, model_name, targets)
+    seg = targets == "segmentation"
     if cfg.source == "shapes":
         s = cfg.shapes
         # masks hold 0 for background and kind + 1 on the shape; for detection the box classes
         # shift alike (label 0 is the background, as torchvision's detectors count classes)
-        shift = int(task == "detection")
+        shift = int(targets == "detection")
         masks = shift and _instance_fields(cfg, "masks")
         train = ShapesSource(s.num_train, s.num_classes, s.image_size, s.seed, shift, masks)
         val = ShapesSource(s.num_val, s.num_classes, s.image_size, s.seed + 1_000_003, shift,
                            masks)
         names = (["background"] if seg or shift else []) + train.class_names
     elif cfg.source == "imagefolder":
-        if task != "classification":
-            raise DataError(f"data.source='imagefolder' has no masks or boxes: for {task} "
+        if targets != "classification":
+            raise DataError(f"data.source='imagefolder' has no masks or boxes: for {targets} "
                             "use 'voc' (masks), 'coco' (boxes), 'tfds' or 'shapes'")
         from jaxvision.data.imagefolder import imagefolder_sources
 
         train, val, names = imagefolder_sources(cfg.imagefolder)
     elif cfg.source == "coco":
-        if task != "detection":
+        if targets != "detection":
             raise DataError("data.source='coco' holds boxes: set task='detection'")
         from jaxvision.data.coco import coco_sources
 
@@ -270,18 +208,18 @@ def build_data(cfg, model_name: str | None = None, task: str = "classification")
     elif cfg.source == "voc":
         from jaxvision.data.voc import voc_sources
 
-        det = task == "detection"  # the objects of SegmentationObject/
+        det = targets == "detection"  # the objects of SegmentationObject/
         train, val, names = voc_sources(cfg.voc, det, det and _instance_fields(cfg, "masks"))
     elif cfg.source == "tfds":
         from jaxvision.data.tfds_source import tfds_sources
 
-        if task == "detection":
+        if targets == "detection":
             _instance_fields(cfg, "")
-        train, val, names = tfds_sources(cfg.tfds, task)
+        train, val, names = tfds_sources(cfg.tfds, targets)
     else:
         raise DataError("data.source must be 'shapes', 'imagefolder', 'voc', 'coco' or "
                         f"'tfds', got {cfg.source!r}")
-    if cfg.source == "voc" and task == "classification":
+    if cfg.source == "voc" and targets == "classification":
         raise DataError("data.source='voc' holds segmentation masks: set task='segmentation' "
                         "(or 'detection' with root/SegmentationObject/)")
     return Data(train, val, names, cfg, mean, std, resize, task)
@@ -298,5 +236,3 @@ def _instance_fields(cfg, supported: str) -> bool:
                             + (", 'voc' or 'shapes' (masks)" if field == "masks" else ""))
     return bool(d.masks)
 
-
-TASKS = ("classification", "segmentation", "detection")

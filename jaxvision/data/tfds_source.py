@@ -119,10 +119,10 @@ def tfds_detection_source(name: str, split: str, data_dir: str | None = None,
     return TfdsDetectionSource(src, where, label_offset, drop_crowd), names
 
 
-def tfds_sources(cfg, task: str = "classification"):
+def tfds_sources(cfg, targets: str = "classification"):
     if not cfg.name:
         raise DataError("data.tfds.name is empty: give a TFDS dataset name, e.g. 'mnist'")
-    if task == "detection":
+    if targets == "detection":
         (train, names), (val, _) = (tfds_detection_source(cfg.name, s, cfg.data_dir)
                                     for s in (cfg.train_split, cfg.val_split))
         return train, val, names
@@ -132,7 +132,7 @@ def tfds_sources(cfg, task: str = "classification"):
     except Exception as e:  # tfds raises its own DatasetNotFoundError and friends
         raise DataError(f"data.tfds.name {cfg.name!r}: no such TFDS dataset ({e})") from e
     features = builder.info.features
-    seg = task == "segmentation"
+    seg = targets == "segmentation"
     if seg:
         if cfg.mask_key not in features:
             raise DataError(f"data.tfds.mask_key {cfg.mask_key!r}: {cfg.name} has no such "

@@ -15,15 +15,32 @@ TASKS = {"classification": Classification, "segmentation": Segmentation,
 def task_name(config) -> str:
     """``config.task``; configs written before tasks existed are classification."""
     name = config.get("task", "classification")
-    if name not in TASKS:
-        raise ValueError(f"task must be one of {'|'.join(TASKS)}, got {name!r}")
+    task_class(name)
     return name
 
 
-def data_task(config) -> str:
-    """The kind of data ``config.task`` reads (labels, masks, boxes): distillation trains on
-    classification's."""
-    return TASKS[task_name(config)].data_task
+def task_class(name: str) -> type[Task]:
+    if name not in TASKS:
+        raise ValueError(f"task must be one of {'|'.join(TASKS)}, got {name!r}")
+    return TASKS[name]
+
+
+def build_data(data_config, model_name: str | None = None, task: str = "classification"):
+    """The ``jaxvision.data.Data`` of ``data_config`` for ``task`` (a name of ``TASKS``): sources
+    yielding the targets the task trains on, loaded with the task's transforms."""
+    from jaxvision.data.loader import make_data  # grain only where data is loaded
+
+    cls = task_class(task)
+    return make_data(data_config, model_name, cls.data_task, cls)
+
+
+def predict_data(data_config, model_name: str | None, task: str, class_names):
+    """A ``Data`` without sources: the preprocessing, transforms and class names a model
+    trained for ``task`` predicts with, on a machine that need not hold the dataset."""
+    from jaxvision.data.loader import predict_data as sourceless
+
+    cls = task_class(task)
+    return sourceless(data_config, model_name, cls.data_task, class_names, cls)
 
 
 def model_task(family: str) -> str:
@@ -65,4 +82,5 @@ def build_task(config, num_classes: int) -> Task:
 
 
 __all__ = ["TASKS", "Task", "Classification", "Detection", "Distillation", "Segmentation",
-           "build_task", "check_model", "data_task", "model_task", "task_name"]
+           "build_data", "build_task", "check_model", "model_task", "predict_data",
+           "task_class", "task_name"]

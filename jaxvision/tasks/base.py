@@ -46,6 +46,23 @@ class Task:
     def model_kwargs(self) -> dict:
         return {}
 
+    # -- data (host) ----------------------------------------------------------------------
+    @classmethod
+    def train_transform(cls, data):
+        """The grain transform of one training example of ``data`` (a ``jaxvision.data.Data``:
+        its config, sources and preprocessing)."""
+        raise NotImplementedError
+
+    @classmethod
+    def eval_transform(cls, data):
+        """The grain transform of one eval (or predict) example of ``data``."""
+        raise NotImplementedError
+
+    @classmethod
+    def check_targets(cls, data, log) -> None:
+        """Before training, after ``data``'s class-id check: what the task has to say of the
+        training targets (a line to ``log``, or a DataError); nothing by default."""
+
     # -- jitted ---------------------------------------------------------------------------
     def forward(self, model, variables, batch, train: bool, **apply_kwargs):
         """The model's outputs on ``batch`` that ``loss`` (train) or ``eval_sums`` read."""

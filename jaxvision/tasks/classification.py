@@ -54,6 +54,34 @@ class Classification(Task):
                    t.get("cutmix_alpha", 0.0), t.get("mix_prob", 1.0),
                    config.data.augment.get("random_erasing_noise", False))
 
+    @classmethod
+    def train_transform(cls, data):
+        """Random resized crop, flip, the augmentation policy and random erasing of
+        ``data.augment`` (torchvision's classification reference)."""
+        from jaxvision.data import transforms as T
+        from jaxvision.data.erasing import RandomErasing
+        from jaxvision.data.errors import DataError
+        from jaxvision.data.policies import build_policy
+
+        c = data.cfg
+        a = c.augment
+        erasing = None
+        if a.random_erasing:
+            try:
+                erasing = RandomErasing(a.random_erasing, tuple(a.random_erasing_scale),
+                                        tuple(a.random_erasing_ratio))
+            except ValueError as e:
+                raise DataError(f"data.augment.random_erasing: {e}") from None
+        return T.TrainTransform(c.image_size, a.random_resized_crop, tuple(a.scale),
+                                tuple(a.ratio), a.hflip, c.interpolation,
+                                build_policy(a, c.interpolation), erasing)
+
+    @classmethod
+    def eval_transform(cls, data):
+        from jaxvision.data import transforms as T
+
+        return T.EvalTransform(data.eval_image_size, data.resize_size, data.cfg.interpolation)
+
     def train_batch(self, batch, key):
         """After normalising: the workers' RandomErasing boxes, then MixUp / CutMix, whose
         soft targets (``target``) the loss then reads instead of the labels."""

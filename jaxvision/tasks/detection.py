@@ -58,6 +58,44 @@ class Detection(Task):
         return cls(num_classes, branch=instance.branch_of(config.model.name))
 
     @classmethod
+    def train_transform(cls, data):
+        from jaxvision.data.det_transforms import DetTrainTransform
+        from jaxvision.data.errors import DataError
+        from jaxvision.data.instance_ops import COCO_KEYPOINT_FLIP
+
+        c = data.cfg
+        d = c.detection
+        k = getattr(data.train_source, "num_keypoints", None) if d.keypoints else None
+        if d.hflip and k not in (None, len(COCO_KEYPOINT_FLIP)):  # which is whose mirror?
+            raise DataError(f"data.detection.hflip with {k} keypoints per instance: the "
+                            f"flip knows COCO's {len(COCO_KEYPOINT_FLIP)} person keypoints "
+                            "only; set data.detection.hflip=False")
+        return DetTrainTransform(*detection_sizes(c), tuple(d.scale_range), d.hflip,
+                                 d.max_boxes, interpolation=c.interpolation)
+
+    @classmethod
+    def eval_transform(cls, data):
+        from jaxvision.data.det_transforms import DetEvalTransform
+
+        c = data.cfg
+        # every box of the split: max_boxes caps what training matches, not the truth
+        most, crowd = (_most(data.val_source, m) for m in ("box_counts", "crowd_counts"))
+        return DetEvalTransform(*detection_sizes(c), max(c.detection.max_boxes, most),
+                                c.interpolation, max(1, crowd))
+
+    @classmethod
+    def check_targets(cls, data, log) -> None:
+        """One line saying how many boxes ``data.detection.max_boxes`` drops from training."""
+        counts = _box_counts(data.train_source)
+        cap = data.cfg.detection.max_boxes
+        if counts is not None and (counts > cap).any():
+            more = counts > cap
+            log(f"data.detection.max_boxes={cap}: training keeps the first {cap} boxes of an "
+                f"image and drops {int((counts[more] - cap).sum())} of the "
+                f"{int(counts.sum())} boxes, from {int(more.sum())} of the {len(counts)} train "
+                f"images (up to {int(counts.max())} boxes); evaluation sees every box")
+
+    @classmethod
     def best_for(cls, config) -> str:
         """Mask AP picks a Mask R-CNN's best checkpoint, keypoint AP a Keypoint R-CNN's."""
         branch = instance.branch_of(config.model.name)
@@ -207,6 +245,31 @@ class Detection(Task):
                               for b, c, s in zip(boxes[keep], labels[keep], scores[keep]))
             lines.append(f"{path} -> {dst}: {found or 'nothing above ' + str(self.draw_score)}")
         return lines
+
+
+def detection_sizes(cfg) -> tuple[int, int, int]:
+    """(min_size, max_size, canvas) of a detection run's data config (see data.detection)."""
+    from jaxvision.data.errors import DataError
+
+    d, min_size = cfg.detection, cfg.image_size
+    max_size = d.max_size or int(round(min_size * 1333 / 800))
+    canvas = d.canvas or -(-max_size // 32) * 32
+    if canvas < max_size:
+        raise DataError(f"data.detection.canvas {canvas} is smaller than max_size "
+                        f"{max_size}: an eval image would not fit")
+    return min_size, max_size, canvas
+
+
+def _box_counts(source, method="box_counts"):
+    """Each example's box (or crowd region) count where the source knows it without reading
+    images, else None."""
+    counts = getattr(source, method, None)
+    return None if counts is None else np.asarray(counts())
+
+
+def _most(source, method) -> int:
+    counts = _box_counts(source, method)
+    return int(counts.max()) if counts is not None and len(counts) else 0
 
 
 def _name(class_names, c) -> str:

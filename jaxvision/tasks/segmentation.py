@@ -87,6 +87,23 @@ class Segmentation(Task):
         s = config.segmentation
         return cls(num_classes, s.aux_weight, s.aux_lr_mult, s.aux_loss)
 
+    @classmethod
+    def train_transform(cls, data):
+        from jaxvision.data import transforms as T
+
+        c = data.cfg
+        s = c.segmentation
+        return T.SegTrainTransform(c.image_size, data.resize_size, tuple(s.scale_range),
+                                   s.hflip, c.interpolation)
+
+    @classmethod
+    def eval_transform(cls, data):
+        from jaxvision.data import transforms as T
+
+        c = data.cfg
+        canvas = c.segmentation.eval_size or max(c.image_size, data.resize_size)
+        return T.SegEvalTransform(data.resize_size, canvas, c.interpolation)
+
     def model_kwargs(self):
         # torchvision's segmentation builders take aux_loss; only ask for the head when wanted
         return {"aux_loss": True} if self.aux_loss else {}

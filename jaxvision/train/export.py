@@ -80,12 +80,11 @@ class Exportable:
 def from_workdir(workdir: str) -> Exportable:
     """The best checkpoint's eval weights (EMA if used), with what the run's eval transform used,
     without reading the data (which may be gone by now)."""
-    from jaxvision.data.loader import predict_data
-    from jaxvision.tasks import data_task
+    from jaxvision.tasks import predict_data, task_name
     from jaxvision.train.runs import load_run
 
     config, meta, model, variables, step = load_run(workdir)
-    data = predict_data(config.data, config.model.name, data_task(config), meta["class_names"])
+    data = predict_data(config.data, config.model.name, task_name(config), meta["class_names"])
     preprocessing = {**data.preprocessing, "from": f"the config of the run in {workdir}"}
     return Exportable(config.model.name, model, variables,
                       {"num_classes": meta["num_classes"], **config.model.kwargs.to_dict()},

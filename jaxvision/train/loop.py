@@ -11,10 +11,10 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 import jaxvision as jv
-from jaxvision.data import build_data, workers
+from jaxvision.data import workers
 from jaxvision.data.errors import DataError
 from jaxvision.layers import lowering
-from jaxvision.tasks import build_task, data_task
+from jaxvision.tasks import build_data, build_task, task_name
 from jaxvision.train import checkpoint, freeze, guards, optim, workdir_lock
 from jaxvision.train import teacher as teachers
 from jaxvision.train.config import check_config, save_config
@@ -155,7 +155,7 @@ def _train(config, workdir: str, log, run: contextlib.ExitStack) -> dict:
     if removed:
         log(f"removed {removed} shared memory segments ({nbytes / 1e6:.1f} MB) left in "
             f"{workers.SHM_DIR} by killed runs (pids {', '.join(map(str, pids))})")
-    data = build_data(config.data, config.model.name, data_task(config))
+    data = build_data(config.data, config.model.name, task_name(config))
     num_classes = config.model.num_classes or data.num_classes
     data.check_targets(num_classes, log)
     task = build_task(config, num_classes)

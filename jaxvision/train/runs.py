@@ -2,6 +2,7 @@
 with a converted or exported weights directory."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -10,7 +11,6 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxvision.data import build_data
 from jaxvision.layers import lowering
 from jaxvision.train import checkpoint
 from jaxvision.train.state import eval_weights
@@ -71,9 +71,9 @@ def load_task_run(workdir: str, log=None):
 
 
 def _data(config):
-    from jaxvision.tasks import data_task
+    from jaxvision.tasks import build_data, task_name
 
-    return build_data(config.data, config.model.name, data_task(config))
+    return build_data(config.data, config.model.name, task_name(config))
 
 
 def evaluate_run(workdir: str) -> dict:
@@ -94,11 +94,11 @@ def predict(workdir: str, paths, topk: int = 5, out_dir: str | None = None,
     """A printable line per image, as the task predicts (classification: the top-k classes,
     probabilities ``softmax(logits / temperature)``; segmentation: writes an overlay PNG per
     image under ``out_dir``, default WORKDIR/predictions)."""
-    from jaxvision.data.loader import predict_data
+    from jaxvision.tasks import predict_data
 
     config, meta, task, model, variables, _ = load_task_run(workdir)
     # the run's own record, not the dataset: predict works where the data is not
-    data = predict_data(config.data, config.model.name, task.data_task,
+    data = predict_data(config.data, config.model.name, task.name,
                         meta["class_names"])
     return task.predict(model, variables, paths, data, topk=topk, temperature=temperature,
                         out_dir=out_dir or os.path.join(workdir, "predictions"),
@@ -128,8 +128,8 @@ def extract(workdir: str, split: str, out: str) -> int:
     data = _data(config)
     backbone = model.clone(num_classes=0)
     if split == "train":  # every training example once, without augmentation
-        data = data.__class__(data.val_source, data.train_source, data.class_names, data.cfg,
-                              data.mean, data.std, data.resize_size)
+        data = dataclasses.replace(data, train_source=data.val_source,
+                                   val_source=data.train_source)
     mean, std = data.mean, data.std
     fwd = lowering.jit(lambda v, x: backbone.apply(v, normalize(x, mean, std), train=False),
                        config.get("conv_lowering"))
