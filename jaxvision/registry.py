@@ -117,6 +117,7 @@ class ModelSpec:
         }
 
 
+_NO_MODEL = ModelSpec("", None, "", None, 0)
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
@@ -143,6 +144,12 @@ def get_spec(name: str) -> ModelSpec:
         close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise KeyError(f"unknown model {name!r}{hint} (see jaxvision.list_models())") from None
+
+
+def spec_or_default(name: str | None) -> ModelSpec:
+    """``name``'s spec; without a name, ModelSpec's defaults (ImageNet mean/std, resize 256,
+    crop 224): the one fallback of every preprocessing rule."""
+    return get_spec(name) if name else _NO_MODEL
 
 
 def model_info(name: str) -> ModelSpec:

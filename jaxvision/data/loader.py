@@ -154,16 +154,16 @@ def _absl_flags_ready():
 def preprocessing(cfg, model_name: str | None = None, targets: str = "classification"):
     """(mean, std, resize_size) of the data config ``cfg``, else the model's spec; reads no
     data. ``targets``: what the examples carry (see :func:`make_data`)."""
-    from jaxvision.registry import IMAGENET_MEAN, IMAGENET_STD, get_spec
+    from jaxvision.registry import spec_or_default
 
-    spec = get_spec(model_name) if model_name else None
-    mean = tuple(cfg.mean) if cfg.mean is not None else (spec.mean if spec else IMAGENET_MEAN)
-    std = tuple(cfg.std) if cfg.std is not None else (spec.std if spec else IMAGENET_STD)
+    spec = spec_or_default(model_name)
+    mean = tuple(cfg.mean) if cfg.mean is not None else spec.mean
+    std = tuple(cfg.std) if cfg.std is not None else spec.std
     resize = cfg.resize_size
     if resize is None and targets == "segmentation":
         resize = cfg.image_size  # the eval size; torchvision's VOC recipe: 520 (crop 480)
     elif resize is None:
-        ratio = spec.resize_size / spec.crop_size if spec else 256 / 224
+        ratio = spec.resize_size / spec.crop_size
         resize = int(round(cfg.image_size * ratio))
     return mean, std, resize
 

@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 from jaxvision.layers import lowering
 from jaxvision.models.detection import transform
 from jaxvision.ops.resize import to_original_pixels
-from jaxvision.registry import IMAGENET_MEAN, IMAGENET_STD, get_spec
+from jaxvision.registry import spec_or_default
 from jaxvision.tasks import instance
 from jaxvision.tasks.base import Task, output_paths, read_image
 
@@ -334,9 +334,7 @@ def preprocessing_of(model, name: str | None = None) -> transform.Preprocessing:
     own = getattr(model, "preprocessing", None)
     if own is not None:
         return own
-    spec = get_spec(name) if name else None
-    fixed = tuple(spec.input_size) if spec and spec.family == "ssd" else None
-    return transform.Preprocessing(
-        spec.mean if spec else IMAGENET_MEAN, spec.std if spec else IMAGENET_STD,
-        getattr(model, "min_size", 800), getattr(model, "max_size", 1333), fixed,
-        1 if fixed else 32)
+    spec = spec_or_default(name)
+    fixed = tuple(spec.input_size) if spec.family == "ssd" else None
+    return transform.Preprocessing(spec.mean, spec.std, getattr(model, "min_size", 800),
+                                   getattr(model, "max_size", 1333), fixed, 1 if fixed else 32)
