@@ -20,8 +20,8 @@ COCO detection folder (a json of boxes). Then, per task, it times
   does it, so both sides do the same work).
 
 with each ``--workers`` count, the two libraries alternating (order swapped every round) so a
-load change on a shared machine hits both alike. Each figure is taken after the first batch
-(whose wait, worker start-up included, is printed apart): images per wall second, and CPU
+load change on a shared machine hits both alike. Each figure is taken after the first batch of
+each worker (the wait for them, worker start-up included, is printed apart): images per wall second, and CPU
 milliseconds per image (user + sys of this process and all its worker processes: the per-core
 cost, which holds on a busy machine); torch runs with one intra-op thread. jaxvision's loaders stop at uint8 (the jitted step
 normalises on the device); torchvision's workers make normalised float32, as its references do.
@@ -113,14 +113,17 @@ def cpu_seconds() -> float:
     return total
 
 
-def measure(make_iter, batches: int, count):
-    """(seconds to the first batch, images per wall second and CPU ms per image after it)."""
+def measure(make_iter, batches: int, count, warmup: int = 1):
+    """(seconds to the first ``warmup`` batches, images per wall second and CPU ms per image
+    after them). One batch from each worker process: a worker still starting (importing jax, in
+    grain's spawned workers) would be billed to the images around it."""
     t0 = time.perf_counter()
     it = make_iter()
-    next(it)
+    for _ in range(warmup):
+        next(it)
     first = time.perf_counter() - t0
     c0, w0, seen = cpu_seconds(), time.perf_counter(), 0
-    for _ in range(batches - 1):
+    for _ in range(batches - warmup):
         seen += count(next(it))
     wall, cpu = time.perf_counter() - w0, cpu_seconds() - c0
     del it
@@ -252,7 +255,7 @@ def load() -> str:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--num-images", type=int, default=256)
+    p.add_argument("--num-images", type=int, default=384)
     p.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
     p.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     p.add_argument("--batch", type=int, default=32, help="classification batch")
@@ -277,16 +280,16 @@ def main(argv=None):
         write_dataset(root, a.num_images, size=tuple(a.size))
         if not a.no_decode:
             decode_table(os.path.join(root, "train", "class_0", "00000.jpg"))
-        print("lib          task       workers  first batch s   img/s   CPU ms/img   load")
+        print("lib          task       workers  warm-up s   img/s   CPU ms/img   load")
         for r in range(a.rounds):
             for task in a.tasks:
                 for w in a.workers:
                     for lib in (libs if r % 2 == 0 else libs[::-1]):
                         b = batch[task]
                         first, rate, ms = measure(make[lib](root, task, w, b, a.draft),
-                                                  a.num_images // b, count)
+                                                  a.num_images // b, count, max(1, w))
                         results.setdefault((task, w, lib), []).append((rate, ms))
-                        print(f"{lib:12s} {task:10s} {w:7d} {first:13.2f} {rate:7.1f} "
+                        print(f"{lib:12s} {task:10s} {w:7d} {first:9.2f} {rate:7.1f} "
                               f"{ms:12.2f}   {load()}", flush=True)
     print(f"load average after: {load()}")
     if a.torch:

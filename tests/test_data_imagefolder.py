@@ -47,12 +47,12 @@ def test_train_val_folders_and_image_modes(tmp_path):
     data = build_data(_cfg(tmp_path, skip_corrupt=False))
     assert data.class_names == ["cat", "dog"] and (data.num_train, data.num_val) == (10, 2)
     for i in range(data.num_train):
-        img = data.train_source[i]["image"]
+        img = np.asarray(data.train_source[i]["image"])
         assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[-1] == 3
     deep = [data.train_source[i] for i in range(10)
             if data.train_source.items[i][0].endswith("deep.png")][0]
     # 16-bit values are rescaled, not clipped at 255
-    np.testing.assert_array_equal(deep["image"][..., 0], rgb[..., 0])
+    np.testing.assert_array_equal(np.asarray(deep["image"])[..., 0], rgb[..., 0])
     it = iter(data.train_loader(seed=0))
     for _ in range(5):  # an epoch: the 3x5 image goes through RandomResizedCrop too
         assert next(it)["image"].shape == (2, 8, 8, 3)
@@ -99,7 +99,7 @@ def test_corrupt_file_named_or_skipped_and_counted(tmp_path):
         data.train_source[idx]
     data = build_data(_cfg(tmp_path, skip_corrupt=True))
     ex = data.train_source[idx]
-    assert ex["image"].shape == (7, 9, 3)
+    assert np.asarray(ex["image"]).shape == (7, 9, 3)
     assert data.train_source.num_skipped == 1 and data.train_source.skipped == {str(bad)}
     assert data.num_skipped == 1
     for p, _ in data.train_source.items:
