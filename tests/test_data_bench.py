@@ -5,6 +5,8 @@ import runpy
 import subprocess
 import sys
 
+from PIL import Image
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--num-images", "4", "--workers", "0", "--batch", "2", "--seg-batch", "2",
         "--det-batch", "2", "--no-decode"]
@@ -20,7 +22,7 @@ def _bench(*args):
     return out.stdout
 
 
-def test_every_task_against_torchvision(capsys):
+def test_every_task_against_torchvision(capsys, tmp_path):
     bench = runpy.run_path(os.path.join(ROOT, "scripts", "data_bench.py"))
     results = bench["main"]([*TINY, "--torch"])
     assert sorted(results) == sorted(
@@ -29,6 +31,10 @@ def test_every_task_against_torchvision(capsys):
     # images per second and CPU ms per image, after the first batch
     assert all(rate > 0 and ms >= 0 for [(rate, ms)] in results.values())
     assert "median over rounds" in capsys.readouterr().out
+    jpeg = tmp_path / "x.jpg"
+    Image.new("RGB", (64, 48), (200, 30, 90)).save(jpeg)
+    bench["decode_table"](str(jpeg), n=2)
+    assert "PIL draft 1/2    -> 32x24" in capsys.readouterr().out
 
 
 def test_jaxvision_alone_imports_no_torch():
