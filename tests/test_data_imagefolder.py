@@ -6,6 +6,7 @@ import pytest
 from PIL import Image
 
 from jaxvision.data import DataError, default_data_config
+from jaxvision.data.transforms import undecoded_jpeg
 from jaxvision.tasks import build_data
 
 
@@ -24,9 +25,9 @@ def _tree(root, split="train", classes=("cat", "dog"), n=3):
             _save(f"{root}/{split}/{c}/{i}.png", _rgb(hash((c, i)) % 1000))
 
 
-def _cfg(root, **kw):
+def _cfg(root, image_size=8, **kw):
     c = default_data_config()
-    c.source, c.image_size, c.batch_size, c.eval_batch_size = "imagefolder", 8, 2, 4
+    c.source, c.image_size, c.batch_size, c.eval_batch_size = "imagefolder", image_size, 2, 4
     c.imagefolder.root = str(root)
     c.imagefolder.update(kw)
     return c
@@ -47,12 +48,12 @@ def test_train_val_folders_and_image_modes(tmp_path):
     data = build_data(_cfg(tmp_path, skip_corrupt=False))
     assert data.class_names == ["cat", "dog"] and (data.num_train, data.num_val) == (10, 2)
     for i in range(data.num_train):
-        img = data.train_source[i]["image"]
+        img = np.asarray(data.train_source[i]["image"])
         assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[-1] == 3
     deep = [data.train_source[i] for i in range(10)
             if data.train_source.items[i][0].endswith("deep.png")][0]
     # 16-bit values are rescaled, not clipped at 255
-    np.testing.assert_array_equal(deep["image"][..., 0], rgb[..., 0])
+    np.testing.assert_array_equal(np.asarray(deep["image"])[..., 0], rgb[..., 0])
     it = iter(data.train_loader(seed=0))
     for _ in range(5):  # an epoch: the 3x5 image goes through RandomResizedCrop too
         assert next(it)["image"].shape == (2, 8, 8, 3)
@@ -99,7 +100,7 @@ def test_corrupt_file_named_or_skipped_and_counted(tmp_path):
         data.train_source[idx]
     data = build_data(_cfg(tmp_path, skip_corrupt=True))
     ex = data.train_source[idx]
-    assert ex["image"].shape == (7, 9, 3)
+    assert np.asarray(ex["image"]).shape == (7, 9, 3)
     assert data.train_source.num_skipped == 1 and data.train_source.skipped == {str(bad)}
     assert data.num_skipped == 1
     for p, _ in data.train_source.items:
@@ -128,3 +129,56 @@ def test_nested_images_single_class_and_skipped_files_logged(tmp_path, caplog):
         data.train_source[idx]  # logged once per file
     msgs = [r.getMessage() for r in caplog.records if r.name == "jaxvision.data"]
     assert len(msgs) == 1 and str(bad) in msgs[0] and "1 replaced so far" in msgs[0]
+
+
+# -- data.imagefolder.draft: train JPEGs decoded at reduced size where the random crop allows,
+# against the full decode that torchvision does
+
+def _photo(seed, size=(640, 480)):
+    """Smooth content plus noise: a JPEG that compresses like a photo."""
+    rng = np.random.default_rng(seed)
+    coarse = Image.fromarray((rng.random((12, 16, 3)) * 255).astype(np.uint8))
+    smooth = np.asarray(coarse.resize(size, Image.BICUBIC), np.float32)
+    return Image.fromarray(np.clip(smooth + rng.normal(0, 8, smooth.shape), 0, 255)
+                           .astype(np.uint8))
+
+
+def _jpeg_folder(root):
+    for split in ("train", "val"):
+        for c in ("a", "b"):
+            os.makedirs(f"{root}/{split}/{c}")
+            for i in range(2):
+                _photo(i + 2 * (c == "b")).save(f"{root}/{split}/{c}/{i}.jpg", quality=90)
+    _photo(9).convert("L").save(f"{root}/train/a/grey.jpg", quality=90)
+    _photo(8).save(f"{root}/train/b/lossless.png")  # not a JPEG: decoded in full as before
+
+
+def test_draft_matches_full_decode_within_tolerance(tmp_path):
+    _jpeg_folder(tmp_path)
+    full, lazy = (build_data(_cfg(tmp_path, 48, draft=d)) for d in (False, True))
+    assert [undecoded_jpeg(lazy.train_source[i]["image"]) for i in range(len(lazy.train_source))
+            ] == [True] * 5 + [False]  # a/0, a/1, a/grey, b/0, b/1, b/lossless.png
+    t = full.train_transform()  # the same transform: only what the source hands it differs
+    diffs = []
+    for seed in range(6):
+        for i in range(len(full.train_source)):
+            a = t.random_map(full.train_source[i], np.random.default_rng(seed))["image"]
+            b = t.random_map(lazy.train_source[i], np.random.default_rng(seed))["image"]
+            assert b.shape == a.shape == (48, 48, 3) and b.dtype == np.uint8
+            diffs.append(np.abs(a.astype(int) - b).mean())
+    # the same crop boxes (same draws from the header's size); pixels within ~1 level of 255
+    # (measured: mean 0.4, worst image 0.9); a wrong box would differ by tens of levels
+    assert 0 < np.mean(diffs) < 1.0 and max(diffs) < 2.5, diffs
+    batch = next(iter(lazy.train_loader(seed=0)))
+    assert batch["image"].shape == (2, 48, 48, 3) and batch["image"].dtype == np.uint8
+
+
+def test_draft_errors_name_the_setting_and_the_file(tmp_path):
+    _jpeg_folder(tmp_path)
+    with pytest.raises(DataError, match="draft=True.*skip_corrupt"):
+        build_data(_cfg(tmp_path, draft=True, skip_corrupt=True))
+    bad = tmp_path / "train" / "a" / "0.jpg"
+    bad.write_bytes(bad.read_bytes()[:2000])  # a valid header, then nothing
+    data = build_data(_cfg(tmp_path, draft=True))
+    with pytest.raises(DataError, match=f"{bad}: cannot be decoded.*draft"):
+        data.train_transform().random_map(data.train_source[0], np.random.default_rng(0))

@@ -85,8 +85,14 @@ class Data:
         if c.num_workers:
             _absl_flags_ready()
             ops.insert(0, RunWorker())  # no orphans, no shared memory left after a SIGKILL
+        # one reading thread a batch ahead (per worker): grain's default, 16 threads and 500
+        # decoded images ahead, held ~280 MB of 500x375 images per worker, took 2 s to a first
+        # batch and spent more CPU per image polling its buffer (docs/performance.md)
+        local = self._local_batch(c.batch_size, process_count)
         return grain.DataLoader(data_source=self.train_source, sampler=sampler, operations=ops,
-                                worker_count=c.num_workers)
+                                worker_count=c.num_workers,
+                                read_options=grain.ReadOptions(num_threads=1,
+                                                               prefetch_buffer_size=local))
 
     def train_transform(self):
         return self.task.train_transform(self)

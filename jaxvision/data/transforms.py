@@ -26,6 +26,8 @@ def to_rgb(img) -> Image.Image:
         else:
             return img if img.mode == "RGB" else img.convert("RGB")
     a = np.asarray(img)
+    if a.dtype == np.uint8 and a.ndim == 3 and a.shape[-1] == 3:
+        return Image.fromarray(a)  # already 8-bit RGB: no scan for the range, no copies
     if a.dtype == np.uint16 or (a.dtype.kind in "iu" and a.max(initial=0) > 255):
         a = (a.astype(np.float32) / 257.0).round()
     a = np.clip(a, 0, 255).astype(np.uint8)
@@ -69,6 +71,32 @@ def eval_image(img, image_size, resize_size, interpolation="bilinear") -> np.nda
     return np.asarray(img)
 
 
+def undecoded_jpeg(img) -> bool:
+    """A JPEG opened but not decoded yet (``data.imagefolder.draft``): it can still be decoded
+    at 1/2, 1/4 or 1/8 of its size."""
+    return isinstance(img, Image.Image) and img.format == "JPEG" and bool(img.tile)
+
+
+def draft(img: Image.Image, room: float) -> int:
+    """Decode an undecoded JPEG at 1/f of its size, f the largest of 8, 4, 2 that is at most
+    ``room`` (how many times the region a transform reads exceeds its output, per side):
+    libjpeg's DCT scaling skips most of the inverse DCT and the resampling that follows reads
+    f^2 fewer pixels. Pixels differ slightly from a full decode (torchvision never drafts).
+    Returns f (1: a full decode)."""
+    from jaxvision.data.errors import DataError
+
+    f = next((f for f in (8, 4, 2) if f <= room), 1)
+    w = img.width
+    if f > 1:
+        img.draft("RGB", (img.width // f, img.height // f))
+    try:
+        img.load()
+    except (OSError, ValueError, SyntaxError) as e:
+        raise DataError(f"{img.filename}: cannot be decoded ({e}); data.imagefolder.draft "
+                        "decodes in the transform, where a corrupt file cannot be skipped") from e
+    return f if img.width != w else 1
+
+
 def random_resized_crop_box(rng: np.random.Generator, w: int, h: int, scale, ratio):
     """torchvision's RandomResizedCrop.get_params: 10 tries, then a centre crop fallback."""
     area = h * w
@@ -104,15 +132,29 @@ class TrainTransform(grain.transforms.RandomMap):
         self.policy, self.erasing = policy, erasing
 
     def random_map(self, example, rng: np.random.Generator):
-        img = to_rgb(example["image"])
+        img, out = example["image"], (self.size, self.size)
+        lazy = undecoded_jpeg(img)
+        if not lazy:
+            img = to_rgb(img)
+        resample = _RESAMPLE[self.interpolation]
         if self.rrc:
+            # from the header alone when lazy: the same draws and box as a full decode
             top, left, ch, cw = random_resized_crop_box(rng, *img.size, self.scale, self.ratio)
-            # crop first, as torchvision does: resize(box=...) would let the filter read
-            # pixels outside the box at its edges (measured up to 0.15 after normalising)
-            img = img.crop((left, top, left + cw, top + ch)).resize(
-                (self.size, self.size), _RESAMPLE[self.interpolation])
-        elif img.size != (self.size, self.size):
-            img = img.resize((self.size, self.size), _RESAMPLE[self.interpolation])
+            f = draft(img, min(cw, ch) / self.size) if lazy else 1
+            img = to_rgb(img)
+            if f > 1:  # full-size pixel x is x / f in the drafted image
+                img = img.resize(out, resample, box=(left / f, top / f, (left + cw) / f,
+                                                     (top + ch) / f))
+            else:
+                # crop first, as torchvision does: resize(box=...) would let the filter read
+                # pixels outside the box at its edges (measured up to 0.15 after normalising)
+                img = img.crop((left, top, left + cw, top + ch)).resize(out, resample)
+        else:
+            if lazy:
+                draft(img, min(img.size) / self.size)
+            img = to_rgb(img)
+            if img.size != out:
+                img = img.resize(out, resample)
         image = np.asarray(img)
         if self.hflip and rng.random() < 0.5:
             image = np.ascontiguousarray(image[:, ::-1])
