@@ -142,7 +142,8 @@ def test_dropout_draws_from_the_dropout_rng():
     model = jv.create_model("mobilenet_v3_small", norm="batch_eval")
     x = jnp.asarray(images((2, 64, 64, 3)))
     variables = jax.jit(model.init)(jax.random.key(0), x)
-    run = jax.jit(lambda key: model.apply(variables, x, train=True, rngs={"dropout": key}))
+    run = partial(jax.jit(lambda v, key: model.apply(v, x, train=True,
+                                                              rngs={"dropout": key})), variables)
     a, b = np.asarray(run(jax.random.key(1))), np.asarray(run(jax.random.key(2)))
     assert np.max(np.abs(a - b)) > 0.01 * np.max(np.abs(a))  # logits are ~1e-9 at init
     np.testing.assert_array_equal(run(jax.random.key(1)), run(jax.random.key(1)))
