@@ -66,15 +66,16 @@ def test_dilated_resnet50_matches_torchvision(dilation, strides):
     variables = jv.load_pretrained("resnet50", tmodel.state_dict(), model=model)
     check_eval("resnet50 dilated", tmodel, variables, model, [(129, 161)])
     check_features("resnet50", tmodel, NODES, variables, kwargs, (129, 161))
-    feats = jv.create_model("resnet50", features_only=True, **kwargs).apply(
-        variables, jnp.zeros((1, 128, 128, 3)))
-    assert [128 // f.shape[1] for f in feats.values()] == list(strides)
+    feats = jax.eval_shape(jv.create_model("resnet50", features_only=True, **kwargs).apply,
+                           variables, jnp.zeros((1, 128, 128, 3)))
+    # (eval_shape's dict comes back in sorted key order: read it by name)
+    assert [128 // feats[n].shape[1] for n in NODES.values()] == list(strides)
 
 
 def test_basic_block_refuses_dilation_like_torchvision():
     model = jv.create_model("resnet18", replace_stride_with_dilation=(False, False, True))
-    with pytest.raises(NotImplementedError, match="Dilation > 1"):
-        model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
+    with pytest.raises(NotImplementedError, match="Dilation > 1"):  # raised while tracing
+        jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
 
 
 def test_frozen_batchnorm_matches_torchvision_and_never_changes():
@@ -89,11 +90,17 @@ def test_frozen_batchnorm_matches_torchvision_and_never_changes():
     assert "bn1" not in variables["params"]  # affine lives with the statistics
     check_eval("resnet18 frozen BN", tmodel, variables, model, [(97, 129)])
     x = jnp.asarray(images((2, 64, 64, 3)))
-    out_train, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+
+    @jax.jit  # one compiled program: op by op, these three passes cost several times more
+    def run(variables, x):
+        out_train, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+        grads = jax.grad(lambda p: model.apply({**variables, "params": p}, x).sum())(
+            variables["params"])
+        return out_train, updates, model.apply(variables, x, train=False), grads
+
+    out_train, updates, out_eval, grads = run(variables, x)
     jax.tree.map(np.testing.assert_array_equal, updates["batch_stats"], variables["batch_stats"])
-    np.testing.assert_array_equal(out_train, model.apply(variables, x, train=False))
-    grads = jax.grad(lambda p: model.apply({**variables, "params": p}, x).sum())(
-        variables["params"])
+    np.testing.assert_array_equal(out_train, out_eval)
     assert set(grads) == {"conv1", "layer1_0", "layer1_1", "layer2_0", "layer2_1", "layer3_0",
                           "layer3_1", "layer4_0", "layer4_1", "fc"}
 
@@ -101,20 +108,21 @@ def test_frozen_batchnorm_matches_torchvision_and_never_changes():
 def test_norm_eval_keeps_statistics_in_training():
     model = jv.create_model("resnet18", norm="batch_eval")
     x = jnp.asarray(images((2, 64, 64, 3)))
-    variables = model.init(jax.random.key(0), x)
-    _, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    variables = jax.jit(model.init)(jax.random.key(0), x)
+    _, updates = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))(
+        variables, x)
     jax.tree.map(np.testing.assert_array_equal, updates["batch_stats"], variables["batch_stats"])
 
 
 def test_zero_init_residual_like_torchvision():
     model = jv.create_model("resnet50", zero_init_residual=True)
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
+    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
     assert not np.any(variables["params"]["layer1_0"]["bn3"]["scale"])
     assert np.all(variables["params"]["layer1_0"]["bn2"]["scale"] == 1)
     tmodel = torchvision.models.resnet50(zero_init_residual=True)
     assert not torch.any(tmodel.layer1[0].bn3.weight)
     basic = jv.create_model("resnet18", zero_init_residual=True)
-    bv = basic.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
+    bv = jax.jit(basic.init)(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
     assert not np.any(bv["params"]["layer2_1"]["bn2"]["scale"])
 
 
@@ -123,7 +131,7 @@ def test_num_classes_zero_gives_pooled_embedding():
     model = jv.create_model("resnet50", num_classes=0)
     variables = jv.load_pretrained("resnet50", tmodel.state_dict(), model=model, strict=False)
     x = images((2, 97, 129, 3))
-    got = model.apply(variables, jnp.asarray(x))
+    got = jax.jit(model.apply)(variables, jnp.asarray(x))
     assert got.shape == (2, 2048)
     tmodel.fc = torch.nn.Identity()
     with torch.no_grad():
@@ -142,16 +150,16 @@ def test_features_only_out_indices_and_info():
         assert value.shape == (1, 224 // info[key].reduction, 224 // info[key].reduction,
                                info[key].channels)
     with pytest.raises(ValueError, match="out_indices"):
-        jv.create_model("resnet50", features_only=True, out_indices=(5,)).init(
-            jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
+        jax.eval_shape(jv.create_model("resnet50", features_only=True, out_indices=(5,)).init,
+                       jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
 
 
 def test_bfloat16_compute_keeps_float32_params():
     model = jv.create_model("resnet18", dtype=jnp.bfloat16)
     x = jnp.asarray(images((2, 64, 64, 3)))
-    variables = model.init(jax.random.key(0), x)
+    variables = jax.jit(model.init)(jax.random.key(0), x)
     assert {p.dtype for p in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
-    out = model.apply(variables, x)
+    out = jax.jit(model.apply)(variables, x)
     assert out.dtype == jnp.bfloat16
-    ref = jv.create_model("resnet18").apply(variables, x)
+    ref = jax.jit(jv.create_model("resnet18").apply)(variables, x)
     assert float(jnp.max(jnp.abs(out.astype(jnp.float32) - ref))) < 0.1 * float(jnp.max(jnp.abs(ref))) + 0.05
