@@ -178,8 +178,9 @@ def test_features_only_out_indices_and_info():
         assert [feats[f.name].shape for f in info] == [
             (1, 224 // f.reduction, 224 // f.reduction, f.channels) for f in info]
     with pytest.raises(ValueError, match="out_indices"):
-        jv.create_model("mobilenet_v3_small", features_only=True, out_indices=(5,)).init(
-            jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
+        jax.eval_shape(jv.create_model("mobilenet_v3_small", features_only=True,
+                                       out_indices=(5,)).init,
+                       jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
 
 
 # --------------------------------------------------------------------------- MobileNet V1
