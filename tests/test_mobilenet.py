@@ -61,10 +61,7 @@ def test_param_count_equals_torchvision(name, kwargs):
         assert expected == jv.model_info(name).num_params
 
 
-# mobilenet_v2's on the library's default CPU lowering (tests/conftest.py): its depthwise
-# convolutions per tap, its 1x1s as GEMMs
-@pytest.mark.parametrize("name", [pytest.param("mobilenet_v2", marks=pytest.mark.default_lowering),
-                                  *TV_NAMES[1:]])
+@pytest.mark.parametrize("name", TV_NAMES)
 def test_parity_with_torchvision(name):
     # dropout 0 on both sides: train mode is then deterministic (torch and jax RNGs differ)
     tmodel = tv_model(name, dropout=0.0)

@@ -37,14 +37,8 @@ _SWEEP_RESNETS = {"resnet101", "resnet152", "resnext101_32x8d", "resnext101_64x4
                   "wide_resnet50_2", "wide_resnet101_2"}
 
 
-# resnet18's on the library's default CPU lowering (tests/conftest.py): im2col on its small
-# maps, 1x1 shortcuts as GEMMs, the max-pool's own gradient, proven against torchvision
-_MARKS = {"resnet18": pytest.mark.default_lowering,
-          **{n: pytest.mark.sweep for n in _SWEEP_RESNETS}}
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=_MARKS[n]) if n in _MARKS else n
-                                  for n in RESNETS])
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.sweep)
+                                  if n in _SWEEP_RESNETS else n for n in RESNETS])
 def test_parity_with_torchvision(name):
     tmodel = tv_model(name)
     model = jv.create_model(name)
