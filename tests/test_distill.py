@@ -1,6 +1,7 @@
 """Knowledge distillation (task "distillation"): the loss against torch's, the teacher as an
 argument of the step, its loading and refusals, its val top-1 reported once, and a short run
 on shapes that resumes bitwise."""
+import functools
 import json
 import os
 
@@ -176,7 +177,8 @@ def test_teacher_top1_is_reported_once(straight, teacher_dirs):
     c = distill_config(teacher_dirs["a"])
     data = build_data(c.data, "resnet18")
     model, v = jv.create_model("resnet18", pretrained=teacher_dirs["a"])
-    fwd = jax.jit(lambda x: model.apply(v, normalize(x, data.mean, data.std), train=False))
+    fwd = functools.partial(jax.jit(lambda v, x: model.apply(
+        v, normalize(x, data.mean, data.std), train=False)), v)
     hits = [(np.asarray(fwd(b["image"])).argmax(-1) == b["label"])[b["valid"]]
             for b in data.eval_loader()]
     hits = np.concatenate(hits)

@@ -4,6 +4,8 @@ Train-mode comparisons build both sides with every dropout at 0: torch's and JAX
 masks come from different generators, so with dropout on, the outputs could only be compared
 statistically.  What remains random in training (batch statistics) is deterministic.
 """
+import copy
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -52,36 +54,19 @@ def _pair(name, transform_input=False, **extra):
     return tmodel, model, jv.load_pretrained(name, tmodel.state_dict(), model=model)
 
 
-def check_train_outputs(name, tmodel, variables, model, size):
-    """Every train-mode output, auxiliary logits included, in torchvision's order."""
-    x = images((2, *size, 3), seed=11)
-    before = {k: v.clone() for k, v in tmodel.state_dict().items()}
-    tmodel.train()
-    with torch.no_grad():
-        want = tmodel(nchw(x))
-    tmodel.eval()
-    tmodel.load_state_dict(before)
-    got, _ = model.apply(variables, jnp.asarray(x), train=True, mutable=["batch_stats"])
-    assert type(got).__name__ == type(want).__name__ and got._fields == want._fields
-    truth = {}
-
-    def truth_of(i):
-        if not truth:
-            with torch.no_grad():
-                truth["out"] = as_float64(tmodel).train()(nchw(x).double())
-        return truth["out"][i]
-
-    for i, field in enumerate(want._fields):
-        assert_parity(f"{name} train {field}", got[i], want[i], lambda i=i: truth_of(i))
+@pytest.fixture(scope="module")
+def googlenet():
+    """One torchvision/jaxvision googlenet pair for the tests that compare or run it (each test
+    that changes the torch model restores it)."""
+    return _pair("googlenet")
 
 
-def test_googlenet_parity():
-    tmodel, model, variables = _pair("googlenet")
+def test_googlenet_parity(googlenet):
+    tmodel, model, variables = googlenet
     check_eval("googlenet", tmodel, variables, model, [(224, 224), (193, 257)])
     check_features("googlenet", tmodel, NODES["googlenet"], variables,
                    {"transform_input": False}, (193, 257))
-    check_train_outputs("googlenet", tmodel, variables, model, (129, 161))
-    check_train("googlenet", tmodel, variables, model, (97, 129))
+    check_train("googlenet", tmodel, variables, model, (97, 129))  # aux logits included
     check_input_grad("googlenet", tmodel, variables, model, (97, 129))
 
 
@@ -96,8 +81,8 @@ def test_googlenet_transform_input_and_pretrained_layout():
     assert "aux1" not in variables["params"] and "aux2" not in variables["params"]
     check_eval("googlenet transform_input", tmodel, variables, model, [(161, 129)])
     x = jnp.asarray(images((2, 97, 97, 3)))
-    out = model.apply(variables, x, train=True, mutable=["batch_stats"],
-                      rngs={"dropout": jax.random.key(0)})[0]
+    out = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"],
+                                           rngs={"dropout": jax.random.key(0)})[0])(variables, x)
     assert out.shape == (2, 1000)  # no aux heads: logits only, even in training
 
 
@@ -107,8 +92,7 @@ def test_inception_v3_parity():
     check_features("inception_v3", tmodel, NODES["inception_v3"], variables,
                    {"transform_input": False}, (151, 173))
     # the aux head needs ~299x299 inputs (Mixed_6e >= 17x17), as in torchvision
-    check_train_outputs("inception_v3", tmodel, variables, model, (299, 299))
-    check_train("inception_v3", tmodel, variables, model, (299, 299))
+    check_train("inception_v3", tmodel, variables, model, (299, 299))  # aux logits included
     check_input_grad("inception_v3", tmodel, variables, model, (107, 117))
 
 
@@ -123,11 +107,13 @@ def test_inception_v3_transform_input_and_no_aux_checkpoint():
 
 
 def test_inception_v3_rejects_small_inputs():
+    # raised while tracing: abstract inits check the same code without computing the stem
     model = jv.create_model("inception_v3", aux_logits=False)
     with pytest.raises(ValueError, match="at least 75x75"):
-        model.init(jax.random.key(0), jnp.zeros((1, 74, 80, 3)))
+        jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 74, 80, 3)))
     with pytest.raises(ValueError, match="AuxLogits needs Mixed_6e"):
-        jv.create_model("inception_v3").init(jax.random.key(0), jnp.zeros((1, 160, 160, 3)))
+        jax.eval_shape(jv.create_model("inception_v3").init, jax.random.key(0),
+                       jnp.zeros((1, 160, 160, 3)))
 
 
 @pytest.mark.parametrize("name", ["googlenet", "inception_v3"])
@@ -161,8 +147,8 @@ def test_num_classes_zero_and_features_info(name, size):
         assert abs(value.shape[1] - size / info[key].reduction) < 4
 
 
-def test_googlenet_num_classes_zero_matches_torch_embedding():
-    tmodel, _, _ = _pair("googlenet")
+def test_googlenet_num_classes_zero_matches_torch_embedding(googlenet):
+    tmodel = copy.deepcopy(googlenet[0])  # the shared one keeps its fc
     model = jv.create_model("googlenet", num_classes=0, transform_input=False)
     variables = jv.load_pretrained("googlenet", tmodel.state_dict(), model=model, strict=False)
     x = images((2, 97, 129, 3))
@@ -174,10 +160,10 @@ def test_googlenet_num_classes_zero_matches_torch_embedding():
                   lambda: as_float64(tmodel)(nchw(x).double()).detach())
 
 
-def test_googlenet_dropout_uses_dropout_rng():
-    model = jv.create_model("googlenet", aux_logits=True)
+def test_googlenet_dropout_uses_dropout_rng(googlenet):
+    model = jv.create_model("googlenet", aux_logits=True)  # dropout 0.2, aux heads' 0.7
     x = jnp.asarray(images((2, 64, 64, 3)))
-    variables = jax.jit(model.init)(jax.random.key(0), x)
+    variables = googlenet[2]  # the same parameters: dropout has none
     fwd = jax.jit(lambda v, r: model.apply(v, x, train=True, mutable=["batch_stats"],
                                             rngs={"dropout": r})[0])
     run = lambda k: fwd(variables, jax.random.key(k))

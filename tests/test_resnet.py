@@ -37,14 +37,8 @@ _SWEEP_RESNETS = {"resnet101", "resnet152", "resnext101_32x8d", "resnext101_64x4
                   "wide_resnet50_2", "wide_resnet101_2"}
 
 
-# resnet18's on the library's default CPU lowering (tests/conftest.py): im2col on its small
-# maps, 1x1 shortcuts as GEMMs, the max-pool's own gradient, proven against torchvision
-_MARKS = {"resnet18": pytest.mark.default_lowering,
-          **{n: pytest.mark.sweep for n in _SWEEP_RESNETS}}
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=_MARKS[n]) if n in _MARKS else n
-                                  for n in RESNETS])
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.sweep)
+                                  if n in _SWEEP_RESNETS else n for n in RESNETS])
 def test_parity_with_torchvision(name):
     tmodel = tv_model(name)
     model = jv.create_model(name)
@@ -66,15 +60,16 @@ def test_dilated_resnet50_matches_torchvision(dilation, strides):
     variables = jv.load_pretrained("resnet50", tmodel.state_dict(), model=model)
     check_eval("resnet50 dilated", tmodel, variables, model, [(129, 161)])
     check_features("resnet50", tmodel, NODES, variables, kwargs, (129, 161))
-    feats = jv.create_model("resnet50", features_only=True, **kwargs).apply(
-        variables, jnp.zeros((1, 128, 128, 3)))
-    assert [128 // f.shape[1] for f in feats.values()] == list(strides)
+    feats = jax.eval_shape(jv.create_model("resnet50", features_only=True, **kwargs).apply,
+                           variables, jnp.zeros((1, 128, 128, 3)))
+    # (eval_shape's dict comes back in sorted key order: read it by name)
+    assert [128 // feats[n].shape[1] for n in NODES.values()] == list(strides)
 
 
 def test_basic_block_refuses_dilation_like_torchvision():
     model = jv.create_model("resnet18", replace_stride_with_dilation=(False, False, True))
-    with pytest.raises(NotImplementedError, match="Dilation > 1"):
-        model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
+    with pytest.raises(NotImplementedError, match="Dilation > 1"):  # raised while tracing
+        jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
 
 
 def test_frozen_batchnorm_matches_torchvision_and_never_changes():
@@ -89,11 +84,17 @@ def test_frozen_batchnorm_matches_torchvision_and_never_changes():
     assert "bn1" not in variables["params"]  # affine lives with the statistics
     check_eval("resnet18 frozen BN", tmodel, variables, model, [(97, 129)])
     x = jnp.asarray(images((2, 64, 64, 3)))
-    out_train, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+
+    @jax.jit  # one compiled program: op by op, these three passes cost several times more
+    def run(variables, x):
+        out_train, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+        grads = jax.grad(lambda p: model.apply({**variables, "params": p}, x).sum())(
+            variables["params"])
+        return out_train, updates, model.apply(variables, x, train=False), grads
+
+    out_train, updates, out_eval, grads = run(variables, x)
     jax.tree.map(np.testing.assert_array_equal, updates["batch_stats"], variables["batch_stats"])
-    np.testing.assert_array_equal(out_train, model.apply(variables, x, train=False))
-    grads = jax.grad(lambda p: model.apply({**variables, "params": p}, x).sum())(
-        variables["params"])
+    np.testing.assert_array_equal(out_train, out_eval)
     assert set(grads) == {"conv1", "layer1_0", "layer1_1", "layer2_0", "layer2_1", "layer3_0",
                           "layer3_1", "layer4_0", "layer4_1", "fc"}
 
@@ -123,7 +124,7 @@ def test_num_classes_zero_gives_pooled_embedding():
     model = jv.create_model("resnet50", num_classes=0)
     variables = jv.load_pretrained("resnet50", tmodel.state_dict(), model=model, strict=False)
     x = images((2, 97, 129, 3))
-    got = model.apply(variables, jnp.asarray(x))
+    got = jax.jit(model.apply)(variables, jnp.asarray(x))
     assert got.shape == (2, 2048)
     tmodel.fc = torch.nn.Identity()
     with torch.no_grad():
@@ -142,8 +143,8 @@ def test_features_only_out_indices_and_info():
         assert value.shape == (1, 224 // info[key].reduction, 224 // info[key].reduction,
                                info[key].channels)
     with pytest.raises(ValueError, match="out_indices"):
-        jv.create_model("resnet50", features_only=True, out_indices=(5,)).init(
-            jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
+        jax.eval_shape(jv.create_model("resnet50", features_only=True, out_indices=(5,)).init,
+                       jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
 
 
 def test_bfloat16_compute_keeps_float32_params():

@@ -55,7 +55,7 @@ def test_num_classes_zero_gives_classifier_embedding():
     model = jv.create_model("vgg11", num_classes=0)
     variables = jv.load_pretrained("vgg11", tmodel.state_dict(), model=model, strict=False)
     x = images((2, 64, 64, 3))
-    got = model.apply(variables, jnp.asarray(x))
+    got = jax.jit(model.apply)(variables, jnp.asarray(x))
     assert got.shape == (2, 4096) and "classifier_6" not in variables["params"]
     tmodel.classifier[6] = torch.nn.Identity()
     with torch.no_grad():

@@ -1,6 +1,7 @@
 """Helpers shared by the ConvNeXt, Swin and MaxViT parity tests (on top of tv_parity)."""
 from __future__ import annotations
 
+import functools
 import math
 import re
 
@@ -235,8 +236,9 @@ def check_stochastic_depth(tmodel, model, variables, x):
     """Stochastic depth draws from the 'dropout' rng: in train mode one key repeats, two keys
     differ, and both differ from eval; eval is deterministic and equals torch's eval, which
     ignores stochastic depth as well."""
-    run = jax.jit(lambda key: model.apply(variables, x, train=True, rngs={"dropout": key},
-                                          mutable=[c for c in variables if c != "params"]))
+    run = functools.partial(jax.jit(lambda v, key: model.apply(
+        v, x, train=True, rngs={"dropout": key}, mutable=[c for c in v if c != "params"])),
+        variables)  # an argument, not a constant baked into the program
     first = lambda out: out[0] if isinstance(out, tuple) else out
     a, b, a2 = (np.asarray(first(run(jax.random.key(s)))) for s in (1, 2, 1))
     ev = jax.jit(lambda v: model.apply(v, x, train=False))
