@@ -252,7 +252,7 @@ def conv2d(x, kernel, stride=1, padding=0, dilation=1, groups=1, impl=None):
         if (kh, kw) != (1, 1) or groups != 1:
             raise ValueError("einsum lowering: ungrouped 1x1 convolutions only")
         (view,) = tap_views(x, 1, 1, stride, padding, dilation, oh, ow)
-        return jnp.einsum("nhwc,cf->nhwf", view, kernel[0, 0])
+        return _pointwise(view, kernel[0, 0])
     (r0, r1) = live_taps(h, kh, stride[0], padding[0], dilation[0], oh)
     (c0, c1) = live_taps(w, kw, stride[1], padding[1], dilation[1], ow)
     if (r1 - r0, c1 - c0) != (kh, kw):
@@ -272,19 +272,92 @@ def conv2d(x, kernel, stride=1, padding=0, dilation=1, groups=1, impl=None):
         k = kernel.reshape(kh * kw, cin_g, groups, cout // groups)
         y = jnp.einsum("nhwkgc,kcgf->nhwgf", patches, k)
         return y.reshape(n, oh, ow, cout)
-    views = tap_views(x, kh, kw, stride, padding, dilation, oh, ow, range(r0, r1), range(c0, c1))
     if impl == "taps":
         if cin_g != 1 or groups != cin:
             raise ValueError("taps lowering: depthwise convolutions only (groups == channels)")
-        mult = cout // cin
-        if mult > 1:  # torch's channel order: output o reads input o // mult
-            views = [jnp.repeat(v, mult, axis=-1) for v in views]
-        taps = kernel.reshape(kh * kw, cout)
-        y = views[0] * taps[0]
-        for k in range(1, kh * kw):
-            y = y + views[k] * taps[k]
-        return y
+        return _depthwise((stride, padding, dilation, oh, ow, r0, r1, c0, c1), x, kernel)
     raise ValueError(f"unknown convolution lowering {impl!r}; expected one of {IMPLS}")
+
+
+# Differentiated by jax, the kernel gradient x^T g was a dot that XLA:CPU fed with g copied
+# into channel-major order: a transposing loop fusion over the largest activations of
+# mobilenet_v2 (its BatchNorm and depthwise input gradient recomputed inside). As g^T x, with
+# the small (Cout, Cin) result transposed, the dot reads both operands where they lie.
+@jax.custom_vjp
+def _pointwise(x, kernel):
+    return jnp.einsum("nhwc,cf->nhwf", x, kernel)
+
+
+def _pointwise_fwd(x, kernel):
+    return _pointwise(x, kernel), (x, kernel)
+
+
+def _pointwise_bwd(res, g):
+    x, kernel = res
+    dx = jnp.einsum("nhwf,cf->nhwc", g, kernel)
+    dk = lax.dot_general(g.reshape(-1, g.shape[-1]), x.reshape(-1, x.shape[-1]),
+                         (((0,), (0,)), ((), ())))
+    return dx, dk.T.astype(kernel.dtype)
+
+
+_pointwise.defvjp(_pointwise_fwd, _pointwise_bwd)
+
+
+def _depthwise_views(spec, x, cout):
+    """The live taps' views of ``x``, each with the ``cout`` channels of the output."""
+    stride, padding, dilation, oh, ow, r0, r1, c0, c1 = spec
+    views = tap_views(x, r1 - r0, c1 - c0, stride, padding, dilation, oh, ow, range(r0, r1),
+                      range(c0, c1))
+    mult = cout // x.shape[-1]
+    if mult > 1:  # torch's channel order: output o reads input o // mult
+        views = [jnp.repeat(v, mult, axis=-1) for v in views]
+    return views
+
+
+def _taps_sum(spec, x, kernel):
+    """The depthwise convolution as one multiply-add per live kernel tap."""
+    kh, kw, _, cout = kernel.shape
+    views = _depthwise_views(spec, x, cout)
+    taps = kernel.reshape(kh * kw, cout)
+    y = views[0] * taps[0]
+    for k in range(1, kh * kw):
+        y = y + views[k] * taps[k]
+    return y
+
+
+# Differentiated by jax, the taps' views were the residuals: XLA:CPU wrote each of the kh*kw
+# shifted copies of the input as its own loop fusion in the forward pass (recomputing the
+# BatchNorm and ReLU6 that produce the input in each) for the kernel gradient's reductions,
+# which YNNPACK takes only from memory. Here the input alone is kept, and each tap's product
+# with the output gradient is first summed over halves of the batch by slices and adds, which
+# fuse into one loop: YNNPACK's reduction reads 1/16 of the bytes at batch 16.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _depthwise(spec, x, kernel):
+    return _taps_sum(spec, x, kernel)
+
+
+def _depthwise_fwd(spec, x, kernel):
+    return _taps_sum(spec, x, kernel), (x, kernel)
+
+
+def _depthwise_bwd(spec, res, g):
+    x, kernel = res
+    _, input_vjp = jax.vjp(lambda x: _taps_sum(spec, x, kernel), x)
+    (dx,) = input_vjp(g)
+    dk = jnp.stack([jnp.sum(_fold_batch(v * g), axis=(0, 1, 2))
+                    for v in _depthwise_views(spec, x, kernel.shape[-1])])
+    return dx, dk.reshape(kernel.shape).astype(kernel.dtype)
+
+
+_depthwise.defvjp(_depthwise_fwd, _depthwise_bwd)
+
+
+def _fold_batch(t):
+    """``t`` summed over halves of its batch axis while that is even, by slices and adds."""
+    while t.shape[0] % 2 == 0:
+        half = t.shape[0] // 2
+        t = t[:half] + t[half:]
+    return t
 
 
 # im2col's patches on the smallest maps (3x3: 2x2 and 1x1) as one gather rather than one
