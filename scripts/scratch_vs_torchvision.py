@@ -123,13 +123,14 @@ def recipe(epochs: int, overrides=()) -> dict:
                 momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.nesterov)
 
 
-def run_torch(data_root: str, workdir: str, epochs: int, overrides) -> dict:
+def run_torch(data_root: str, workdir: str, epochs: int, overrides, threads: int = 0) -> dict:
     log_path = os.path.join(workdir, "torch.log")
+    r = {**recipe(epochs, overrides), "threads": threads}
     cmd = [sys.executable, os.path.abspath(__file__), "--torch-worker", data_root,
-           "--workdir", workdir, "--recipe", json.dumps(recipe(epochs, overrides))]
+           "--workdir", workdir, "--recipe", json.dumps(r)]
     r = timed(cmd, log_path)
     r.update(top1=r["result"]["val_top1"], curve=r["result"]["curve"], log=log_path,
-             first_step=r["result"]["first_step"])
+             first_step=r["result"]["first_step"], threads=r["result"]["threads"])
     return r
 
 
@@ -140,6 +141,8 @@ def torch_train(data_root: str, workdir: str, r: dict) -> dict:
     from torchvision import transforms as T
 
     epochs = r["epochs"]
+    if r.get("threads"):
+        torch.set_num_threads(r["threads"])
     torch.manual_seed(r["seed"])
     # jaxvision normalises with the model's mean / std: torchvision's ImageNet figures
     norm = T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -181,7 +184,8 @@ def torch_train(data_root: str, workdir: str, r: dict) -> dict:
         torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
                     "lr_scheduler": sched.state_dict(), "epoch": epoch},
                    os.path.join(workdir, "torch_checkpoint.pth"))
-    return {"val_top1": curve[-1], "curve": curve, "first_step": first_step}
+    return {"val_top1": curve[-1], "curve": curve, "first_step": first_step,
+            "threads": torch.get_num_threads()}
 
 
 def table(rows: dict) -> str:
@@ -195,6 +199,12 @@ def table(rows: dict) -> str:
         lines.append(f"{'ratio j/t':10} {j['wall'] / t['wall']:8.2f} {j['cpu'] / t['cpu']:8.2f}"
                      f" {'':10} {j['top1'] - t['top1']:+9.4f}  (wall and CPU: <= 1.0 is "
                      "jaxvision as fast or faster; top-1: the difference)")
+    lines.append("wall: the subprocess from start to exit (imports, data, compile, every epoch's "
+                 "eval and checkpoint); CPU: user + sys of it and its workers; 1st step: from "
+                 "the training loop's start to its first step's end (jaxvision: compilation or "
+                 "a compile-cache read)")
+    if "torch" in rows:
+        lines.append(f"torch intra-op threads: {rows['torch']['threads']}")
     for name, r in rows.items():
         lines.append(f"{name} val top-1 per epoch: " + " ".join(f"{v:.3f}" for v in r["curve"])
                      + f"   (log: {r['log']})")
@@ -212,6 +222,9 @@ def main(argv=None):
     p.add_argument("--skip-jaxvision", action="store_true")
     p.add_argument("--torch-first", action="store_true",
                    help="run torch before jaxvision (swap the order between reruns: load drifts)")
+    p.add_argument("--torch-threads", type=int, default=0,
+                   help="torch.set_num_threads (default: torch's own, one per core); on a "
+                   "loaded machine torch's OpenMP threads lose far more than XLA's pool")
     p.add_argument("--torch-worker", metavar="DATA", help=argparse.SUPPRESS)
     p.add_argument("--recipe", help=argparse.SUPPRESS)
     p.add_argument("overrides", nargs="*", help="--config.X=Y overrides (after --), for both "
@@ -241,8 +254,9 @@ def main(argv=None):
     rows = {}
     for name in runs:
         print(f"running {name}...", flush=True)
-        run = run_jaxvision if name == "jaxvision" else run_torch
-        rows[name] = run(data_root, workdir, epochs, args.overrides)
+        rows[name] = (run_jaxvision(data_root, workdir, epochs, args.overrides)
+                      if name == "jaxvision" else
+                      run_torch(data_root, workdir, epochs, args.overrides, args.torch_threads))
     print(table({k: rows[k] for k in ("jaxvision", "torch") if k in rows}))
 
 
