@@ -5,6 +5,7 @@ attacks the copy (NaN resume, corrupt step, changed optimizer, full disk).
 """
 import errno
 import json
+import logging
 import os
 import re
 import shutil
@@ -484,6 +485,24 @@ def test_refused_resume_of_a_truncated_step_is_one_line_without_asyncio_noise(ba
         assert proc.returncode == 2
         assert err.startswith("jaxvision train: error: checkpoint step 12 is corrupt"), err
         assert len(err.strip().splitlines()) == 1, err
+
+
+def test_failed_read_echoes_are_dropped_whatever_the_futures_class():
+    # the truncated-step run above printed "_GatheringFuture exception was never retrieved" (an
+    # asyncio.gather inside Orbax), past a filter that knew only Future and Task
+    echoes = checkpoint._FailedReadEchoes()
+    try:
+        def kept(message):
+            return echoes.filter(logging.LogRecord("asyncio", logging.ERROR, __file__, 1,
+                                                   message, None, None))
+
+        for cls in ("Future", "Task", "_GatheringFuture"):
+            assert not kept(f"{cls} exception was never retrieved\nfuture: <{cls} finished>")
+        assert kept("Unclosed client session")
+        assert kept("Task was destroyed but it is pending!")
+        assert kept("a line that mentions: Task exception was never retrieved")
+    finally:
+        echoes.remove()
 
 
 @pytest.fixture

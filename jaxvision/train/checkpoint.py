@@ -274,7 +274,8 @@ class _FailedReadEchoes(logging.Filter):
     restore runs, and for the rest of the process once one failed, as its last reads end later.
     """
 
-    ECHOES = ("Future exception was never retrieved", "Task exception was never retrieved")
+    # asyncio names the future's class: Future, Task, _GatheringFuture (of an asyncio.gather)
+    ECHO = re.compile(r"\w+ exception was never retrieved(\n|$)")
 
     def __init__(self):
         self.previous = sys.unraisablehook
@@ -286,7 +287,7 @@ class _FailedReadEchoes(logging.Filter):
             self.previous(unraisable)
 
     def filter(self, record):
-        return not record.getMessage().startswith(self.ECHOES)
+        return not self.ECHO.match(record.getMessage())
 
     def remove(self):
         if sys.unraisablehook == self.unraisable:
