@@ -134,9 +134,7 @@ def jit(fun, conv_lowering=None, platform=None, **jit_kwargs):
 # XLA runs without that fusion, keeps both busy and was nowhere slower on resnet50's shapes
 # (docs/performance.md, "The measurements behind layers/lowering.py"). The option
 # takes a whole list, not a change to the default, so it is passed only where the default is
-# known to be this list (a probe compiles the same either way), and then with reductions only:
-# YNNPACK's dots were no faster than Eigen's on resnet50 and mobilenet_v2 train steps and cost
-# vit_b_16's ~6% more CPU (docs/performance.md, "YNNPACK's dots").
+# known to be this list (a probe compiles the same either way), and then without convolutions.
 _YNN_OPTION = "xla_cpu_experimental_ynn_fusion_type"
 _YNN_DEFAULT = ("LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT", "LIBRARY_FUSION_TYPE_REDUCE",
                 "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION")
@@ -175,11 +173,11 @@ def _eigen_convolutions(platform=None) -> bool:
 def compiler_options(platform=None) -> dict:
     """``jax.jit(..., compiler_options=...)`` for a step traced here (``jit`` adds them): where
     the CPU rewrites are on (``rewrites_on``) and XLA sends convolutions to YNNPACK by default,
-    its reductions alone (convolutions and dots to Eigen); otherwise nothing."""
+    the same fusions less convolutions; otherwise nothing."""
     _, platform = current(platform)
     if not rewrites_on(platform) or not _is_default_ynn_list(",".join(_YNN_DEFAULT), platform):
         return {}
-    return {_YNN_OPTION: "LIBRARY_FUSION_TYPE_REDUCE"}
+    return {_YNN_OPTION: ",".join(_YNN_DEFAULT[:-1])}
 
 
 def choose(x_shape, kernel_shape, stride, padding, dilation, groups, platform=None):
