@@ -174,17 +174,19 @@ def preprocessing(cfg, model_name: str | None = None, targets: str = "classifica
     return mean, std, resize
 
 
-def predict_data(cfg, model_name: str | None, targets: str, class_names, task) -> Data:
+def predict_data(cfg, model_name: str | None, class_names, task) -> Data:
     """A ``Data`` without sources: the preprocessing and class names a trained model predicts
     with, on a machine that need not hold the dataset."""
-    return Data(None, None, list(class_names), cfg, *preprocessing(cfg, model_name, targets),
-                task)
+    return Data(None, None, list(class_names), cfg,
+                *preprocessing(cfg, model_name, task.data_task), task)
 
 
-def make_data(cfg, model_name: str | None, targets: str, task) -> Data:
-    """The train and val sources of ``cfg.source`` yielding ``targets`` ("classification":
+def make_data(cfg, model_name: str | None, task) -> Data:
+    """The train and val sources of ``cfg.source`` for ``task``, which gives the transforms
+    (``jaxvision.tasks.build_data``): they yield its ``data_task``'s targets ("classification":
     labels, "segmentation": masks, "detection": boxes and the instance fields data.detection
-    asks for), for ``task``, which gives the transforms (``jaxvision.tasks.build_data``)."""
+    asks for)."""
+    targets = task.data_task
     mean, std, resize = preprocessing(cfg, model_name, targets)
     seg = targets == "segmentation"
     if cfg.source == "shapes":

@@ -178,7 +178,6 @@ class EvalTransform(grain.transforms.Map):
 # -- joint image + mask transforms (torchvision's references/segmentation/transforms.py) --------
 
 
-
 def mask_pil(mask) -> Image.Image:
     """An HxW array of class ids (<= 255) as an 8-bit PIL image, so it resizes with NEAREST."""
     return Image.fromarray(np.asarray(mask).astype(np.uint8), mode="L")

@@ -30,8 +30,7 @@ def build_data(data_config, model_name: str | None = None, task: str = "classifi
     yielding the targets the task trains on, loaded with the task's transforms."""
     from jaxvision.data.loader import make_data  # grain only where data is loaded
 
-    cls = task_class(task)
-    return make_data(data_config, model_name, cls.data_task, cls)
+    return make_data(data_config, model_name, task_class(task))
 
 
 def predict_data(data_config, model_name: str | None, task: str, class_names):
@@ -39,8 +38,7 @@ def predict_data(data_config, model_name: str | None, task: str, class_names):
     trained for ``task`` predicts with, on a machine that need not hold the dataset."""
     from jaxvision.data.loader import predict_data as sourceless
 
-    cls = task_class(task)
-    return sourceless(data_config, model_name, cls.data_task, class_names, cls)
+    return sourceless(data_config, model_name, class_names, task_class(task))
 
 
 def model_task(family: str) -> str:
