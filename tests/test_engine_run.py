@@ -149,3 +149,20 @@ def test_unknown_config_key_is_named(tmp_path, capsys):
                                "--config.model.nmae=x"]) == 2
     assert "unknown config key 'model.nmae'" in capsys.readouterr().err
     assert not (tmp_path / "w").exists()
+
+
+def test_model_kwargs_take_new_keys_and_a_mistyped_one_is_named():
+    from jaxvision.train.loop import build_model
+    from jaxvision.tasks import build_task
+
+    c = apply_overrides(tiny_config(), ["--config.model.kwargs.zero_init_residual=true",
+                                        "--config.model.kwargs.replace_stride_with_dilation="
+                                        "False,True,True"])
+    assert c.model.kwargs.to_dict() == {"zero_init_residual": True,
+                                        "replace_stride_with_dilation": (False, True, True)}
+    assert build_model(c, 3, build_task(c, 3)).replace_stride_with_dilation == (False, True, True)
+    with pytest.raises(ConfigError, match="unknown config key 'model.kwarg.x'"):
+        apply_overrides(tiny_config(), ["--config.model.kwarg.x=1"])
+    c = apply_overrides(tiny_config(), ["--config.model.kwargs.zero_init_residul=true"])
+    with pytest.raises(ValueError, match="config key 'model.kwargs.zero_init_residul': resnet18"):
+        build_model(c, 3, build_task(c, 3))

@@ -7,6 +7,8 @@ how a prediction is drawn.
 """
 from __future__ import annotations
 
+import re
+
 import jax
 import numpy as np
 from PIL import Image
@@ -41,7 +43,15 @@ class Task:
 
         m = config.model
         kwargs = {**m.kwargs.to_dict(), **engine_kwargs, **self.model_kwargs()}
-        return jv.create_model(m.name, num_classes=self.num_classes, dtype=dtype, **kwargs)
+        try:
+            return jv.create_model(m.name, num_classes=self.num_classes, dtype=dtype, **kwargs)
+        except TypeError as e:
+            # a mistyped key of the free-form model.kwargs: name the config key, not the class
+            bad = re.search(r"unexpected keyword argument '(\w+)'", str(e))
+            if bad and bad.group(1) in m.kwargs:
+                raise ValueError(f"config key 'model.kwargs.{bad.group(1)}': {m.name} takes no "
+                                 f"such argument ({e})") from None
+            raise
 
     def model_kwargs(self) -> dict:
         return {}

@@ -57,6 +57,8 @@ def _from_json(path: str) -> ml_collections.ConfigDict:
 
 
 def _parse(text: str, current):
+    if current is None and text.lower() in ("true", "false"):  # untyped: a new model.kwargs key
+        return text.lower() == "true"
     if isinstance(current, bool):
         if text.lower() in ("true", "1", "yes"):
             return True
@@ -80,8 +82,14 @@ def _parse(text: str, current):
     return value
 
 
+# free-form sections: the model builder's keyword arguments, checked by the builder itself, so
+# an override may add a key that the config file did not set (``model.kwargs.output_stride=16``)
+FREE_FORM = ("model.kwargs",)
+
+
 def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]):
-    """``config.a.b=value`` items; an unknown key is an error naming it."""
+    """``config.a.b=value`` items; an unknown key is an error naming it, except beneath a
+    free-form section (``FREE_FORM``), where it is added."""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected --config.KEY=VALUE")
@@ -89,8 +97,13 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]):
         key = key.removeprefix("--").removeprefix("config.")
         node, parts = config, key.split(".")
         for i, part in enumerate(parts):
-            fields = node.keys() if isinstance(node, (ml_collections.ConfigDict, dict)) else ()
-            if part not in fields:
+            is_dict = isinstance(node, (ml_collections.ConfigDict, dict))
+            fields = node.keys() if is_dict else ()
+            parent = ".".join(parts[:i])
+            free = is_dict and any(parent == f or parent.startswith(f + ".") for f in FREE_FORM)
+            if part not in fields and free:
+                node[part] = {} if i < len(parts) - 1 else None
+            elif part not in fields:
                 where = ".".join(parts[:i]) or "the config"
                 raise ConfigError(f"unknown config key {key!r}: {where} has no field {part!r} "
                                   f"(it has {', '.join(sorted(fields))})")
