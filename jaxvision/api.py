@@ -45,10 +45,7 @@ def torch_state_dict(name: str, variables: Mapping, model=None, **model_kwargs) 
 
 
 def _from_store(name: str, path, model, strict: bool):
-    meta, saved = store.load(path)
-    if meta.get("model") != name:
-        raise merge.ConversionError(f"{path}: holds weights for {meta.get('model')!r}, "
-                                    f"not {name!r}")
+    _, saved = store.load(path, name)
     target = init_variables(model, name, abstract=strict)
     report = merge.Report()
     source = merge.flatten(saved)

@@ -82,9 +82,7 @@ def _fill(name: str, source: Any, model, target: Mapping, strict: bool, report: 
           model_kwargs: Mapping):
     features_only = bool(getattr(model, "features_only", False))
     if isinstance(source, (str, os.PathLike)) and store.is_store(source):
-        meta, saved = store.load(source)
-        if meta.get("model") != name:
-            raise merge.ConversionError(f"holds weights for {meta.get('model')!r}, not {name!r}")
+        _, saved = store.load(source, name)
         return merge.fill(target, merge.flatten(saved), {}, report, strict,
                           allow_unexpected=features_only)
     sd, flat, names = map_weights(name, source, model, target, report)

@@ -230,6 +230,14 @@ def test_teacher_with_other_classes_is_refused_before_anything_is_written(tmp_pa
     assert os.listdir(tmp_path / "run") == []
 
 
+def test_teacher_directory_of_another_model_is_refused(teacher_dirs):
+    c = distill_config(teacher_dirs["a"])
+    c.teacher.name = "resnet34"
+    with pytest.raises(ValueError, match=r"teacher.pretrained: .*holds weights for 'resnet18', "
+                                         r"not 'resnet34' \(teacher.name\)"):
+        teachers.load_teacher(c, 3, log=lambda m: None)
+
+
 def test_teacher_from_a_torchvision_pth(tmp_path):
     import torchvision
 

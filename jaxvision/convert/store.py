@@ -95,21 +95,27 @@ def save(out_dir, model_name: str, variables: Mapping, model_kwargs: Mapping[str
     return os.path.abspath(os.fspath(out_dir))
 
 
-def read_meta(path) -> dict:
+def read_meta(path, model_name=None) -> dict:
+    """The directory's metadata; refused, naming both, if ``model_name`` is given and the
+    directory holds another model's weights."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such file or directory")
     try:
         with open(os.path.join(path, META)) as f:
-            return json.load(f)
+            meta = json.load(f)
     except (OSError, json.JSONDecodeError) as e:
         raise ConversionError(f"{path}: not a jaxvision weights directory (no readable {META}: "
                               f"{e})") from e
+    if model_name is not None and meta.get("model") != model_name:
+        raise ConversionError(f"{path}: holds weights for {meta.get('model')!r}, "
+                              f"not {model_name!r}")
+    return meta
 
 
-def load(path) -> tuple[dict, dict]:
-    """(metadata, variables as numpy arrays)."""
-    meta = read_meta(path)
+def load(path, model_name=None) -> tuple[dict, dict]:
+    """(metadata, variables as numpy arrays); ``model_name``: as ``read_meta``'s."""
+    meta = read_meta(path, model_name)
     item = os.path.join(os.path.abspath(os.fspath(path)), ITEM)
     try:
         with ocp.StandardCheckpointer() as ckptr:

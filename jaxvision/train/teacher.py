@@ -65,10 +65,10 @@ def load_teacher(config, num_classes: int, dtype=jnp.float32, log=print):
     if os.path.isfile(os.path.join(path, "config.json")):
         model, variables = _from_workdir(name, path, log)
     elif store.is_store(path):
-        saved = store.read_meta(path).get("model")
-        if saved != name:
-            raise ValueError(f"teacher.pretrained: {path} holds weights for {saved!r}, "
-                             f"teacher.name is {name!r}")
+        try:
+            store.read_meta(path, name)  # before the weights are read
+        except ConversionError as e:
+            raise ValueError(f"teacher.pretrained: {e} (teacher.name)") from None
         model, variables = jv.create_model(name, pretrained=path, dtype=dtype)
     elif os.path.isfile(path):
         model, variables = _from_pth(name, path, num_classes, dtype)
