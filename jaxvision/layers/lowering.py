@@ -149,11 +149,12 @@ def _probe(x, k, w):
 @functools.lru_cache(maxsize=None)
 def _compiled_text(backend: str, opts: tuple):
     """The probe's optimized HLO (metadata dropped) under these options; None if refused."""
-    args = [jax.ShapeDtypeStruct(shape, jnp.float32)  # abstract: safe inside another trace
-            for shape in ((2, 9, 9, 64), (3, 3, 64, 64), (64, 128))]
     try:
-        text = jax.jit(_probe, backend=backend, compiler_options=dict(opts)).lower(
-            *args).compile().as_text()
+        # abstract and placed on the backend's device: safe inside another trace
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices(backend=backend)[0])
+        args = [jax.ShapeDtypeStruct(shape, jnp.float32, sharding=device)
+                for shape in ((2, 9, 9, 64), (3, 3, 64, 64), (64, 128))]
+        text = jax.jit(_probe, compiler_options=dict(opts)).lower(*args).compile().as_text()
     except Exception:  # noqa: BLE001  (an unknown option or enum value, a backend without one)
         return None
     return re.sub(r"metadata=\{[^}]*\}", "", text)
