@@ -25,7 +25,7 @@ from jaxvision.train.prefetch import DevicePrefetch
 from jaxvision.train.preempt import StopSignal
 from jaxvision.train.state import TrainState
 from jaxvision.train.step import (add_metrics, jit_eval, jit_steps, make_eval_step, make_mesh,
-                                  make_train_step, shard_batch)
+                                  make_predict_step, make_train_step, shard_batch)
 
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -188,6 +188,9 @@ def _train(config, workdir: str, log, run: contextlib.ExitStack) -> dict:
                               teacher=teacher),
         make_eval_step(model, task, norm=(data.mean, data.std)), config.get("conv_lowering"),
         teacher=teacher is not None)
+    # the sample images' forward: jitted once, not op by op at every evaluation
+    predict = lowering.jit(make_predict_step(model, task, norm=(data.mean, data.std)),
+                           config.get("conv_lowering"))
     if teacher is not None:
         teacher_vars = jax.device_put(teacher_vars, NamedSharding(mesh, P()))
         train_step = teachers.bind(train_step, mesh, teacher_vars)
@@ -236,8 +239,7 @@ def _train(config, workdir: str, log, run: contextlib.ExitStack) -> dict:
             raise
         checkpoint.record_metrics(mgr, done, results)
         logger.scalars(done, {f"val/{k[4:]}": v for k, v in results.items()})
-        with lowering.using(config.get("conv_lowering")):  # an op-by-op forward
-            logger.samples(done, model, state.eval_variables(), data, task)
+        logger.samples(done, predict, state.eval_variables(), data, task)
         log(f"step {done} epoch {math.ceil(done / steps_per_epoch)}: " + ", ".join(
             f"{k}={v:.4f}" for k, v in results.items() if k != "val_count"))
         return results
