@@ -1,5 +1,7 @@
-"""What a training run does around its steps: the finiteness guard before a save, the
-TensorBoard writer's import."""
+"""What a training run does around its steps: the finiteness guard before a save, a save that
+goes on while the evaluation runs, the TensorBoard writer's import."""
+import errno
+import os
 import subprocess
 import sys
 
@@ -8,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxvision.train import guards
+from jaxvision.train import checkpoint, guards
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
@@ -31,3 +33,26 @@ def test_tensorboard_writer_is_imported_without_torch(tmp_path):
                          text=True, check=True).stdout
     assert out.split("\n")[-2] == "['tensorboardX']"
     assert any(p.name.startswith("events") for p in tmp_path.iterdir())
+
+
+def test_save_without_wait_is_readable_after_finish_and_a_failed_write_is_one_line(tmp_path,
+                                                                                 monkeypatch):
+    state = {"w": np.arange(4, dtype=np.float32)}
+    mgr = checkpoint.manager(str(tmp_path), keep=2, best_metric="val_top1")
+    finish = checkpoint.save(mgr, 1, state, b"{}", {"model": "m"}, wait=False)
+    finish()
+    checkpoint.record_metrics(mgr, 1, {"val_top1": 0.5})
+    assert mgr.all_steps() == [1] and mgr.metrics(1) == {"val_top1": 0.5}
+    assert checkpoint.save(mgr, 2, state, b"{}", {"model": "m"}) is None  # waited
+
+    def full(*a):  # the background write failing: seen at the wait
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    finish = checkpoint.save(mgr, 3, state, b"{}", {"model": "m"}, wait=False)
+    finish()  # the real write ends first
+    monkeypatch.setattr(mgr, "wait_until_finished", full)
+    with pytest.raises(checkpoint.CheckpointWriteError, match=r"cannot write checkpoint step 3: "
+                       r"No space left on device; the previous checkpoint \(step 2\) is intact"):
+        finish()
+    monkeypatch.undo()
+    mgr.close()
