@@ -15,10 +15,15 @@ recipe written as a plain torchvision script (issue 20's first benchmark).
    ``RUSAGE_CHILDREN``), val top-1 and the ratio jaxvision / torch, with ``uptime``'s load
    before and after each run: on a shared machine, a ratio is only as good as the load was equal.
 
-What differs, beyond the library: jaxvision compiles its steps first (the persistent compile
-cache, on by default, makes a rerun's compile a cache read; the first-step time is printed) and
-writes TensorBoard scalars and sample images per evaluation (its defaults); torch runs eagerly
-with its default intra-op threads.
+The same work on both sides, checked and printed under the table: the same number of train steps
+(each side reports its own count), the same ``num_workers``, an evaluation of the whole val
+split and a checkpoint of model + optimizer (+ schedule) after every epoch, torch's intra-op
+threads = the CPUs XLA's pool uses (``os.cpu_count()``). What differs, beyond the library:
+jaxvision compiles its steps first (the persistent compile cache, on by default, makes a
+rerun's compile a cache read; the first-step time is printed), pads its last eval batch to the
+eval batch size (a fixed shape: 200 val images run as 256), keeps the best checkpoint beside
+the last ``checkpoint.keep`` and writes TensorBoard scalars, sample images and
+``metrics.jsonl`` per evaluation (its defaults): work torch's script does not do.
 
     PYTHONPATH=. python scripts/scratch_vs_torchvision.py --workdir /tmp/scratch_cmp
     PYTHONPATH=. python scripts/scratch_vs_torchvision.py --epochs 1 --num-images 256 --skip-torch
@@ -185,7 +190,21 @@ def torch_train(data_root: str, workdir: str, r: dict) -> dict:
                     "lr_scheduler": sched.state_dict(), "epoch": epoch},
                    os.path.join(workdir, "torch_checkpoint.pth"))
     return {"val_top1": curve[-1], "curve": curve, "first_step": first_step,
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(), "step": epochs * len(train_loader)}
+
+
+def same_work(rows: dict) -> str:
+    """The line that says whether both sides did the same work (see the module's docstring)."""
+    steps = {name: r["result"]["step"] for name, r in rows.items()}
+    line = ("same work: train steps " + ", ".join(f"{k} {v}" for k, v in steps.items())
+            + ("" if len(set(steps.values())) == 1 else "  <- DIFFERENT")
+            + "; both: eval of the whole val split + a checkpoint every epoch, the config's "
+            "num_workers")
+    if "torch" in rows:
+        threads = rows["torch"]["threads"]
+        line += (f"; torch intra-op threads {threads}, XLA:CPU's pool {os.cpu_count()} CPUs"
+                 + ("" if threads == os.cpu_count() else "  <- DIFFERENT (--torch-threads)"))
+    return line
 
 
 def table(rows: dict) -> str:
@@ -203,8 +222,7 @@ def table(rows: dict) -> str:
                  "eval and checkpoint); CPU: user + sys of it and its workers; 1st step: from "
                  "the training loop's start to its first step's end (jaxvision: compilation or "
                  "a compile-cache read)")
-    if "torch" in rows:
-        lines.append(f"torch intra-op threads: {rows['torch']['threads']}")
+    lines.append(same_work(rows))
     for name, r in rows.items():
         lines.append(f"{name} val top-1 per epoch: " + " ".join(f"{v:.3f}" for v in r["curve"])
                      + f"   (log: {r['log']})")

@@ -98,16 +98,34 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
 
 
 @pytest.mark.default_lowering
+def tensorboard_images(tb_dir) -> list[tuple[int, str]]:
+    """(step, tag) of each image in the event files of ``tb_dir`` (TFRecord: length, its CRC,
+    an Event proto, its CRC)."""
+    from tensorboardX.proto.event_pb2 import Event
+
+    found = []
+    for name in sorted(os.listdir(tb_dir)):
+        with open(os.path.join(tb_dir, name), "rb") as f:
+            while header := f.read(12):
+                event = Event.FromString(f.read(int.from_bytes(header[:8], "little")))
+                f.read(4)
+                found += [(event.step, v.tag) for v in event.summary.value if v.HasField("image")]
+    return found
+
+
+@pytest.mark.default_lowering
 def test_run_writes_config_checkpoints_tensorboard_and_evaluates_every_example(tmp_path,
                                                                                conv_choices):
     config = tiny_config(steps=8)
+    config.data.shapes.num_train = 32  # 4 steps an epoch: evaluated at steps 4 and 8
     del config["conv_lowering"]  # a config written without the field
     result = train(config, str(tmp_path), log=lambda *a: None)
-    # init, the train and eval steps and the TensorBoard samples: all took the CPU rewrites
+    # init, the train and eval steps and the TensorBoard samples: all took the CPU rewrites, each
+    # traced once, the samples' forward too (jitted: not op by op at every evaluation)
     assert len(conv_choices) == 4 * RESNET18_CONVS and fast_path(conv_choices), conv_choices
     assert result["val_count"] == 40  # 40 examples, batches of 16: padded, none dropped
     assert json.load(open(tmp_path / "config.json"))["model"]["name"] == "resnet18"
-    assert os.listdir(tmp_path / "tb") and any(f.startswith("events") for f in os.listdir(tmp_path / "tb"))
+    assert tensorboard_images(tmp_path / "tb") == [(4, "val/predictions"), (8, "val/predictions")]
     steps = sorted(int(p) for p in os.listdir(tmp_path / "checkpoints") if p.isdigit())
     assert steps == [4, 8]
 

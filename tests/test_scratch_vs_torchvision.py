@@ -47,6 +47,7 @@ def test_torch_script_trains_and_evaluates(folder, tmp_path):
     assert (r["batch"], r["lr"], r["momentum"], r["image_size"]) == (64, 0.02, 0.9, 32)
     out = SCRIPT["torch_train"](folder, str(tmp_path), r)
     assert len(out["curve"]) == 1 and 0.0 <= out["val_top1"] <= 1.0
+    assert out["step"] == 70 // 64  # drop_last, as jaxvision's loader
     assert os.path.isfile(tmp_path / "torch_checkpoint.pth")
 
 
@@ -62,3 +63,15 @@ def test_too_few_images_is_refused(capsys):
     with pytest.raises(SystemExit):
         SCRIPT["main"](["--num-images", "10"])
     assert "--num-images must be >= 70" in capsys.readouterr().err
+
+
+def test_same_work_line_flags_a_different_step_count_or_thread_count():
+    row = lambda step, **kw: {"result": {"step": step}, **kw}
+    cpus = os.cpu_count()
+    same = SCRIPT["same_work"]({"jaxvision": row(270), "torch": row(270, threads=cpus)})
+    assert "train steps jaxvision 270, torch 270;" in same and "DIFFERENT" not in same
+    assert f"torch intra-op threads {cpus}, XLA:CPU's pool {cpus} CPUs" in same
+    steps = SCRIPT["same_work"]({"jaxvision": row(270), "torch": row(252, threads=cpus)})
+    assert steps.count("DIFFERENT") == 1 and "torch 252  <- DIFFERENT" in steps
+    threads = SCRIPT["same_work"]({"jaxvision": row(270), "torch": row(270, threads=cpus + 1)})
+    assert threads.endswith("<- DIFFERENT (--torch-threads)")

@@ -25,7 +25,7 @@ from jaxvision.train.prefetch import DevicePrefetch
 from jaxvision.train.preempt import StopSignal
 from jaxvision.train.state import TrainState
 from jaxvision.train.step import (add_metrics, jit_eval, jit_steps, make_eval_step, make_mesh,
-                                  make_train_step, shard_batch)
+                                  make_predict_step, make_train_step, shard_batch)
 
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -188,6 +188,9 @@ def _train(config, workdir: str, log, run: contextlib.ExitStack) -> dict:
                               teacher=teacher),
         make_eval_step(model, task, norm=(data.mean, data.std)), config.get("conv_lowering"),
         teacher=teacher is not None)
+    # the sample images' forward: jitted once, not op by op at every evaluation
+    predict = lowering.jit(make_predict_step(model, task, norm=(data.mean, data.std)),
+                           config.get("conv_lowering"))
     if teacher is not None:
         teacher_vars = jax.device_put(teacher_vars, NamedSharding(mesh, P()))
         train_step = teachers.bind(train_step, mesh, teacher_vars)
@@ -210,16 +213,18 @@ def _train(config, workdir: str, log, run: contextlib.ExitStack) -> dict:
     results, acc, last_log, t0 = {}, None, start, time.perf_counter()
     teacher_results = {}  # the teacher's val metrics: evaluated once, at the run's first eval
 
-    def save(step):
-        checkpoint.save(mgr, step, state, it.get_state(), meta)
+    def save(step, wait=True):
+        return checkpoint.save(mgr, step, state, it.get_state(), meta, wait=wait)
 
     def is_eval_point(done):
         epoch = math.ceil(done / steps_per_epoch)
         end_of_epoch = done % steps_per_epoch == 0 or done == total
         return end_of_epoch and (epoch % t.eval_every_epochs == 0 or done == total)
 
-    def run_eval(done):
-        """Evaluates saved step ``done`` and records the result in it."""
+    def run_eval(done, saving=None):
+        """Evaluates saved step ``done`` and records the result in it; ``saving``: the wait
+        for its files still being written (``checkpoint.save(wait=False)``)."""
+        finish = saving or (lambda: None)
         try:
             results = evaluate_state(eval_step, state, data, mesh, task)
             if teacher is not None and not teacher_results:  # it does not change: once
@@ -227,17 +232,19 @@ def _train(config, workdir: str, log, run: contextlib.ExitStack) -> dict:
                                                         config.get("conv_lowering")))
                 results.update(teacher_results)
         except DataError as e:
+            finish()
             raise DataError(f"{e} (evaluating step {done}; the trained state is saved: a rerun "
                             f"on {workdir} resumes from step {done} and evaluates it first)"
                             ) from None
         except Exception:
+            finish()
             log(f"evaluation of step {done} failed; the trained state is saved: a rerun on "
                 f"{workdir} resumes from step {done} and evaluates it first")
             raise
+        finish()
         checkpoint.record_metrics(mgr, done, results)
         logger.scalars(done, {f"val/{k[4:]}": v for k, v in results.items()})
-        with lowering.using(config.get("conv_lowering")):  # an op-by-op forward
-            logger.samples(done, model, state.eval_variables(), data, task)
+        logger.samples(done, predict, state.eval_variables(), data, task)
         log(f"step {done} epoch {math.ceil(done / steps_per_epoch)}: " + ", ".join(
             f"{k}={v:.4f}" for k, v in results.items() if k != "val_count"))
         return results
@@ -278,10 +285,13 @@ def _train(config, workdir: str, log, run: contextlib.ExitStack) -> dict:
                     log(logger.text_line(done))
                 acc, last_log, t0 = None, done, time.perf_counter()
             logger.advance(done)
+            saving = None
             if want_save:  # before the evaluation: a bad val file must not cost these steps
-                save(done)
+                # written while the evaluation runs; the next step (which donates the state's
+                # buffers) starts after run_eval has waited for the files
+                saving = save(done, wait=not (want_eval and not stopping))
             if want_eval and not stopping:  # a stopped run's resume evaluates it first
-                results = run_eval(done)
+                results = run_eval(done, saving)
             if stopping:
                 log(f"stopped by signal at step {done}; checkpoint saved in {mgr.directory}")
                 results["preempted"] = True

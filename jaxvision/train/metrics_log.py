@@ -13,17 +13,32 @@ import sys
 import time
 
 import jax
+import numpy as np
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 
 from jaxvision.tasks.base import grid
-from jaxvision.layers.normalize import normalize_batch
+
+
+def summary_writer_class():
+    """tensorboardX's ``SummaryWriter``, imported without torch: tensorboardX imports torch,
+    when it is installed, only to accept torch tensors (jaxvision hands it numpy), and that
+    import cost a run's start-up 2-4 s wall (docs/performance.md, "The from-scratch run, part
+    by part"). A process that imported torch already keeps it."""
+    if "torch" in sys.modules or "tensorboardX.writer" in sys.modules:
+        from tensorboardX import SummaryWriter
+        return SummaryWriter
+    sys.modules["torch"] = None  # `import torch` raises ImportError while this is set
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
 
 
 class Logger:
     def __init__(self, workdir, config, total, start, class_names, mean, std):
-        from tensorboardX import SummaryWriter
-
+        SummaryWriter = summary_writer_class()
         first = jax.process_index() == 0
         self.writer = (SummaryWriter(os.path.join(workdir, "tb"))
                        if config.logging.tensorboard and first else None)
@@ -33,6 +48,7 @@ class Logger:
         self.last_train: dict = {}
         self.class_names, self.norm = class_names, (tuple(mean), tuple(std))
         self.num_images = config.logging.num_images
+        self._sample = None  # the examples drawn at each evaluation, read at the first
         self.progress = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
                                  TextColumn("ETA"), TimeRemainingColumn(),
@@ -81,16 +97,21 @@ class Logger:
                 f"images/s={v.get('train/images_per_s', 0.0):.1f} "
                 f"ETA {int(eta) // 3600:d}:{int(eta) % 3600 // 60:02d}:{int(eta) % 60:02d}")
 
-    def samples(self, step, model, variables, data, task):
-        """A grid of validation examples as the task draws them (class names; image / truth /
-        prediction triplets for segmentation)."""
+    def samples(self, step, predict, variables, data, task):
+        """A grid of the first ``logging.num_images`` validation examples as the task draws
+        them (class names; image / truth / prediction triplets for segmentation).
+        ``predict(variables, batch)``: the task's eval-mode outputs, jitted; the examples are
+        read once per run and keep their shape, so it compiles once."""
         if not self.writer or not self.num_images:
             return
-        batch = next(iter(data.eval_loader()))
-        n = min(self.num_images, int(batch["valid"].sum()))
-        batch = {k: v[:n] for k, v in batch.items()}
-        outputs = jax.device_get(task.forward(model, variables,
-                                              normalize_batch(batch, self.norm), False))
+        if self._sample is None:  # the val split does not change during a run
+            batch = next(iter(data.eval_loader()))
+            n = min(self.num_images, int(batch["valid"].sum()))
+            self._sample = {k: np.asarray(v[:n]) for k, v in batch.items()}
+        batch = self._sample
+        # this process's copy of the replicated weights: the forward runs here alone
+        local = jax.tree.map(lambda a: a.addressable_data(0), variables)
+        outputs = jax.device_get(predict(local, batch))
         # the loader's uint8 pixels: drawn as they are, nothing to undo
         tiles = task.draw(batch["image"], batch, outputs, self.class_names)
         self.writer.add_image("val/predictions", grid(tiles), step, dataformats="HWC")

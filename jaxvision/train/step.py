@@ -119,6 +119,17 @@ def make_eval_step(model, task, norm=None):
     return step
 
 
+def make_predict_step(model, task, norm=None):
+    """``step(variables, batch) -> the task's eval-mode outputs`` on ``batch`` (what its
+    ``draw`` reads; ``norm`` as in :func:`make_train_step`)."""
+    task = as_task(task)
+
+    def step(variables, batch):
+        return task.forward(model, variables, normalize_batch(batch, norm), False)
+
+    return step
+
+
 def jit_steps(mesh: Mesh, train_step, eval_step, conv_lowering=None, teacher: bool = False):
     """The jitted steps; ``conv_lowering`` (a run's config field; None or "": the library's
     default) is how their convolutions lower on the CPU (``layers.lowering``). ``teacher``: the
