@@ -53,6 +53,12 @@ CASES = [
     ("taps", 2, 13, 8, 8, 5, 2, 2, 1, 8),       # mobilenet_v3's 5x5
     ("taps", 2, 11, 8, 8, 3, 1, 2, 2, 8),       # dilated depthwise (deeplab-style)
     ("taps", 2, 6, 4, 8, 3, 1, 1, 1, 4),        # channel multiplier 2
+    ("taps", 2, 7, 4, 8, 3, 2, 1, 1, 4),        # multiplier 2 at stride 2 (jax's input gradient)
+    ("taps", 2, 10, 8, 8, 3, 3, 1, 1, 8),       # stride 3: three phases a side
+    ("taps", 2, 12, 8, 8, 3, 2, 2, 2, 8),       # stride 2, dilation 2: taps share a phase
+    ("taps", 2, 1, 8, 8, 3, 2, 2, 1, 8),        # 1x2 at stride 2, padding 2: the middle row dead
+    ("taps", 2, 9, 8, 8, 5, 1, 2, 1, 8),        # 5x5 at stride 1 (mobilenet_v3)
+    ("taps", 2, 6, 8, 8, 3, 1, 0, 1, 8),        # no padding: g padded by the whole kernel
     ("xla_tapgrad", 2, 19, 16, 8, 3, 1, 1, 1, 1),   # a large map: per-tap kernel gradient
     ("xla_tapgrad", 2, 20, 16, 8, 3, 2, 1, 1, 1),   # stride 2
     ("xla_tapgrad", 2, 17, 16, 8, 3, 1, 2, 2, 1),   # dilation
