@@ -32,6 +32,7 @@ import flax.linen as nn
 from jaxvision.errors import ConversionError
 from jaxvision.layers import Conv2d, Linear, layer_norm, trunc_normal
 from jaxvision.layers.attention import MultiheadAttention
+from jaxvision.layers.dense import dense_dot_general
 from jaxvision.models._features import FeatureCollector
 from jaxvision.models._stages import StageLayout
 from jaxvision.registry import FeatureInfo, register_model
@@ -63,9 +64,12 @@ class EncoderBlock(nn.Module):
         # ``mlp.0`` / ``mlp.3`` become ``mlp_0`` / ``mlp_3`` under the numeric-suffix rule
         drop = nn.Dropout(self.dropout, deterministic=not train)
         d, m = self.hidden_dim, self.mlp_dim
-        y = Linear(m, d, self.dtype, _xavier, _tiny_normal, name="mlp_0")(y)
+        # dense_dot_general: the kernel gradients read the residual stream's gradient in place
+        y = Linear(m, d, self.dtype, _xavier, _tiny_normal, name="mlp_0",
+                   dot_general=dense_dot_general)(y)
         y = drop(nn.gelu(y, approximate=False))
-        y = drop(Linear(d, m, self.dtype, _xavier, _tiny_normal, name="mlp_3")(y))
+        y = drop(Linear(d, m, self.dtype, _xavier, _tiny_normal, name="mlp_3",
+                        dot_general=dense_dot_general)(y))
         return x + y
 
 
