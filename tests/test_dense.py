@@ -1,11 +1,12 @@
-"""layers.dense's product: the same values and gradients as jax's own differentiation of the
-plain product."""
+"""layers.dense's product and layers.grad_barrier: the same values and gradients as jax's own
+differentiation of the plain expressions."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from jaxvision.layers.dense import dense, dense_dot_general
+from jaxvision.layers.grad_barrier import grad_barrier
 
 
 def test_dense_gradients_equal_autodiff():
@@ -31,3 +32,14 @@ def test_dense_dot_general_refuses_other_products():
         dense_dot_general(x, k.T, (((1,), (1,)), ((), ())))
     with pytest.raises(ValueError, match="default precision"):
         dense_dot_general(x, k, (((1,), (0,)), ((), ())), precision=jax.lax.Precision.HIGHEST)
+
+
+@pytest.mark.parametrize("first", [1.5, float("nan")])
+def test_grad_barrier_passes_the_cotangent_unchanged(first):
+    x = jnp.arange(6.0).reshape(2, 3)
+    g = jnp.array([[first, -2.0, 0.5], [3.0, 1e-30, -7.0]])
+    y, vjp = jax.vjp(grad_barrier, x)
+    np.testing.assert_array_equal(y, x)
+    # jitted, as in a train step (the conditional is XLA's); the NaN branch keeps g's values
+    (gx,) = jax.jit(vjp)(g)
+    np.testing.assert_array_equal(gx, g)

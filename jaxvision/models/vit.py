@@ -33,6 +33,7 @@ from jaxvision.errors import ConversionError
 from jaxvision.layers import Conv2d, Linear, layer_norm, trunc_normal
 from jaxvision.layers.attention import MultiheadAttention
 from jaxvision.layers.dense import dense_dot_general
+from jaxvision.layers.grad_barrier import grad_barrier
 from jaxvision.models._features import FeatureCollector
 from jaxvision.models._stages import StageLayout
 from jaxvision.registry import FeatureInfo, register_model
@@ -55,6 +56,8 @@ class EncoderBlock(nn.Module):
 
     @nn.compact
     def __call__(self, inputs, train: bool = False):
+        # the residual stream's gradient written out once per block, not recomputed in each consumer
+        inputs = grad_barrier(inputs)
         x = _layer_norm(self.dtype, "ln_1")(inputs)
         x = MultiheadAttention(self.hidden_dim, self.num_heads, self.attention_dropout,
                                self.dtype, name="self_attention")(x, train)
