@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxvision.layers import lowering
 from jaxvision.layers.dense import dense, dense_dot_general
 from jaxvision.layers.grad_barrier import grad_barrier
 
@@ -43,3 +44,16 @@ def test_grad_barrier_passes_the_cotangent_unchanged(first):
     # jitted, as in a train step (the conditional is XLA's); the NaN branch keeps g's values
     (gx,) = jax.jit(vjp)(g)
     np.testing.assert_array_equal(gx, g)
+
+
+def test_forward_mode_under_the_xla_lowering():
+    # reverse mode only on the CPU rewrites' path (custom VJPs), jax's own ops under "xla"
+    x, k = jnp.ones((2, 3)), jnp.full((3, 4), 0.5)
+    dims = (((1,), (0,)), ((), ()))
+    f = lambda a: grad_barrier(dense_dot_general(a, k, dims))  # noqa: E731
+    with lowering.using("xla"):
+        _, tangent = jax.jvp(f, (x,), (x,))
+    np.testing.assert_allclose(tangent, x @ k)
+    if lowering.rewrites_on():
+        with pytest.raises(TypeError, match="custom_vjp"):
+            jax.jvp(f, (x,), (x,))

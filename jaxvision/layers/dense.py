@@ -5,12 +5,15 @@ with ``g`` copied into feature-major order. In a transformer ``g`` is the residu
 gradient, an add chain of every later block's LayerNorm backward: the transposing copy
 recomputed that chain in each block, 36% of vit_b_16's train step (docs/performance.md, "vit_b_16,
 session 30"). As ``g^T x``, with the small (out, in) result transposed, both operands are read
-in place.
+in place. Like the convolution rewrites it applies where ``lowering.rewrites_on`` (XLA:CPU);
+elsewhere, and under ``lowering.using("xla")`` (forward-mode derivatives), it is jax's product.
 """
 from __future__ import annotations
 
 import jax
 from jax import lax
+
+from jaxvision.layers import lowering
 
 
 def _contract_last(x, kernel):
@@ -46,4 +49,4 @@ def dense_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_ele
             or preferred_element_type is not None:
         raise ValueError("dense_dot_general: only Dense's own product (the inputs' last axis "
                          f"with the kernel's first, default precision), got {dimension_numbers}")
-    return dense(lhs, rhs)
+    return dense(lhs, rhs) if lowering.rewrites_on() else _contract_last(lhs, rhs)

@@ -6,12 +6,16 @@ gradient (the bias-gradient reduction, a dot's operand, a transposing copy), eve
 recomputing all later blocks' terms: in vit_b_16's train step the first block's fusions held
 ~600 ops per element, the last's ~50 (docs/performance.md, "vit_b_16, session 30").
 ``lax.optimization_barrier`` does not stop this: XLA:CPU removes barriers before fusion. A
-conditional does: no fusion crosses one, so the chain is computed once per block.
+conditional does: no fusion crosses one, so the chain is computed once per block. Applied where
+``lowering.rewrites_on`` (XLA:CPU); elsewhere, and under ``lowering.using("xla")`` (forward-mode
+derivatives), ``grad_barrier`` is the identity.
 """
 from __future__ import annotations
 
 import jax
 from jax import lax
+
+from jaxvision.layers import lowering
 
 
 def _written_out(g):
@@ -21,9 +25,13 @@ def _written_out(g):
     return lax.cond(first == first, lambda a: a, lambda a: a + 0, g)
 
 
-@jax.custom_vjp
 def grad_barrier(x):
-    """``x``; its cotangent is materialized where it enters (see the module's docstring)."""
+    """``x``; on XLA:CPU its cotangent is materialized where it enters (the module's docstring)."""
+    return _barrier(x) if lowering.rewrites_on() else x
+
+
+@jax.custom_vjp
+def _barrier(x):
     return x
 
 
@@ -35,4 +43,4 @@ def _bwd(_, g):
     return (_written_out(g),)
 
 
-grad_barrier.defvjp(_fwd, _bwd)
+_barrier.defvjp(_fwd, _bwd)
