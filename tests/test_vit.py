@@ -150,6 +150,16 @@ def test_train_mode_and_gradients_with_dropout_off():
         "conv_proj": (grads["conv_proj"]["kernel"],
                       tmodel.conv_proj.weight.grad.numpy().transpose(2, 3, 1, 0)),
     }
+    # the dense layers' kernel gradients (layers.dense's VJP) and a LayerNorm's, in both blocks
+    for i in (0, 1):
+        ours, theirs = (grads["encoder"]["layers"][f"encoder_layer_{i}"],
+                        getattr(tmodel.encoder.layers, f"encoder_layer_{i}"))
+        for what, tw in (("mlp_0", theirs.mlp[0]), ("mlp_3", theirs.mlp[3]),
+                         ("out_proj", theirs.self_attention.out_proj)):
+            layer = ours["self_attention"][what] if what == "out_proj" else ours[what]
+            pairs[f"block {i} {what} kernel"] = (layer["kernel"], tw.weight.grad.numpy().T)
+            pairs[f"block {i} {what} bias"] = (layer["bias"], tw.bias.grad.numpy())
+        pairs[f"block {i} ln_1 scale"] = (ours["ln_1"]["scale"], theirs.ln_1.weight.grad.numpy())
     for what, (ours, theirs) in pairs.items():
         # relative to the gradient's scale (input gradients here are ~1e-3, so an absolute
         # 1e-4 would hardly test them); measured: 2e-6 relative or better

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from jaxvision.layers.conv import Linear
+from jaxvision.layers.dense import dense_dot_general
 
 
 def relative_position_index(wh: int, ww: int) -> np.ndarray:
@@ -66,4 +67,4 @@ class MultiheadAttention(nn.Module):
         out = jnp.einsum("bhqk,bkhd->bqhd", attn.astype(self.dtype), v).reshape(bsz, n, d)
         # torch's MultiheadAttention zeroes out_proj.bias after the Linear's default init
         return Linear(d, d, dtype=self.dtype, bias_init=nn.initializers.zeros,
-                      name="out_proj")(out)
+                      name="out_proj", dot_general=dense_dot_general)(out)

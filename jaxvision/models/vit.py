@@ -32,6 +32,8 @@ import flax.linen as nn
 from jaxvision.errors import ConversionError
 from jaxvision.layers import Conv2d, Linear, layer_norm, trunc_normal
 from jaxvision.layers.attention import MultiheadAttention
+from jaxvision.layers.dense import dense_dot_general
+from jaxvision.layers.grad_barrier import grad_barrier
 from jaxvision.models._features import FeatureCollector
 from jaxvision.models._stages import StageLayout
 from jaxvision.registry import FeatureInfo, register_model
@@ -54,6 +56,8 @@ class EncoderBlock(nn.Module):
 
     @nn.compact
     def __call__(self, inputs, train: bool = False):
+        # the residual stream's gradient written out once per block, not recomputed in each consumer
+        inputs = grad_barrier(inputs)
         x = _layer_norm(self.dtype, "ln_1")(inputs)
         x = MultiheadAttention(self.hidden_dim, self.num_heads, self.attention_dropout,
                                self.dtype, name="self_attention")(x, train)
@@ -63,9 +67,12 @@ class EncoderBlock(nn.Module):
         # ``mlp.0`` / ``mlp.3`` become ``mlp_0`` / ``mlp_3`` under the numeric-suffix rule
         drop = nn.Dropout(self.dropout, deterministic=not train)
         d, m = self.hidden_dim, self.mlp_dim
-        y = Linear(m, d, self.dtype, _xavier, _tiny_normal, name="mlp_0")(y)
+        # dense_dot_general: the kernel gradients read the residual stream's gradient in place
+        y = Linear(m, d, self.dtype, _xavier, _tiny_normal, name="mlp_0",
+                   dot_general=dense_dot_general)(y)
         y = drop(nn.gelu(y, approximate=False))
-        y = drop(Linear(d, m, self.dtype, _xavier, _tiny_normal, name="mlp_3")(y))
+        y = drop(Linear(d, m, self.dtype, _xavier, _tiny_normal, name="mlp_3",
+                        dot_general=dense_dot_general)(y))
         return x + y
 
 
