@@ -121,8 +121,9 @@ def place_pretrained(variables: Mapping, path: Union[str, Sequence[str]], name: 
         _check_tree(name, model, subtrees, model_kwargs)
         filled = _fill(name, source, model, subtrees, strict, report, model_kwargs)
     except merge.ConversionError as e:
-        raise merge.ConversionError(f"{_source_name(source)} -> {'/'.join(parts)} "
-                                    f"({name}): {e}") from None
+        where = _source_name(source)
+        raise merge.ConversionError(f"{where} -> {'/'.join(parts)} ({name}): "
+                                    f"{str(e).removeprefix(where + ': ')}") from None
     out = traverse_util.flatten_dict(dict(variables))
     for col, sub in filled.items():
         for leaf, value in traverse_util.flatten_dict(sub).items():
