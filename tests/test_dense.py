@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from jaxvision.layers import lowering
-from jaxvision.layers.dense import dense, dense_dot_general
+from jaxvision.layers.dense import dense
+from jaxvision.layers.lowering import dense_dot_general
 from jaxvision.layers.grad_barrier import grad_barrier
 
 

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from jaxvision.layers.conv import Linear
-from jaxvision.layers.dense import dense_dot_general
+from jaxvision.layers.lowering import dense_dot_general
 
 
 def relative_position_index(wh: int, ww: int) -> np.ndarray:

@@ -86,7 +86,7 @@ def Conv2d(features: int, kernel_size, stride=1, padding=0, dilation=1, groups: 
 def Linear(features: int, in_features: int, dtype: Any = None, kernel_init=None, bias_init=None,
            bias: bool = True, name: Optional[str] = None, dot_general=None) -> nn.Dense:
     """An ``nn.Dense`` initialised like ``torch.nn.Linear`` (unless inits are given);
-    ``dot_general`` is Dense's product hook (``layers.dense.dense_dot_general``)."""
+    ``dot_general`` is Dense's product hook (``lowering.dense_dot_general``)."""
     return nn.Dense(
         features, use_bias=bias, dtype=dtype, param_dtype=jnp.float32,
         kernel_init=kernel_init or torch_default_kernel,

@@ -4,30 +4,32 @@ Differentiated by jax, ``x @ kernel``'s kernel gradient is ``x^T g``, a dot that
 with ``g`` copied into feature-major order. In a transformer ``g`` is the residual stream's
 gradient, an add chain of every later block's LayerNorm backward: the transposing copy
 recomputed that chain in each block, 36% of vit_b_16's train step (docs/performance.md, "vit_b_16,
-session 30"). As ``g^T x``, with the small (out, in) result transposed, both operands are read
-in place. Like the convolution rewrites it applies where ``lowering.rewrites_on`` (XLA:CPU);
-elsewhere, and under ``lowering.using("xla")`` (forward-mode derivatives), it is jax's product.
+session 30"); in mobilenet_v2's 1x1 convolutions it recomputed the BatchNorm and depthwise input
+gradient over the largest activations. As ``g^T x``, with the small (out, in) result
+transposed, both operands are read in place. ``lowering`` uses it for 1x1 convolutions and,
+through ``lowering.dense_dot_general``, for Dense layers, where ``lowering.rewrites_on``
+(XLA:CPU); elsewhere, and under ``lowering.using("xla")`` (forward-mode derivatives), they keep
+jax's product.
 """
 from __future__ import annotations
 
 import jax
 from jax import lax
 
-from jaxvision.layers import lowering
 
-
-def _contract_last(x, kernel):
+def contract_last(x, kernel):
+    """``x[..., in] @ kernel[in, out]``, differentiated by jax."""
     return lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
 
 
 @jax.custom_vjp
 def dense(x, kernel):
     """``x[..., in] @ kernel[in, out]``."""
-    return _contract_last(x, kernel)
+    return contract_last(x, kernel)
 
 
 def _dense_fwd(x, kernel):
-    return _contract_last(x, kernel), (x, kernel)
+    return contract_last(x, kernel), (x, kernel)
 
 
 def _dense_bwd(res, g):
@@ -39,14 +41,3 @@ def _dense_bwd(res, g):
 
 
 dense.defvjp(_dense_fwd, _dense_bwd)
-
-
-def dense_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
-    """``flax.linen.Dense``'s ``dot_general`` hook: its contraction of the inputs' last axis
-    with the kernel's first, through :func:`dense`."""
-    last = lhs.ndim - 1
-    if dimension_numbers != (((last,), (0,)), ((), ())) or precision is not None \
-            or preferred_element_type is not None:
-        raise ValueError("dense_dot_general: only Dense's own product (the inputs' last axis "
-                         f"with the kernel's first, default precision), got {dimension_numbers}")
-    return dense(lhs, rhs) if lowering.rewrites_on() else _contract_last(lhs, rhs)

@@ -32,8 +32,8 @@ import flax.linen as nn
 from jaxvision.errors import ConversionError
 from jaxvision.layers import Conv2d, Linear, layer_norm, trunc_normal
 from jaxvision.layers.attention import MultiheadAttention
-from jaxvision.layers.dense import dense_dot_general
 from jaxvision.layers.grad_barrier import grad_barrier
+from jaxvision.layers.lowering import dense_dot_general
 from jaxvision.models._features import FeatureCollector
 from jaxvision.models._stages import StageLayout
 from jaxvision.registry import FeatureInfo, register_model
