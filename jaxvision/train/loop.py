@@ -15,7 +15,7 @@ from jaxvision.data import workers
 from jaxvision.data.errors import DataError
 from jaxvision.layers import lowering
 from jaxvision.tasks import build_data, build_task, task_name
-from jaxvision.train import checkpoint, freeze, guards, optim, workdir_lock
+from jaxvision.train import checkpoint, freeze, optim, workdir_lock
 from jaxvision.train import teacher as teachers
 from jaxvision.train.config import check_config, save_config
 from jaxvision.train.ema import EmaRule
@@ -259,7 +259,7 @@ def _train(config, workdir: str, log, run: contextlib.ExitStack) -> dict:
                 log(f"first train step done {time.perf_counter() - t0:.1f} s after the loop "
                     "started (compilation or compile-cache read included)")
             # on device, summed with the metrics: a NaN at any step is seen at the next log point
-            acc = add_metrics(acc, {**metrics, "nonfinite": guards.nonfinite_flag(metrics)})
+            acc = add_metrics(acc, metrics)
             done = step + 1
             stopping = stop.now(done)  # agreed by every process
             want_eval = is_eval_point(done)

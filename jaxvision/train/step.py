@@ -13,6 +13,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxvision.layers import lowering
+from jaxvision.train import guards
 from jaxvision.train.ema import EmaRule
 from jaxvision.layers.normalize import normalize_batch
 
@@ -146,5 +147,10 @@ def jit_eval(mesh: Mesh, eval_step, conv_lowering=None):
     return lowering.jit(eval_step, conv_lowering, in_shardings=(repl, data), out_shardings=repl)
 
 
+@jax.jit
 def add_metrics(total, new):
+    """The running sums of the steps' metrics (None before the first) plus this step's, with its
+    ``nonfinite`` flag: one dispatch a step; op by op this was ~20 dispatches, 7 ms a step of
+    the host thread that also feeds the loader."""
+    new = {**new, "nonfinite": guards.nonfinite_flag(new)}
     return new if total is None else jax.tree.map(jnp.add, total, new)
