@@ -37,6 +37,7 @@ import numpy as np
 from jax import lax
 
 from jaxvision.layers.dense import contract_last, dense
+from jaxvision.layers.dot_library import DotChoice
 from jaxvision.layers.taps import depthwise, tap_views
 
 IMPLS = ("xla", "im2col", "einsum", "taps", "xla_tapgrad")
@@ -137,9 +138,15 @@ def jit(fun, conv_lowering=None, platform=None, **jit_kwargs):
         with using(mode, platform):
             return fun(*args, **kwargs)
 
+    given = jit_kwargs.pop("compiler_options", {})
     with using(mode, platform):
-        options = {**compiler_options(platform), **jit_kwargs.pop("compiler_options", {})}
-    return jax.jit(traced, compiler_options=options, **jit_kwargs)
+        ynn, eigen = compiler_options(platform), compiler_options(platform, dots_in_eigen=True)
+    default = jax.jit(traced, compiler_options={**ynn, **given}, **jit_kwargs)
+    if ynn == eigen or _YNN_OPTION in given:
+        return default
+    # dots in YNNPACK or in Eigen: whichever the traced program's products favour
+    return DotChoice(default, lambda: jax.jit(traced, compiler_options={**eigen, **given},
+                                              **jit_kwargs))
 
 
 # jaxlib 0.10.2's XLA:CPU hands each convolution to YNNPACK on the AVX-512 CPU measured here (on
@@ -185,14 +192,16 @@ def _eigen_convolutions(platform=None) -> bool:
     return bool(compiler_options(platform))
 
 
-def compiler_options(platform=None) -> dict:
+def compiler_options(platform=None, dots_in_eigen: bool = False) -> dict:
     """``jax.jit(..., compiler_options=...)`` for a step traced here (``jit`` adds them): where
     the CPU rewrites are on (``rewrites_on``) and XLA sends convolutions to YNNPACK by default,
-    the same fusions less convolutions; otherwise nothing."""
+    the same fusions less convolutions (and less dots with ``dots_in_eigen``: see
+    ``layers/dot_library.py``); otherwise nothing."""
     _, platform = current(platform)
     if not rewrites_on(platform) or not _is_default_ynn_list(",".join(_YNN_DEFAULT), platform):
         return {}
-    return {_YNN_OPTION: ",".join(_YNN_DEFAULT[:-1])}
+    kept = _YNN_DEFAULT[1:-1] if dots_in_eigen else _YNN_DEFAULT[:-1]
+    return {_YNN_OPTION: ",".join(kept)}
 
 
 def choose(x_shape, kernel_shape, stride, padding, dilation, groups, platform=None):
