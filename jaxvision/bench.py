@@ -8,6 +8,9 @@ heads' terms for googlenet/inception), BatchNorm on batch statistics. jax runs t
 step of ``jaxvision.train.step`` (jitted over a one-device mesh, donated state, no host sync
 per step); torch runs eager, ``channels_last`` and, if asked, ``torch.compile``. Ratios are
 jax / torch eager. Timing starts after compilation and warm-up and ends once the device is idle.
+With ``--rounds R`` every side is timed R times, the sides taking turns, and each ratio is the
+median of the per-round ratios: on a shared machine whose speed drifts over minutes, both sides
+of a round see the same machine.
 The compiled step's FLOPs come from XLA's cost analysis; on a GPU with a known peak they give
 TFLOP/s and MFU.
 
@@ -49,6 +52,10 @@ def parse_args(argv=None):
     p.add_argument("--num-classes", type=int, default=1000)
     p.add_argument("--steps", type=int, default=10, help="timed iterations")
     p.add_argument("--warmup", type=int, default=2, help="untimed iterations after compiling")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="time every side this many times, the sides taking turns (jax, each "
+                        "torch variant, jax...); rates are the median round's, ratios the "
+                        "median of the per-round ratios")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                    help="compute dtype (params stay float32; torch uses autocast)")
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
@@ -67,7 +74,7 @@ def parse_args(argv=None):
                         "everywhere")
     p.add_argument("--json", default="", help="also write the results to this JSON file")
     a = p.parse_args(argv)
-    for field in ("batch", "image_size", "steps", "num_classes"):
+    for field in ("batch", "image_size", "steps", "num_classes", "rounds"):
         if getattr(a, field) < 1:
             p.error(f"--{field.replace('_', '-')} must be >= 1, got {getattr(a, field)}")
     if a.warmup < 0:
@@ -150,48 +157,48 @@ def bench_jax(a):
     lower_s = time.perf_counter() - t
     compiled = lowered.compile()
     compile_s = time.perf_counter() - t - lower_s
+    meta = {"trace_lower_s": lower_s, "compile_s": compile_s, "device": device.device_kind,
+            "platform": device.platform}
     if a.compile_only:
-        return {"trace_lower_s": lower_s, "compile_s": compile_s, "device": device.device_kind,
-                "platform": device.platform}
+        return meta, {}
     holder = [state]
 
     def train_once():
         holder[0], _ = compiled(holder[0], batch)
 
-    sync = lambda: jax.block_until_ready(holder[0])  # noqa: E731
-    cores = {}
-    train_s = _timed(train_once, max(a.warmup, 1), a.steps, sync, cores, "train_cores_busy")
-
     infer = jit(lambda v, x: model.apply(v, x, train=False))
-    v = {"params": holder[0].params, "batch_stats": holder[0].batch_stats}
+    # copies: the train step donates the state's buffers while inference blocks alternate
+    v = jax.tree.map(jnp.copy, {"params": state.params, "batch_stats": state.batch_stats})
     if not v["batch_stats"]:
         v.pop("batch_stats")
     t = time.perf_counter()
     infer_c = infer.lower(v, batch["image"]).compile()
-    infer_compile_s = time.perf_counter() - t
+    meta["infer_compile_s"] = time.perf_counter() - t
     out = [None]
 
     def infer_once():
         out[0] = infer_c(v, batch["image"])
 
-    infer_s = _timed(infer_once, max(a.warmup, 1), a.steps,
-                     lambda: jax.block_until_ready(out[0]), cores, "infer_cores_busy")
-    res = {"train": a.batch * a.steps / train_s, "infer": a.batch * a.steps / infer_s,
-           "train_step_ms": 1e3 * train_s / a.steps, "infer_step_ms": 1e3 * infer_s / a.steps,
-           "trace_lower_s": lower_s, "compile_s": compile_s,
-           "infer_compile_s": infer_compile_s, "device": device.device_kind,
-           "platform": device.platform, **cores}
     peak = peak_tflops(device.device_kind, a.dtype) if device.platform == "gpu" else None
-    for what, c, seconds in (("train", compiled, train_s), ("infer", infer_c, infer_s)):
+    for what, c in (("train", compiled), ("infer", infer_c)):
         flops = _flops(c)
         if flops:
-            res[f"{what}_gflop_per_step"] = flops / 1e9
-            res[f"{what}_tflops"] = flops * a.steps / seconds / 1e12
-            if peak:
-                res[f"{what}_mfu"] = res[f"{what}_tflops"] / peak
+            meta[f"{what}_gflop_per_step"] = flops / 1e9
     if peak:
-        res["peak_tflops"] = peak
-    return res
+        meta["peak_tflops"] = peak
+    warm = max(a.warmup, 1)
+    blocks = {"train": (train_once, lambda: jax.block_until_ready(holder[0]), None, warm),
+              "infer": (infer_once, lambda: jax.block_until_ready(out[0]), None, warm)}
+    return meta, blocks
+
+
+def _add_flop_rates(res):
+    """TFLOP/s (and MFU where the peak is known) from the GFLOP per step and the step times."""
+    for what in ("train", "infer"):
+        if f"{what}_gflop_per_step" in res:
+            res[f"{what}_tflops"] = res[f"{what}_gflop_per_step"] / res[f"{what}_step_ms"]
+            if "peak_tflops" in res:
+                res[f"{what}_mfu"] = res[f"{what}_tflops"] / res["peak_tflops"]
 
 
 def bench_torch(a, variant):
@@ -238,20 +245,53 @@ def bench_torch(a, variant):
     train_once()
     sync()
     first_s = time.perf_counter() - t
-    cores = {}
-    train_s = _timed(train_once, a.warmup, a.steps, sync, cores, "train_cores_busy")
-    model.eval()
 
     def infer_once():
         with torch.inference_mode(), torch.autocast(**amp):
             run(x)
 
-    infer_s = _timed(infer_once, max(a.warmup, 1 if variant == "compile" else 0), a.steps, sync,
-                     cores, "infer_cores_busy")
-    return {"train": a.batch * a.steps / train_s, "infer": a.batch * a.steps / infer_s,
-            "train_step_ms": 1e3 * train_s / a.steps, "infer_step_ms": 1e3 * infer_s / a.steps,
-            "first_step_s": first_s, "device": str(dev), "threads": torch.get_num_threads(),
-            **cores}
+    meta = {"first_step_s": first_s, "device": str(dev), "threads": torch.get_num_threads()}
+    blocks = {"train": (train_once, sync, model.train, a.warmup),
+              "infer": (infer_once, sync, model.eval,
+                        max(a.warmup, 1 if variant == "compile" else 0))}
+    return meta, blocks
+
+
+def _median(values):
+    v = sorted(values)
+    return v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
+
+
+def _time_sides(a, sides: dict) -> dict:
+    """Each side's blocks (train, then inference) timed over ``a.steps`` calls, ``a.rounds``
+    times, the sides taking turns within each round: a machine whose speed drifts moves every
+    side of a round alike. Per side: images/s of the median round, the per-round figures, and
+    the cores kept busy in the last."""
+    for blocks in sides.values():  # warm-up, once
+        for once, sync, mode, warm in blocks.values():
+            if mode is not None:
+                mode()
+            for _ in range(warm):
+                once()
+            sync()
+    walls = {name: {what: [] for what in blocks} for name, blocks in sides.items()}
+    cores = {name: {} for name in sides}
+    for _ in range(a.rounds):
+        for name, blocks in sides.items():
+            for what, (once, sync, mode, _) in blocks.items():
+                if mode is not None:
+                    mode()
+                walls[name][what].append(
+                    _timed(once, 0, a.steps, sync, cores[name], f"{what}_cores_busy"))
+    out = {}
+    for name, per in walls.items():
+        r = dict(cores[name])
+        for what, w in per.items():
+            r[what] = a.batch * a.steps / _median(w)
+            r[f"{what}_step_ms"] = 1e3 * _median(w) / a.steps
+            r[f"{what}_rounds"] = [a.batch * a.steps / x for x in w]
+        out[name] = r
+    return out
 
 
 def run(a) -> dict:
@@ -263,16 +303,30 @@ def run(a) -> dict:
     res = {"config": {k: getattr(a, k) for k in ("model", "batch", "image_size", "dtype",
                                                  "device", "steps", "warmup", "lowering")},
            "load_average": list(os.getloadavg()), "torch": {}, "ratio": {}}
+    res["config"]["rounds"] = a.rounds
+    sides, meta = {}, {}
     if a.only != "torch":
-        res["jax"] = bench_jax(a)
-    if a.only != "jax" and not a.compile_only:
+        meta["jax"], sides["jax"] = bench_jax(a)
+        if a.compile_only:
+            res["jax"] = meta["jax"]
+            return res
+    if a.only != "jax":
         for variant in a.torch_variants:
-            r = bench_torch(a, variant)
-            if r is not None:
-                res["torch"][variant] = r
+            built = bench_torch(a, variant)
+            if built is not None:
+                meta[variant], sides[variant] = built
+    timed = _time_sides(a, sides)
+    for name, figures in timed.items():
+        side = {**meta[name], **figures}
+        _add_flop_rates(side)
+        if name == "jax":
+            res["jax"] = side
+        else:
+            res["torch"][name] = side
     for variant, t in res["torch"].items():
-        if "jax" in res:
-            res["ratio"][variant] = {w: res["jax"][w] / t[w] for w in ("train", "infer")}
+        if "jax" in res:  # round by round: both sides of a ratio ran minutes apart at most
+            res["ratio"][variant] = {w: _median([j / x for j, x in zip(
+                res["jax"][f"{w}_rounds"], t[f"{w}_rounds"])]) for w in ("train", "infer")}
     return res
 
 
@@ -280,7 +334,7 @@ def report(res) -> str:
     c = res["config"]
     lines = [f"{c['model']}  batch {c['batch']}  {c['image_size']}px  {c['dtype']}  "
              f"device {c['device']}  lowering {c.get('lowering', 'xla')}  "
-             f"steps {c['steps']} (+{c['warmup']} warm-up)  "
+             f"steps {c['steps']} (+{c['warmup']} warm-up) x {c.get('rounds', 1)} rounds  "
              f"load average {' '.join(f'{v:.2f}' for v in res['load_average'])}"]
     cols = (["jaxvision"] if "jax" in res else []) + [f"torch {v}" for v in res["torch"]]
     lines.append(f"{'images/s':<12}" + "".join(f"{h:>22}" for h in cols))
