@@ -40,12 +40,8 @@ def _walk(jaxpr, times, totals):
             flops, big = _dot_flops(eqn)
             totals[big] += flops * times
         inner = times * eqn.params.get("length", 1)  # a scan's body runs `length` times
-        for value in eqn.params.values():
-            for sub in value if isinstance(value, (tuple, list)) else (value,):
-                if isinstance(sub, jcore.ClosedJaxpr):
-                    _walk(sub.jaxpr, inner, totals)
-                elif isinstance(sub, jcore.Jaxpr):
-                    _walk(sub, inner, totals)
+        for sub in jcore.jaxprs_in_params(eqn.params):
+            _walk(sub, inner, totals)
 
 
 def big_gemm_share(jaxpr) -> float:

@@ -126,6 +126,7 @@ def dense_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_ele
                          f"with the kernel's first, default precision), got {dimension_numbers}")
     return dense(lhs, rhs) if rewrites_on() else contract_last(lhs, rhs)
 
+
 def jit(fun, conv_lowering=None, platform=None, **jit_kwargs):
     """``jax.jit(fun, ...)`` whose trace lowers convolutions by ``conv_lowering`` (None or "":
     the choice around this call) for ``platform`` (None: the device it compiles for is the
