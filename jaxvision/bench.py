@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import statistics
 import time
 
 TORCH_VARIANTS = ("eager", "channels_last", "compile")
@@ -86,11 +87,9 @@ def parse_args(argv=None):
     return a
 
 
-def _timed(fn, warmup, steps, sync, cores=None, key=""):
+def _timed(fn, steps, sync, cores=None, key=""):
     """Wall seconds of ``steps`` calls; ``cores[key]``: the process's CPU seconds per wall
     second meanwhile (how many cores the step keeps busy, host threads of all pools)."""
-    for _ in range(warmup):
-        fn()
     sync()
     t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(steps):
@@ -257,11 +256,6 @@ def bench_torch(a, variant):
     return meta, blocks
 
 
-def _median(values):
-    v = sorted(values)
-    return v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
-
-
 def _time_sides(a, sides: dict) -> dict:
     """Each side's blocks (train, then inference) timed over ``a.steps`` calls, ``a.rounds``
     times, the sides taking turns within each round: a machine whose speed drifts moves every
@@ -282,13 +276,14 @@ def _time_sides(a, sides: dict) -> dict:
                 if mode is not None:
                     mode()
                 walls[name][what].append(
-                    _timed(once, 0, a.steps, sync, cores[name], f"{what}_cores_busy"))
+                    _timed(once, a.steps, sync, cores[name], f"{what}_cores_busy"))
     out = {}
     for name, per in walls.items():
         r = dict(cores[name])
         for what, w in per.items():
-            r[what] = a.batch * a.steps / _median(w)
-            r[f"{what}_step_ms"] = 1e3 * _median(w) / a.steps
+            wall = statistics.median(w)
+            r[what] = a.batch * a.steps / wall
+            r[f"{what}_step_ms"] = 1e3 * wall / a.steps
             r[f"{what}_rounds"] = [a.batch * a.steps / x for x in w]
         out[name] = r
     return out
@@ -301,9 +296,9 @@ def run(a) -> dict:
     if a.model not in jv.list_models():
         raise SystemExit(f"--model {a.model!r}: not a jaxvision model (see `jaxvision list`)")
     res = {"config": {k: getattr(a, k) for k in ("model", "batch", "image_size", "dtype",
-                                                 "device", "steps", "warmup", "lowering")},
+                                                 "device", "steps", "warmup", "lowering",
+                                                 "rounds")},
            "load_average": list(os.getloadavg()), "torch": {}, "ratio": {}}
-    res["config"]["rounds"] = a.rounds
     sides, meta = {}, {}
     if a.only != "torch":
         meta["jax"], sides["jax"] = bench_jax(a)
@@ -325,7 +320,7 @@ def run(a) -> dict:
             res["torch"][name] = side
     for variant, t in res["torch"].items():
         if "jax" in res:  # round by round: both sides of a ratio ran minutes apart at most
-            res["ratio"][variant] = {w: _median([j / x for j, x in zip(
+            res["ratio"][variant] = {w: statistics.median([j / x for j, x in zip(
                 res["jax"][f"{w}_rounds"], t[f"{w}_rounds"])]) for w in ("train", "infer")}
     return res
 
