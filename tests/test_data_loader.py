@@ -56,6 +56,26 @@ def test_iterator_state_round_trip():
     check_resume(build_data(_cfg(), "resnet18"), 1, 5)
 
 
+def test_reading_thread_changes_no_batch_nor_state(monkeypatch):
+    """On the CPU backend the training process reads inline; elsewhere (or in a worker) one
+    thread reads ahead. A run saved by one resumes in the other on the same batches."""
+    from jaxvision.data import loader
+
+    assert (loader.read_threads(0), loader.read_threads(2)) == (0, 1)  # this machine: CPU
+    data = build_data(_cfg(), "resnet18")
+    inline = iter(data.train_loader(seed=3))
+    for _ in range(5):
+        next(inline)
+    state, want = inline.get_state(), [next(inline) for _ in range(4)]
+    monkeypatch.setattr(loader, "read_threads", lambda num_workers: 1)
+    threaded = iter(data.train_loader(seed=3))
+    threaded.set_state(state)
+    for w in want:
+        got = next(threaded)
+        np.testing.assert_array_equal(got["image"], w["image"])
+        np.testing.assert_array_equal(got["label"], w["label"])
+
+
 @pytest.mark.parametrize("process_count", [1, 2])
 def test_eval_every_example_once_with_padded_mask(process_count):
     data = build_data(_cfg(), "resnet18")  # 37 val examples, eval batch 16
