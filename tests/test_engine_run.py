@@ -1,4 +1,5 @@
 """The training engine end to end: resume, preemption, refusal, non-finite loss, freezing."""
+import gc
 import json
 import os
 import signal
@@ -119,7 +120,14 @@ def test_run_writes_config_checkpoints_tensorboard_and_evaluates_every_example(t
     config = tiny_config(steps=8)
     config.data.shapes.num_train = 32  # 4 steps an epoch: evaluated at steps 4 and 8
     del config["conv_lowering"]  # a config written without the field
-    result = train(config, str(tmp_path), log=lambda *a: None)
+    frozen = []  # the objects the collector skips while the run trains, then none again
+
+    def log(line):
+        if line.startswith("first train step done"):
+            frozen.append(gc.get_freeze_count())
+
+    result = train(config, str(tmp_path), log=log)
+    assert frozen[0] > 10_000 and gc.get_freeze_count() == 0, frozen
     # init, the train and eval steps and the TensorBoard samples: all took the CPU rewrites, each
     # traced once, the samples' forward too (jitted: not op by op at every evaluation)
     assert len(conv_choices) == 4 * RESNET18_CONVS and fast_path(conv_choices), conv_choices
@@ -148,6 +156,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     bad.optimizer.lr = 1e30
     with pytest.raises(NonFiniteLoss, match="non-finite training loss"):
         train(bad, str(tmp_path), log=lambda *a: None)
+    assert gc.get_freeze_count() == 0  # unfrozen on the way out of a failed run too
     step, kept = final_state(tmp_path)
     assert step == 4
     assert_trees_equal(good, kept)
