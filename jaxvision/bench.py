@@ -297,7 +297,7 @@ def run(a) -> dict:
         raise SystemExit(f"--model {a.model!r}: not a jaxvision model (see `jaxvision list`)")
     res = {"config": {k: getattr(a, k) for k in ("model", "batch", "image_size", "dtype",
                                                  "device", "steps", "warmup", "lowering",
-                                                 "rounds")},
+                                                 "rounds", "freed_memory_kept")},
            "load_average": list(os.getloadavg()), "torch": {}, "ratio": {}}
     sides, meta = {}, {}
     if a.only != "torch":
@@ -331,6 +331,9 @@ def report(res) -> str:
              f"device {c['device']}  lowering {c.get('lowering', 'xla')}  "
              f"steps {c['steps']} (+{c['warmup']} warm-up) x {c.get('rounds', 1)} rounds  "
              f"load average {' '.join(f'{v:.2f}' for v in res['load_average'])}"]
+    if c.get("freed_memory_kept"):
+        lines.append("malloc keeps freed memory for every side (jaxvision.host_memory; "
+                     "JAXVISION_KEEP_FREED_MEMORY=0: glibc's defaults)")
     cols = (["jaxvision"] if "jax" in res else []) + [f"torch {v}" for v in res["torch"]]
     lines.append(f"{'images/s':<12}" + "".join(f"{h:>22}" for h in cols))
     for what, label in (("train", "train step"), ("infer", "inference")):
@@ -364,6 +367,10 @@ def report(res) -> str:
 
 def main(argv=None) -> int:
     a = parse_args(argv)
+    from jaxvision.host_memory import keep_freed_memory
+
+    # as jaxvision's training runs: both sides share this process and so its malloc settings
+    a.freed_memory_kept = keep_freed_memory()
     if a.device == "cpu":  # before jax initialises a backend: keep it off any accelerator
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
     if a.compile_cache:

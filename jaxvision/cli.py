@@ -251,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] in (*RUN_COMMANDS, "bench"):  # the commands that run XLA programs
+    if argv and argv[0] in RUN_COMMANDS:  # bench sets it itself (scripts/bench.py too)
         from jaxvision.host_memory import keep_freed_memory
 
         keep_freed_memory()

@@ -45,6 +45,8 @@ def test_bench_runs_both_sides_and_imports_no_data_stack(tmp_path):
         assert abs(jax_side[what] - 2 / (1 / j[0] + 1 / j[1])) < 1e-6 * jax_side[what]
     assert "train step" in stdout and "(" in stdout  # the printed table with its ratios
     assert res["config"]["lowering"] == "auto" and "lowering auto" in stdout  # the bench's default
+    # both sides under the malloc settings jaxvision's training runs with, and the report says so
+    assert res["config"]["freed_memory_kept"] is True and "keeps freed memory" in stdout
 
 
 def test_second_process_hits_the_compile_cache(tmp_path):

@@ -50,3 +50,31 @@ def test_opt_out_changes_nothing():
     r = probe("keep", {"JAXVISION_KEEP_FREED_MEMORY": "0"})
     assert r["took"] is False
     assert min(r["faults"][1:]) > (64 << 20) // os.sysconf("SC_PAGE_SIZE") // 2, r
+
+
+CLI_PROBE = """
+import ctypes, resource
+from jaxvision.cli import main
+try:
+    main(["train", "--help"])
+except SystemExit:
+    pass
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, (ctypes.c_size_t,)
+libc.free.argtypes = (ctypes.c_void_p,)
+faults = []
+for _ in range(2):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    p = libc.malloc(64 << 20)
+    ctypes.memset(p, 1, 64 << 20)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    libc.free(p)
+print(faults[1])
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt: Linux")
+def test_the_train_command_keeps_freed_memory():
+    out = subprocess.run([sys.executable, "-c", CLI_PROBE], capture_output=True, text=True,
+                         check=True)
+    assert int(out.stdout.split()[-1]) < (64 << 20) // os.sysconf("SC_PAGE_SIZE") // 50, out.stdout
