@@ -251,11 +251,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] in RUN_COMMANDS:  # bench sets it itself (scripts/bench.py too)
+    if argv and argv[0] in RUN_COMMANDS:
         from jaxvision.host_memory import keep_freed_memory
 
-        keep_freed_memory()
-    if argv and argv[0] in RUN_COMMANDS:
+        keep_freed_memory()  # bench sets it itself (scripts/bench.py too)
         return run_command(argv[0], argv[1:]) or 0
     if argv and argv[0] == "bench":  # imports no data stack: runs on a bare accelerator box
         from jaxvision import bench

@@ -30,8 +30,8 @@ MODULE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 
 
 def probe(mode, env=None):
-    out = subprocess.run([sys.executable, "-c", PROBE, mode, MODULE], capture_output=True, text=True,
-                         check=True, env={**os.environ, **(env or {})})
+    out = subprocess.run([sys.executable, "-c", PROBE, mode, MODULE], capture_output=True,
+                         text=True, check=True, env={**os.environ, **(env or {})})
     return json.loads(out.stdout)
 
 
@@ -77,4 +77,5 @@ print(faults[1])
 def test_the_train_command_keeps_freed_memory():
     out = subprocess.run([sys.executable, "-c", CLI_PROBE], capture_output=True, text=True,
                          check=True)
-    assert int(out.stdout.split()[-1]) < (64 << 20) // os.sysconf("SC_PAGE_SIZE") // 50, out.stdout
+    pages = (64 << 20) // os.sysconf("SC_PAGE_SIZE")
+    assert int(out.stdout.split()[-1]) < pages // 50, out.stdout

@@ -150,10 +150,10 @@ def read_threads(num_workers: int) -> int:
 
     One, not grain's default of 16 threads and 500 decoded images ahead, which held ~280 MB of
     500x375 images per worker, took 2 s to a first batch and spent more CPU per image polling
-    its buffer (docs/performance.md). None where the training process reads on the CPU backend: the step's
-    XLA threads already keep every core busy, so a reading thread cannot run beside them and
-    only adds a hand-off per example (32-px PNGs: 3,200 against 4,200 images/s read alone; the
-    from-scratch resnet18 run 2-4 s faster in 45)."""
+    its buffer (docs/performance.md). None where the training process reads on the CPU
+    backend: the step's XLA threads already keep every core busy, so a reading thread cannot
+    run beside them and only adds a hand-off per example (32-px PNGs: 3,200 against 4,200
+    images/s read alone; the from-scratch resnet18 run 2-4 s faster in 45)."""
     if num_workers:
         return 1
     import jax  # the loader alone imports no jax
