@@ -12,7 +12,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "jaxvision"
 
 # bottom up; the rooms of one floor import none of each other
 FLOORS = (
-    ("errors",),
+    ("errors", "host_memory"),  # host_memory: malloc settings for the commands, no imports
     ("registry", "layers", "ops"),
     ("necks",),
     ("heads",),  # a head may hold a neck (DeepLab's head holds ASPP)

@@ -636,3 +636,22 @@ def test_workdir_lock_without_flock_takes_over_a_dead_holder_only(tmp_path, monk
                            match=f"pid {pid} on host {on}.*if that run is gone, remove {lock}"):
             with workdir_lock.hold(str(tmp_path)):
                 pass
+
+
+def test_a_step_a_killed_run_was_writing_is_removed_without_a_warning(tmp_path, caplog):
+    # a SIGKILL mid-save leaves Orbax's temporary directory: the next trainer's manager
+    # removes it at once, not with a warning when (if ever) the same step is saved again
+    stale = tmp_path / "checkpoints" / "3.orbax-checkpoint-tmp"
+    stale.mkdir(parents=True)
+    (stale / "half").write_text("x")
+    state = {"w": jax.numpy.ones((4,))}
+    with caplog.at_level(logging.WARNING):
+        mgr = checkpoint.manager(str(tmp_path))
+        checkpoint.save(mgr, 3, state, b"{}", {"model": "m"})
+        mgr.close()
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3"]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    # a reader (eval, predict) never removes what a running trainer is writing
+    stale.mkdir()
+    checkpoint.manager(str(tmp_path), read_only=True).close()
+    assert stale.exists()

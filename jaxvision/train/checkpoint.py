@@ -98,7 +98,10 @@ def manager(workdir: str, keep: int = 3, best_metric: str | None = "val_top1",
     options = ocp.CheckpointManagerOptions(
         preservation_policy=cm.AnyPreservationPolicy(policies), create=not read_only,
         read_only=read_only, best_fn=best_fn, best_mode=best_mode,
-        enable_async_checkpointing=True)  # save(wait=True) waits
+        enable_async_checkpointing=True,  # save(wait=True) waits
+        # a step a killed run was writing: removed now (the trainer holds the workdir's lock)
+        # rather than with a warning when the same step is saved again, or never if it is not
+        cleanup_tmp_directories=not read_only)
     # item handlers (not just names) so item_metadata can describe a saved state's structure
     handlers = {"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler(),
                 "meta": ocp.JsonCheckpointHandler()}
