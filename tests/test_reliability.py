@@ -602,7 +602,13 @@ def test_killed_process_group_leaves_no_shared_memory_and_a_normal_exit_no_warni
     started.append(resumed)
     out, err = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, err[-3000:]
-    assert f"removed {len(left)} shared memory segments" in out
+    # removed at its start, unless a trainer of a parallel test started first and removed them
+    # (every trainer cleans the host's dead runs; tests/test_workers.py checks it in isolation)
+    removed = re.search(r"removed (\d+) shared memory segments .* \(pids ([\d, ]+)\)", out)
+    assert removed or not _segments_of(victim.pid), out
+    if removed:
+        assert int(removed.group(1)) >= len(left), out
+        assert str(victim.pid) in removed.group(2).split(", "), out
     assert "Traceback" not in err and "leaked" not in err and "WARNING" not in err, err
     assert not _segments_of(victim.pid) and not _segments_of(resumed.pid)
 

@@ -66,3 +66,19 @@ def test_workers_exit_when_the_trainer_is_killed():
     for p in left:  # do not leave them behind for the rest of the suite
         os.kill(p, signal.SIGKILL)
     assert not left, f"{len(left)} of {len(workers)} worker processes outlived the trainer"
+
+
+def test_the_segments_of_dead_trainers_only_are_removed(tmp_path, monkeypatch):
+    # in a folder of its own: any trainer on this host (a parallel test's) cleans /dev/shm too
+    from jaxvision.data import workers
+
+    monkeypatch.setattr(workers, "SHM_DIR", str(tmp_path))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    files = {f"{workers.segment_prefix(dead.pid)}a": 10, f"{workers.segment_prefix(dead.pid)}b": 5,
+             f"{workers.segment_prefix(os.getpid())}c": 7,  # a live trainer's
+             "psm_other": 3}  # not jaxvision's
+    for name, size in files.items():
+        (tmp_path / name).write_bytes(b"x" * size)
+    assert workers.remove_dead_runs_segments() == (2, 15, [dead.pid])
+    assert sorted(os.listdir(tmp_path)) == sorted(list(files)[2:])
