@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jaxvision.layers import dnnl
 from jaxvision.layers.dense import contract_last, dense
 from jaxvision.layers.dot_library import DotChoice
 from jaxvision.layers.taps import depthwise, tap_views
@@ -61,6 +62,12 @@ IM2COL_MIN_CHANNELS = 256
 # the AVX-only CPU, where XLA's kernel gradient cost 3-5x its forward. With Eigen on the
 # AVX-512 one XLA's own kernel gradient is the faster, so this is not chosen there.
 TAPGRAD_MIN_POSITIONS = 400
+
+# oneDNN's pieces (dnnl_pieces): every piece of a depthwise convolution and of a stem (fewer
+# input channels than this), and the input gradient of other ungrouped ones but 1x1s. Measured
+# on an AVX2 CPU (docs/performance.md, "oneDNN's convolutions").
+DNNL_PIECES = ("forward", "input", "kernel")
+DNNL_STEM_CHANNELS = 16
 
 
 def _pair(v):
@@ -241,11 +248,52 @@ def live_taps(size, k, stride, pad, dilation, out):
     return live[0], live[-1] + 1
 
 
+def dnnl_pieces(x_shape, kernel_shape, stride, padding, dilation, groups, dtype=jnp.float32,
+                platform=None) -> tuple[str, ...]:
+    """Which of a convolution's forward, input gradient and kernel gradient run in oneDNN
+    (``layers/dnnl.py``) rather than in ``choose``'s lowering: float32 convolutions on the CPU
+    where the rewrites are on, oneDNN is available and the process has one CPU device, by the
+    per-piece measurements in docs/performance.md ("oneDNN's convolutions")."""
+    mode, platform = current(platform)
+    if (mode != "auto" or platform != "cpu" or jnp.dtype(dtype) != jnp.float32
+            or not dnnl.available()):
+        return ()
+    if jax.device_count(platform) > 1:
+        # XLA's partitioner would gather a sharded batch onto every device for a custom call
+        return ()
+    kh, kw, cin_g, cout = kernel_shape
+    cin = x_shape[-1]
+    if groups == cin and cin_g == 1:
+        return DNNL_PIECES  # depthwise: 1.2-8x the taps' speed in each piece
+    oh = out_size(x_shape[1], kh, stride[0], padding[0], dilation[0])
+    ow = out_size(x_shape[2], kw, stride[1], padding[1], dilation[1])
+    if groups != 1 or oh * ow <= IM2COL_ALWAYS_POSITIONS_PER_TAP * kh * kw:
+        return ()
+    if (kh, kw) == (1, 1):
+        # ahead alone (the kernel gradient by 1.1-1.5x) but not within a resnet50 step
+        return ()
+    if cin < DNNL_STEM_CHANNELS and (stride[0] < kh or stride[1] < kw):
+        # a stem: 2-2.6x XLA's in each piece at 224 px; not a ViT's patch embedding (stride =
+        # kernel), whose forward XLA runs 1.5x faster
+        return DNNL_PIECES
+    return ("input",)  # 3x3s: the forward even, XLA's kernel gradient ahead
+
+
 def conv2d(x, kernel, stride=1, padding=0, dilation=1, groups=1, impl=None):
-    """NHWC x HWIO -> NHWC with torch's symmetric integer padding; ``impl`` None chooses."""
+    """NHWC x HWIO -> NHWC with torch's symmetric integer padding; ``impl`` None chooses, and
+    then also hands ``dnnl_pieces`` to oneDNN."""
     stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
+    if impl is None:
+        impl = choose(x.shape, kernel.shape, stride, padding, dilation, groups)
+        pieces = dnnl_pieces(x.shape, kernel.shape, stride, padding, dilation, groups,
+                             jnp.result_type(x, kernel))
+        if pieces:
+            return _conv_dnnl((stride, padding, dilation, groups, impl, pieces), x, kernel)
+    return _conv(x, kernel, stride, padding, dilation, groups, impl)
+
+
+def _conv(x, kernel, stride, padding, dilation, groups, impl):
     kh, kw, cin_g, cout = kernel.shape
-    impl = impl or choose(x.shape, kernel.shape, stride, padding, dilation, groups)
     if impl == "xla":
         return _lax_conv(x, kernel, stride, padding, dilation, groups)
     if impl == "xla_tapgrad":
@@ -319,6 +367,37 @@ def _patches_bwd(spec, x, g):
 
 
 _patches.defvjp(_patches_fwd, _patches_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _conv_dnnl(spec, x, kernel):
+    """``impl``'s convolution with the pieces named in ``spec`` computed by oneDNN instead."""
+    stride, padding, dilation, groups, impl, pieces = spec
+    if "forward" not in pieces:
+        return _conv(x, kernel, stride, padding, dilation, groups, impl)
+    return dnnl.forward(dnnl.window(*spec[:4], x.shape, kernel.shape), x, kernel)
+
+
+def _conv_dnnl_fwd(spec, x, kernel):
+    return _conv_dnnl(spec, x, kernel), (x, kernel)
+
+
+def _conv_dnnl_bwd(spec, res, g):
+    stride, padding, dilation, groups, impl, pieces = spec
+    x, kernel = res
+    window = dnnl.window(*spec[:4], x.shape, kernel.shape)
+    if "input" in pieces:
+        dx = dnnl.input_grad(window, g, kernel)
+    else:  # only the transpose of impl's convolution survives XLA's dead-code pass
+        dx = jax.vjp(lambda x: _conv(x, kernel, *spec[:5]), x)[1](g)[0]
+    if "kernel" in pieces:
+        dk = dnnl.kernel_grad(window, x, g)
+    else:
+        dk = jax.vjp(lambda k: _conv(x, k, *spec[:5]), kernel)[1](g)[0]
+    return dx, dk
+
+
+_conv_dnnl.defvjp(_conv_dnnl_fwd, _conv_dnnl_bwd)
 
 
 def _lax_conv(x, kernel, stride, padding, dilation, groups=1):
