@@ -66,6 +66,37 @@ def test_batchnorm_train_step_matches_torch():
         1e-5, "eval output")
 
 
+@pytest.mark.parametrize("mode", ["auto", "xla"])
+def test_batchnorm_train_gradients_match_torch(mode):
+    """The hand-written backward of the train-mode BatchNorm (norm._batch_norm_train, the CPU
+    default) and jax's own ("xla") against torch's autograd: the input's, scale's and bias's
+    gradients through a nonlinear loss."""
+    import jax
+
+    from jaxvision.layers import lowering
+
+    x = images((4, 5, 6, 8)) * 3 + 1
+    bn = torch.nn.BatchNorm2d(8, momentum=0.3, eps=1e-3).train()
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 2)
+        bn.bias.uniform_(-1, 1)
+    xt = nchw(x).clone().requires_grad_(True)
+    torch.sin(bn(xt)).pow(2).sum().backward()
+    params = {"scale": jnp.asarray(bn.weight.detach().numpy()),
+              "bias": jnp.asarray(bn.bias.detach().numpy())}
+    stats = {"mean": jnp.zeros(8), "var": jnp.ones(8)}
+
+    def loss(x, params):
+        y, _ = BatchNorm(momentum=0.3, epsilon=1e-3).apply(
+            {"params": params, "batch_stats": stats}, x, train=True, mutable=["batch_stats"])
+        return jnp.sum(jnp.sin(y) ** 2)
+
+    dx, dp = lowering.jit(jax.grad(loss, argnums=(0, 1)), mode)(jnp.asarray(x), params)
+    assert_close(dx, to_nhwc(xt.grad), 1e-5, "input gradient")
+    assert_close(dp["scale"], bn.weight.grad, 1e-4, "scale gradient")
+    assert_close(dp["bias"], bn.bias.grad, 1e-4, "bias gradient")
+
+
 def test_make_divisible_like_torchvision():
     from torchvision.models._utils import _make_divisible
 

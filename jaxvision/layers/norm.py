@@ -7,11 +7,15 @@ computed in float32, whatever the compute dtype.
 """
 from __future__ import annotations
 
+import functools
 from functools import partial
 from typing import Any, Callable
 
+import jax
 import jax.numpy as jnp
 import flax.linen as nn
+
+from jaxvision.layers import lowering
 
 
 def _normalize(x, mean, var, scale, bias, eps, dtype):
@@ -20,6 +24,52 @@ def _normalize(x, mean, var, scale, bias, eps, dtype):
     mul = scale * jnp.reciprocal(jnp.sqrt(var + eps))
     y = (x.astype(jnp.promote_types(x.dtype, jnp.float32)) - mean) * mul + bias
     return y.astype(dtype or x.dtype)
+
+
+# A batch's statistics and normalisation with a hand-written gradient, where the CPU rewrites
+# are on (``lowering.rewrites_on``; "xla" keeps jax's, forward mode included). Differentiated
+# by jax, the normalisation saves ``x - mean`` for its backward pass, so XLA writes it out in the
+# forward (a full pass over every BatchNorm's input, the largest single loop fusion of a
+# mobilenet_v2 train step); here the backward recomputes it from x and the mean in the fusions
+# that read x anyway. The forward is the other path's computation, unchanged.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _batch_norm_train(x, scale, bias, eps):
+    """(normalised x, batch mean, biased batch variance) over every axis but the last."""
+    y, mean, var, _ = _batch_norm_train_fwd_core(x, scale, bias, eps)
+    return y, mean, var
+
+
+def _batch_norm_train_fwd_core(x, scale, bias, eps):
+    axes = tuple(range(x.ndim - 1))
+    xs = x.astype(jnp.float32)  # statistics in float32, as BatchNorm's other paths
+    mean = jnp.mean(xs, axes)
+    var = jnp.mean(jnp.square(xs - mean), axes)
+    inv = jnp.reciprocal(jnp.sqrt(var + eps))
+    xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    return (xf - mean) * (scale * inv) + bias, mean, var, inv
+
+
+def _batch_norm_train_fwd(x, scale, bias, eps):
+    y, mean, var, inv = _batch_norm_train_fwd_core(x, scale, bias, eps)
+    return (y, mean, var), (x, mean, inv, scale)
+
+
+def _batch_norm_train_bwd(eps, res, cts):
+    x, mean, inv, scale = res
+    dy, dmean, dvar = cts
+    axes = tuple(range(x.ndim - 1))
+    n = x.size // x.shape[-1]
+    xc = x.astype(jnp.promote_types(x.dtype, jnp.float32)) - mean
+    dy = dy.astype(xc.dtype)
+    dbias = jnp.sum(dy, axes)
+    dscale = jnp.sum(dy * xc, axes) * inv
+    # through the normalisation, its mean and its variance; then the statistics' own outputs
+    dx = (scale * inv) * (dy - dbias / n - xc * (inv * dscale / n)) \
+        + dmean / n + dvar * (2.0 / n) * xc
+    return dx.astype(x.dtype), dscale, dbias
+
+
+_batch_norm_train.defvjp(_batch_norm_train_fwd, _batch_norm_train_bwd)
 
 
 class BatchNorm(nn.Module):
@@ -49,7 +99,11 @@ class BatchNorm(nn.Module):
         if train and not self.use_running_average:
             axes = tuple(range(x.ndim - 1))
             xf = x.astype(jnp.float32)
-            if mask is None:
+            y = None
+            if mask is None and lowering.rewrites_on():
+                y, mean, var = _batch_norm_train(x, scale, bias, self.epsilon)
+                n = x.size // c
+            elif mask is None:
                 mean = jnp.mean(xf, axes)
                 var = jnp.mean(jnp.square(xf - mean), axes)
                 n = x.size // c
@@ -67,6 +121,8 @@ class BatchNorm(nn.Module):
                     new_mean = jnp.where(n > 0, new_mean, ra_mean.value)
                     new_var = jnp.where(n > 0, new_var, ra_var.value)
                 ra_mean.value, ra_var.value = new_mean, new_var
+            if y is not None:
+                return y.astype(self.dtype or x.dtype)
         else:
             mean, var = ra_mean.value, ra_var.value
         return _normalize(x, mean, var, scale, bias, self.epsilon, self.dtype)
