@@ -78,7 +78,9 @@ def test_predict_equals_torchvision_on_photo_shapes(pair):
     tmodel, model, variables = pair[:3]
     tmodel.score_thresh = 0.05  # random weights spread the softmax thinly
     got, want = predict_both(tmodel, model.clone(score_thresh=0.05), variables, DEFAULT_IMAGES)
-    errs = [assert_detections_match(g, w, score_atol=1e-5, box_tol=2e-3)
+    # boxes decoded through exp() and scaled 2.1x back to the photo: float32 rounding reaches
+    # 2.2-2.4e-3 px (4e-6 of the coordinate) on an AVX2 CPU, 2e-3 passed on an AVX-512 one
+    errs = [assert_detections_match(g, w, score_atol=1e-5, box_tol=5e-3)
             for g, w in zip(got, want)]
     print("\nssd300 predict on photo shapes: max score / box error %.3g / %.3g px"
           % tuple(np.max(errs, axis=0)))
