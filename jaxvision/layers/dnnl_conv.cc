@@ -220,27 +220,39 @@ memory Weights(const Plan& plan, const Geometry& g, float* hwio_data, dnnl::stre
   return weights;
 }
 
+// The forward (x -> y) or the input gradient (dy -> dx): activations in and out, the kernel
+// read, chunk by chunk of the batch.
+template <typename PlanFor>
+ffi::Error WithKernel(ffi::ThreadPool& pool, const Geometry& g, PlanFor plan_for, bool forward,
+                      float* in, float* kernel, float* out) {
+  int64_t chunks = NumChunks(pool, g.n);
+  float* src = forward ? in : out;
+  float* dst = forward ? out : in;
+  return ForChunks(pool, chunks, [&](int64_t i) {
+    int64_t n0 = Begin(i, g.n, chunks);
+    Geometry c = OfBatch(g, Begin(i + 1, g.n, chunks) - n0);
+    if (chunks > 1) omp_set_num_threads(1);
+    auto plan = plan_for(c);
+    auto& stream = Stream();
+    memory src_mem(c.Src(), Engine(), src + n0 * g.h * g.w * g.c);
+    memory dst_mem(c.Dst(), Engine(), dst + n0 * g.oh * g.ow * g.oc);
+    memory weights = Weights(*plan, c, kernel, stream);
+    memory pad(plan->scratch, Engine(), scratch.Pad(plan->scratch.get_size()));
+    plan->prim.execute(stream, {{forward ? DNNL_ARG_SRC : DNNL_ARG_DIFF_SRC, src_mem},
+                                {DNNL_ARG_WEIGHTS, weights},
+                                {forward ? DNNL_ARG_DST : DNNL_ARG_DIFF_DST, dst_mem},
+                                {DNNL_ARG_SCRATCHPAD, pad}});
+    stream.wait();
+  });
+}
+
 ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> k,
                        ffi::ResultBuffer<ffi::F32> y, int64_t sh, int64_t sw, int64_t pt,
                        int64_t pb, int64_t pl, int64_t pr, int64_t dh, int64_t dw,
                        int64_t groups) {
   Geometry g = MakeGeometry(x.dimensions(), k.dimensions(), y->dimensions(), sh, sw, pt, pb, pl,
                             pr, dh, dw, groups);
-  int64_t chunks = NumChunks(pool, g.n);
-  return ForChunks(pool, chunks, [&](int64_t i) {
-    int64_t n0 = Begin(i, g.n, chunks);
-    Geometry c = OfBatch(g, Begin(i + 1, g.n, chunks) - n0);
-    if (chunks > 1) omp_set_num_threads(1);
-    auto plan = ForwardPlan(c);
-    auto& stream = Stream();
-    memory src(c.Src(), Engine(), x.typed_data() + n0 * g.h * g.w * g.c);
-    memory dst(c.Dst(), Engine(), y->typed_data() + n0 * g.oh * g.ow * g.oc);
-    memory weights = Weights(*plan, c, k.typed_data(), stream);
-    memory pad(plan->scratch, Engine(), scratch.Pad(plan->scratch.get_size()));
-    plan->prim.execute(stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, weights},
-                                {DNNL_ARG_DST, dst}, {DNNL_ARG_SCRATCHPAD, pad}});
-    stream.wait();
-  });
+  return WithKernel(pool, g, ForwardPlan, true, x.typed_data(), k.typed_data(), y->typed_data());
 }
 
 ffi::Error BackwardDataImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy,
@@ -249,21 +261,8 @@ ffi::Error BackwardDataImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy,
                             int64_t dh, int64_t dw, int64_t groups) {
   Geometry g = MakeGeometry(dx->dimensions(), k.dimensions(), dy.dimensions(), sh, sw, pt, pb,
                             pl, pr, dh, dw, groups);
-  int64_t chunks = NumChunks(pool, g.n);
-  return ForChunks(pool, chunks, [&](int64_t i) {
-    int64_t n0 = Begin(i, g.n, chunks);
-    Geometry c = OfBatch(g, Begin(i + 1, g.n, chunks) - n0);
-    if (chunks > 1) omp_set_num_threads(1);
-    auto plan = BackwardDataPlan(c);
-    auto& stream = Stream();
-    memory diff_dst(c.Dst(), Engine(), dy.typed_data() + n0 * g.oh * g.ow * g.oc);
-    memory diff_src(c.Src(), Engine(), dx->typed_data() + n0 * g.h * g.w * g.c);
-    memory weights = Weights(*plan, c, k.typed_data(), stream);
-    memory pad(plan->scratch, Engine(), scratch.Pad(plan->scratch.get_size()));
-    plan->prim.execute(stream, {{DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_WEIGHTS, weights},
-                                {DNNL_ARG_DIFF_SRC, diff_src}, {DNNL_ARG_SCRATCHPAD, pad}});
-    stream.wait();
-  });
+  return WithKernel(pool, g, BackwardDataPlan, false, dy.typed_data(), k.typed_data(),
+                    dx->typed_data());
 }
 
 ffi::Error BackwardWeightsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
