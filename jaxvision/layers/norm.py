@@ -32,6 +32,14 @@ def _normalize(x, mean, var, scale, bias, eps, dtype):
 # forward (a full pass over every BatchNorm's input, the largest single loop fusion of a
 # mobilenet_v2 train step); here the backward recomputes it from x and the mean in the fusions
 # that read x anyway. The forward is the other path's computation, unchanged.
+def _batch_stats(x):
+    """The mean and biased variance over every axis but the last, two-pass, in float32."""
+    axes = tuple(range(x.ndim - 1))
+    xf = x.astype(jnp.float32)
+    mean = jnp.mean(xf, axes)
+    return mean, jnp.mean(jnp.square(xf - mean), axes)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _batch_norm_train(x, scale, bias, eps):
     """(normalised x, batch mean, biased batch variance) over every axis but the last."""
@@ -40,10 +48,7 @@ def _batch_norm_train(x, scale, bias, eps):
 
 
 def _batch_norm_train_fwd_core(x, scale, bias, eps):
-    axes = tuple(range(x.ndim - 1))
-    xs = x.astype(jnp.float32)  # statistics in float32, as BatchNorm's other paths
-    mean = jnp.mean(xs, axes)
-    var = jnp.mean(jnp.square(xs - mean), axes)
+    mean, var = _batch_stats(x)
     inv = jnp.reciprocal(jnp.sqrt(var + eps))
     xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
     return (xf - mean) * (scale * inv) + bias, mean, var, inv
@@ -104,8 +109,7 @@ class BatchNorm(nn.Module):
                 y, mean, var = _batch_norm_train(x, scale, bias, self.epsilon)
                 n = x.size // c
             elif mask is None:
-                mean = jnp.mean(xf, axes)
-                var = jnp.mean(jnp.square(xf - mean), axes)
+                mean, var = _batch_stats(x)
                 n = x.size // c
             else:
                 w = jnp.broadcast_to(mask, x.shape[:-1])[..., None].astype(jnp.float32)
