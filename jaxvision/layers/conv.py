@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from jaxvision.layers import lowering
+from jaxvision.layers.params import param
 
 # torch.nn.init.kaiming_normal_(mode="fan_out", nonlinearity="relu")
 kaiming_normal_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -61,8 +62,8 @@ class Conv(nn.Module):
             raise ValueError(f"{cin} input channels do not split into "
                              f"{self.feature_group_count} groups")
         shape = (*self.kernel_size, cin // self.feature_group_count, self.features)
-        kernel = self.param("kernel", self.kernel_init, shape, jnp.float32)
-        bias = (self.param("bias", self.bias_init, (self.features,), jnp.float32)
+        kernel = param(self, "kernel", self.kernel_init, shape)
+        bias = (param(self, "bias", self.bias_init, (self.features,))
                 if self.use_bias else None)
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
         y = lowering.conv2d(x, kernel, self.strides, self.padding, self.kernel_dilation,
@@ -115,9 +116,9 @@ class ConvTranspose2d(nn.Module):
     def __call__(self, x):
         (kh, kw), (sh, sw), (ph, pw) = (_pair(self.kernel_size), _pair(self.stride),
                                         _pair(self.padding))
-        kernel = self.param("kernel", self.kernel_init, (kh, kw, self.features, x.shape[-1]),
-                            jnp.float32)
-        bias = (self.param("bias", self.bias_init, (self.features,), jnp.float32)
+        kernel = param(self, "kernel", self.kernel_init, (kh, kw, self.features, x.shape[-1]),
+                       jnp.float32)
+        bias = (param(self, "bias", self.bias_init, (self.features,), jnp.float32)
                 if self.use_bias else None)
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
         n, h, w, _ = x.shape

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from jaxvision.layers import lowering
+from jaxvision.layers.params import param
 
 
 def _normalize(x, mean, var, scale, bias, eps, dtype):
@@ -97,8 +98,8 @@ class BatchNorm(nn.Module):
         padding); a batch with none leaves the running statistics as they were."""
         c = x.shape[-1]
         scale_init = nn.initializers.zeros if self.zero_init else nn.initializers.ones
-        scale = self.param("scale", scale_init, (c,), jnp.float32)
-        bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+        scale = param(self, "scale", scale_init, (c,))
+        bias = param(self, "bias", nn.initializers.zeros, (c,))
         ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (c,), jnp.float32)
         ra_var = self.variable("batch_stats", "var", jnp.ones, (c,), jnp.float32)
         if train and not self.use_running_average:
@@ -167,8 +168,8 @@ class GroupNorm(nn.Module):
         if c % self.num_groups:
             raise ValueError(f"GroupNorm: {c} channels are not divisible into "
                              f"{self.num_groups} groups")
-        scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
-        bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+        scale = param(self, "scale", nn.initializers.ones, (c,))
+        bias = param(self, "bias", nn.initializers.zeros, (c,))
         xf = x.astype(jnp.float32).reshape(*x.shape[:-1], self.num_groups, c // self.num_groups)
         axes = tuple(range(1, x.ndim - 1)) + (x.ndim,)
         mean = jnp.mean(xf, axes, keepdims=True)

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from jaxvision.layers import Conv2d, Linear, layer_norm, trunc_normal
+from jaxvision.layers.params import param
 from jaxvision.layers.stochastic_depth import StochasticDepth
 from jaxvision.models._features import FeatureCollector
 from jaxvision.models._stages import StageLayout
@@ -47,8 +48,8 @@ class CNBlock(nn.Module):
         y = Linear(4 * d, d, self.dtype, _init, _zeros, name="block_3")(y)
         y = nn.gelu(y, approximate=False)
         y = Linear(d, 4 * d, self.dtype, _init, _zeros, name="block_5")(y)
-        scale = self.param("layer_scale", nn.initializers.constant(self.layer_scale), (d, 1, 1),
-                           jnp.float32)
+        scale = param(self, "layer_scale", nn.initializers.constant(self.layer_scale), (d, 1, 1),
+                      jnp.float32)
         y = scale.reshape(d).astype(y.dtype) * y
         return StochasticDepth(self.stochastic_depth_prob)(y, train) + x
 

@@ -29,6 +29,7 @@ from jaxvision.errors import ConversionError
 from jaxvision.layers import (Conv2d, Linear, SqueezeExcitation, avg_pool2d, layer_norm,
                               norm_factory)
 from jaxvision.layers.attention import relative_position_index
+from jaxvision.layers.params import param
 from jaxvision.layers.stochastic_depth import StochasticDepth
 from jaxvision.models._features import FeatureCollector
 from jaxvision.models._stages import StageLayout
@@ -122,8 +123,8 @@ class RelativePositionalMultiHeadAttention(nn.Module):
                    for t in jnp.split(qkv, 3, axis=-1))
         # torchvision scales the keys by feat_dim**-0.5 (not head_dim**-0.5): mirrored
         k = k * jnp.asarray(self.feat_dim ** -0.5, k.dtype)
-        table = self.param("relative_position_bias_table", _init,
-                           ((2 * self.size - 1) ** 2, heads), jnp.float32)
+        table = param(self, "relative_position_bias_table", _init,
+                      ((2 * self.size - 1) ** 2, heads), jnp.float32)
         n = self.size * self.size
         bias = table[relative_position_index(self.size, self.size)]
         bias = bias.reshape(n, n, heads).transpose(2, 0, 1)[None]

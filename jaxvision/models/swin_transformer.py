@@ -27,6 +27,7 @@ import flax.linen as nn
 from jaxvision.errors import ConversionError
 from jaxvision.layers import Conv2d, Linear, layer_norm, trunc_normal
 from jaxvision.layers.attention import relative_position_index
+from jaxvision.layers.params import param
 from jaxvision.layers.stochastic_depth import StochasticDepth
 from jaxvision.models._features import FeatureCollector
 from jaxvision.models._stages import StageLayout
@@ -74,8 +75,8 @@ class QKV(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        kernel = self.param("kernel", _init, (self.dim, 3 * self.dim), jnp.float32)
-        bias = self.param("bias", _zeros, (3 * self.dim,), jnp.float32)
+        kernel = param(self, "kernel", _init, (self.dim, 3 * self.dim), jnp.float32)
+        bias = param(self, "bias", _zeros, (3 * self.dim,), jnp.float32)
         if self.zero_key_bias:
             bias = bias * jnp.repeat(jnp.array([1.0, 0.0, 1.0], jnp.float32), self.dim)
         return x @ kernel.astype(self.dtype) + bias.astype(self.dtype)
@@ -101,8 +102,8 @@ class ShiftedWindowAttention(nn.Module):
             table = Linear(heads, 512, jnp.float32, _init, bias=False, name="cpb_mlp_2")(hidden)
             table = table.reshape(-1, heads)
         else:
-            table = self.param("relative_position_bias_table", _init,
-                               ((2 * wh - 1) * (2 * ww - 1), heads), jnp.float32)
+            table = param(self, "relative_position_bias_table", _init,
+                          ((2 * wh - 1) * (2 * ww - 1), heads), jnp.float32)
         bias = table[index].reshape(n, n, heads).transpose(2, 0, 1)[None]
         return 16 * jax.nn.sigmoid(bias) if self.v2 else bias
 
@@ -128,8 +129,8 @@ class ShiftedWindowAttention(nn.Module):
         if self.v2:  # scaled cosine attention
             unit = lambda t: t / jnp.maximum(jnp.sqrt(jnp.sum(t * t, -1, keepdims=True)), 1e-12)
             attn = unit(q) @ jnp.swapaxes(unit(k), -2, -1)
-            logit_scale = self.param("logit_scale", nn.initializers.constant(math.log(10.0)),
-                                     (heads, 1, 1), jnp.float32)
+            logit_scale = param(self, "logit_scale", nn.initializers.constant(math.log(10.0)),
+                                (heads, 1, 1), jnp.float32)
             attn = attn * jnp.exp(jnp.minimum(logit_scale, math.log(100.0))).astype(attn.dtype)
         else:
             q = q * jnp.asarray((c // heads) ** -0.5, q.dtype)

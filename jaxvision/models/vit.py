@@ -34,6 +34,7 @@ from jaxvision.layers import Conv2d, Linear, layer_norm, trunc_normal
 from jaxvision.layers.attention import MultiheadAttention
 from jaxvision.layers.grad_barrier import grad_barrier
 from jaxvision.layers.lowering import dense_dot_general
+from jaxvision.layers.params import param
 from jaxvision.models._features import FeatureCollector
 from jaxvision.models._stages import StageLayout
 from jaxvision.registry import FeatureInfo, register_model
@@ -114,8 +115,8 @@ class Encoder(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        pos = self.param("pos_embedding", trunc_normal(0.02), (1, self.seq_length, self.hidden_dim),
-                         jnp.float32)
+        pos = param(self, "pos_embedding", trunc_normal(0.02),
+                    (1, self.seq_length, self.hidden_dim))
         x = nn.Dropout(self.dropout, deterministic=not train)(x + pos.astype(self.dtype))
         x, kept = EncoderLayers(self.num_layers, self.num_heads, self.hidden_dim, self.mlp_dim,
                                 self.dropout, self.attention_dropout, self.dtype, self.keep,
@@ -194,7 +195,7 @@ class VisionTransformer(nn.Module):
                    kernel_init=trunc_normal(math.sqrt(1 / (3 * p * p))),
                    bias_init=nn.initializers.zeros, name="conv_proj")(x)
         x = x.reshape(x.shape[0], n_h * n_w, d)  # NHWC flattens row-major like torch's (n_h, n_w)
-        cls = self.param("class_token", nn.initializers.zeros, (1, 1, d), jnp.float32)
+        cls = param(self, "class_token", nn.initializers.zeros, (1, 1, d), jnp.float32)
         x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (x.shape[0], 1, d)), x], 1)
         x, kept = Encoder(n_h * n_w + 1, self.num_layers, self.num_heads, d, self.mlp_dim,
                           self.dropout, self.attention_dropout, self.dtype, keep,

@@ -28,6 +28,7 @@ import flax.linen as nn
 from jaxvision.layers.conv import Conv2d
 from jaxvision.layers.interpolate import interpolate
 from jaxvision.layers.norm import BatchNorm
+from jaxvision.layers.params import param
 from jaxvision.layers.pool import max_pool2d
 from jaxvision.layers.separable import SeparableConv2d
 
@@ -101,7 +102,7 @@ class Combine(nn.Module):
             maps[i], train) for i in self.inputs]
         if self.weight_method == "sum":
             return sum(nodes)
-        w = self.param("edge_weights", nn.initializers.ones, (len(nodes),), jnp.float32)
+        w = param(self, "edge_weights", nn.initializers.ones, (len(nodes),), jnp.float32)
         w = w.astype(nodes[0].dtype)
         if self.weight_method == "attn":
             w = jax.nn.softmax(w)
