@@ -234,6 +234,7 @@ def test_empty_annotations_are_named_before_any_checkpoint(tmp_path):
         build_data(coco_config(tmp_path).data, "fcos_resnet50_fpn", "detection")
 
 
+@pytest.mark.slow
 def test_short_run_trains_evaluates_and_predicts_with_coco_metrics(tmp_path, capsys):
     workdir = str(tmp_path / "run")
     config = coco_config(tmp_path / "coco")

@@ -86,6 +86,7 @@ def test_googlenet_transform_input_and_pretrained_layout():
     assert out.shape == (2, 1000)  # no aux heads: logits only, even in training
 
 
+@pytest.mark.slow
 def test_inception_v3_parity():
     tmodel, model, variables = _pair("inception_v3")
     check_eval("inception_v3", tmodel, variables, model, [(299, 299), (311, 347)])
