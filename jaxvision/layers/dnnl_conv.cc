@@ -149,15 +149,14 @@ ffi::Error ForChunks(ffi::ThreadPool& pool, int64_t chunks, const Body& body) {
   return ffi::Error::Success();
 }
 
-// How many batch chunks: one per thread, and at least two, so that a one-core process runs
-// (and its tests check) the same split as every other; a single image keeps oneDNN's threads.
+// How many batch chunks: one per thread; a single image keeps oneDNN's threads instead.
 int64_t NumChunks(ffi::ThreadPool& pool, int64_t batch) {
   int64_t threads = std::max<int64_t>(1, pool.num_threads());
   if (batch == 1) {
     omp_set_num_threads(static_cast<int>(threads));
     return 1;
   }
-  return std::min(batch, std::max<int64_t>(threads, 2));
+  return std::min(batch, threads);
 }
 
 // Rows [Begin(i), Begin(i + 1)) of a batch of n split in `chunks`.
