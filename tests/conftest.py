@@ -26,7 +26,6 @@ LOWERING_ENV = "JAXVISION_TEST_LOWERING"
 
 
 def pytest_configure(config):
-    _own_cores()
     if os.environ.get(ENV):  # an xdist worker: the controller made it
         root = os.environ[ENV]
     else:
@@ -40,23 +39,6 @@ def pytest_configure(config):
     import jax  # noqa: PLC0415 (in case a plugin imported it before the variable was set)
 
     jax.config.update("jax_compilation_cache_dir", path)
-
-
-def _own_cores():
-    """An xdist worker keeps to its own share of the cores (subprocesses inherit it).
-
-    XLA:CPU and torch each size their thread pools to the cores they may use, and a pool's
-    threads spin a while before they sleep: two workers each running two threads on two cores
-    took 12% more CPU time for the same tests (resnet, vgg and engine-step files, 259 s against
-    223 s with a core each). Outside xdist, nothing changes."""
-    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get(
-        "PYTEST_XDIST_WORKER_COUNT")
-    if not worker or not count or not hasattr(os, "sched_setaffinity"):
-        return
-    cpus, index, count = sorted(os.sched_getaffinity(0)), int(worker[2:]), int(count)
-    share = max(len(cpus) // count, 1)
-    start = (index * share) % len(cpus)
-    os.sched_setaffinity(0, set(cpus[start:start + share]))
 
 
 def pytest_unconfigure(config):

@@ -1,8 +1,6 @@
 """Shared machinery for parity tests against torchvision (imported by the test files)."""
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import jax
 import jax.numpy as jnp
@@ -12,8 +10,7 @@ from torchvision.models.feature_extraction import create_feature_extractor
 
 import jaxvision as jv
 
-# a thread per core this process may use (an xdist worker keeps to its share: conftest.py)
-torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2)
+torch.set_num_threads(2)
 TOL = 1e-4
 
 
