@@ -52,8 +52,8 @@ class MultiheadAttention(nn.Module):
             raise ValueError(f"embed_dim ({d}) must be divisible by num_heads ({h})")
         if x.shape[-1] != d:
             raise ValueError(f"expected tokens with last dimension embed_dim={d}, got {x.shape}")
-        w = param(self, "in_proj_weight", xavier_uniform_fused, (3 * d, d), jnp.float32)
-        b = param(self, "in_proj_bias", nn.initializers.zeros, (3 * d,), jnp.float32)
+        w = param(self, "in_proj_weight", xavier_uniform_fused, (3 * d, d))
+        b = param(self, "in_proj_bias", nn.initializers.zeros, (3 * d,))
         x = x.astype(self.dtype)
         qkv = jnp.einsum("bnd,ed->bne", x, w.astype(self.dtype)) + b.astype(self.dtype)
         bsz, n = x.shape[:2]

@@ -116,9 +116,8 @@ class ConvTranspose2d(nn.Module):
     def __call__(self, x):
         (kh, kw), (sh, sw), (ph, pw) = (_pair(self.kernel_size), _pair(self.stride),
                                         _pair(self.padding))
-        kernel = param(self, "kernel", self.kernel_init, (kh, kw, self.features, x.shape[-1]),
-                       jnp.float32)
-        bias = (param(self, "bias", self.bias_init, (self.features,), jnp.float32)
+        kernel = param(self, "kernel", self.kernel_init, (kh, kw, self.features, x.shape[-1]))
+        bias = (param(self, "bias", self.bias_init, (self.features,))
                 if self.use_bias else None)
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
         n, h, w, _ = x.shape

@@ -48,8 +48,7 @@ class CNBlock(nn.Module):
         y = Linear(4 * d, d, self.dtype, _init, _zeros, name="block_3")(y)
         y = nn.gelu(y, approximate=False)
         y = Linear(d, 4 * d, self.dtype, _init, _zeros, name="block_5")(y)
-        scale = param(self, "layer_scale", nn.initializers.constant(self.layer_scale), (d, 1, 1),
-                      jnp.float32)
+        scale = param(self, "layer_scale", nn.initializers.constant(self.layer_scale), (d, 1, 1))
         y = scale.reshape(d).astype(y.dtype) * y
         return StochasticDepth(self.stochastic_depth_prob)(y, train) + x
 

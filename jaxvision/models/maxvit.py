@@ -124,7 +124,7 @@ class RelativePositionalMultiHeadAttention(nn.Module):
         # torchvision scales the keys by feat_dim**-0.5 (not head_dim**-0.5): mirrored
         k = k * jnp.asarray(self.feat_dim ** -0.5, k.dtype)
         table = param(self, "relative_position_bias_table", _init,
-                      ((2 * self.size - 1) ** 2, heads), jnp.float32)
+                      ((2 * self.size - 1) ** 2, heads))
         n = self.size * self.size
         bias = table[relative_position_index(self.size, self.size)]
         bias = bias.reshape(n, n, heads).transpose(2, 0, 1)[None]

@@ -75,8 +75,8 @@ class QKV(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        kernel = param(self, "kernel", _init, (self.dim, 3 * self.dim), jnp.float32)
-        bias = param(self, "bias", _zeros, (3 * self.dim,), jnp.float32)
+        kernel = param(self, "kernel", _init, (self.dim, 3 * self.dim))
+        bias = param(self, "bias", _zeros, (3 * self.dim,))
         if self.zero_key_bias:
             bias = bias * jnp.repeat(jnp.array([1.0, 0.0, 1.0], jnp.float32), self.dim)
         return x @ kernel.astype(self.dtype) + bias.astype(self.dtype)
@@ -103,7 +103,7 @@ class ShiftedWindowAttention(nn.Module):
             table = table.reshape(-1, heads)
         else:
             table = param(self, "relative_position_bias_table", _init,
-                          ((2 * wh - 1) * (2 * ww - 1), heads), jnp.float32)
+                          ((2 * wh - 1) * (2 * ww - 1), heads))
         bias = table[index].reshape(n, n, heads).transpose(2, 0, 1)[None]
         return 16 * jax.nn.sigmoid(bias) if self.v2 else bias
 
@@ -130,7 +130,7 @@ class ShiftedWindowAttention(nn.Module):
             unit = lambda t: t / jnp.maximum(jnp.sqrt(jnp.sum(t * t, -1, keepdims=True)), 1e-12)
             attn = unit(q) @ jnp.swapaxes(unit(k), -2, -1)
             logit_scale = param(self, "logit_scale", nn.initializers.constant(math.log(10.0)),
-                                (heads, 1, 1), jnp.float32)
+                                (heads, 1, 1))
             attn = attn * jnp.exp(jnp.minimum(logit_scale, math.log(100.0))).astype(attn.dtype)
         else:
             q = q * jnp.asarray((c // heads) ** -0.5, q.dtype)

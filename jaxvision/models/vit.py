@@ -195,7 +195,7 @@ class VisionTransformer(nn.Module):
                    kernel_init=trunc_normal(math.sqrt(1 / (3 * p * p))),
                    bias_init=nn.initializers.zeros, name="conv_proj")(x)
         x = x.reshape(x.shape[0], n_h * n_w, d)  # NHWC flattens row-major like torch's (n_h, n_w)
-        cls = param(self, "class_token", nn.initializers.zeros, (1, 1, d), jnp.float32)
+        cls = param(self, "class_token", nn.initializers.zeros, (1, 1, d))
         x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (x.shape[0], 1, d)), x], 1)
         x, kept = Encoder(n_h * n_w + 1, self.num_layers, self.num_heads, d, self.mlp_dim,
                           self.dropout, self.attention_dropout, self.dtype, keep,

@@ -102,7 +102,7 @@ class Combine(nn.Module):
             maps[i], train) for i in self.inputs]
         if self.weight_method == "sum":
             return sum(nodes)
-        w = param(self, "edge_weights", nn.initializers.ones, (len(nodes),), jnp.float32)
+        w = param(self, "edge_weights", nn.initializers.ones, (len(nodes),))
         w = w.astype(nodes[0].dtype)
         if self.weight_method == "attn":
             w = jax.nn.softmax(w)

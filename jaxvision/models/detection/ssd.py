@@ -59,7 +59,7 @@ class SSDFeatureExtractorVGG(nn.Module):
                 continue
             x = nn.relu(_conv(v, 3, f"features_{idx}", self.dtype, padding=1)(x))
             idx += 2
-        scale = param(self, "scale_weight", nn.initializers.constant(20.0), (512,), jnp.float32)
+        scale = param(self, "scale_weight", nn.initializers.constant(20.0), (512,))
         norm = jnp.sqrt(jnp.sum(jnp.square(x.astype(jnp.float32)), -1, keepdims=True))
         outputs.append(scale * (x / jnp.maximum(norm, 1e-12)).astype(jnp.float32))
         # extra.0: maxpool4, conv5_1..3 (torch indices 1, 3, 5), maxpool5 3x3/1, fc6, fc7
