@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from flax.linen import module as flax_module
 
 from jaxvision.convert import merge, timm_hub
+from jaxvision.layers import rng_lowering
 from jaxvision.convert import torchvision as tv
 from jaxvision.registry import get_spec
 
@@ -53,7 +54,7 @@ def init_variables(model, name: str, rng=None, abstract: bool = False):
     x = dummy_input(model, name)
     rng = jax.random.key(0) if rng is None else rng
     init = jax.jit(lambda r, x: model.init(r, x, train=False))
-    return dict(jax.eval_shape(init, rng, x) if abstract else init(rng, x))
+    return dict(jax.eval_shape(init, rng, x) if abstract else rng_lowering.call(init, rng, x))
 
 
 def weights_file(name: str, source):

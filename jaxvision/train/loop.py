@@ -14,7 +14,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 import jaxvision as jv
 from jaxvision.data import workers
 from jaxvision.data.errors import DataError
-from jaxvision.layers import lowering
+from jaxvision.layers import lowering, rng_lowering
 from jaxvision.tasks import build_data, build_task, task_name
 from jaxvision.train import checkpoint, freeze, optim, workdir_lock
 from jaxvision.train import teacher as teachers
@@ -73,9 +73,9 @@ def initial_variables(config, model, num_classes, log=print, task=None):
         raise FileNotFoundError(f"model.pretrained_backbone: {m.pretrained_backbone}: no such "
                                 "file")
     size = config.data.image_size
-    variables = lowering.jit(
+    variables = rng_lowering.call(lowering.jit(
         lambda k: model.init(k, jnp.zeros((1, size, size, 3)), train=False),
-        config.get("conv_lowering"))(jax.random.key(config.train.seed))
+        config.get("conv_lowering")), jax.random.key(config.train.seed))
     return backbone_variables(m, model, variables, log) if m.pretrained_backbone else variables
 
 

@@ -1,0 +1,41 @@
+"""A model's initialisation compiled with jax's random-bit hash unrolled on the CPU.
+
+jax lowers threefry's 20 rounds as a 5-trip ``while`` loop on the CPU (a choice made for an
+older XLA:CPU) and as straight-line code everywhere else. XLA:CPU now compiles each loop as
+several small kernels plus copies of its carried state: resnet18's initialisation compiled
+in 7.5 s with the loops, about a third of that unrolled, and ran 3x faster too, with bitwise
+the same parameters (the same hash, rounds in the same order). An initialisation is one
+threefry per parameter, so it is where the loop costs most; docs/performance.md ("The
+initialisation's random bits").
+
+The rule is passed for one lowering only (jax's ``LoweringParameters``), so nothing changes for
+any other program of the process. jax's module paths used here are private: if they move, the
+program is compiled as jax would.
+"""
+from __future__ import annotations
+
+import jax
+
+try:
+    from jax._src.interpreters import mlir as _mlir
+    from jax._src.random import threefry2x32 as _threefry
+
+    # (primitive, rule): jax's lowering of threefry for every platform but the CPU
+    UNROLLED = (_threefry.threefry2x32_p, _threefry._threefry2x32_lowering_rule)
+    _PARAMETERS = _mlir.LoweringParameters(override_lowering_rules=(UNROLLED,))
+except (ImportError, AttributeError, TypeError):  # another jax: its own lowering
+    UNROLLED, _PARAMETERS = None, None
+
+
+def call(jitted, *args):
+    """``jitted(*args)`` (a ``jax.jit`` function, or anything with its ``trace``), compiled
+    with threefry unrolled when it runs on the CPU; as jax would compile it otherwise, and
+    when called inside another trace."""
+    if (_PARAMETERS is None or jax.default_backend() != "cpu"
+            or any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves(args))):
+        return jitted(*args)
+    try:
+        lowered = jitted.trace(*args).lower(_private_parameters=_PARAMETERS)
+    except TypeError:  # a jax whose lower() takes no such parameters
+        return jitted(*args)
+    return lowered.compile()(*args)
