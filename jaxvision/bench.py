@@ -127,7 +127,7 @@ def bench_jax(a):
     from jaxvision.train.state import TrainState
     from jaxvision.train.step import make_mesh, make_train_step, shard_batch
 
-    from jaxvision.layers import lowering
+    from jaxvision.layers import lowering, rng_lowering
 
     device = jax.devices("cpu" if a.device == "cpu" else None)[0]
     dtype = jnp.bfloat16 if a.dtype == "bfloat16" else jnp.float32
@@ -145,8 +145,9 @@ def bench_jax(a):
     repl, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
     # the device's platform, not the default backend's: --device cpu on a GPU machine
     jit = functools.partial(lowering.jit, conv_lowering=a.lowering, platform=device.platform)
-    variables = jit(lambda k: model.init(k, jnp.zeros((1, *images.shape[1:])), train=False),
-                    out_shardings=repl)(jax.random.key(0))
+    variables = rng_lowering.call(
+        jit(lambda k: model.init(k, jnp.zeros((1, *images.shape[1:])), train=False),
+            out_shardings=repl), jax.random.key(0))
     state = TrainState.create(variables, tx, seed=0, ema=False)
     step = jit(make_train_step(model, tx, a.num_classes), in_shardings=(repl, data),
                out_shardings=(repl, repl), donate_argnums=0)

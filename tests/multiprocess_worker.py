@@ -25,14 +25,15 @@ from train_configs import tiny_config  # noqa: E402
 
 def step_mode():
     import jaxvision as jv
+    from jaxvision.layers import rng_lowering
     from jaxvision.train import optim
     from jaxvision.train.state import TrainState
     from jaxvision.train.step import jit_steps, make_eval_step, make_mesh, make_train_step, shard_batch
 
     c = tiny_config()
     model = jv.create_model("resnet18", num_classes=3)
-    variables = jax.jit(lambda k: model.init(k, jax.numpy.zeros((1, 32, 32, 3))))(
-        jax.random.key(0))
+    variables = rng_lowering.call(
+        jax.jit(lambda k: model.init(k, jax.numpy.zeros((1, 32, 32, 3)))), jax.random.key(0))
     schedule = optim.build_schedule(c.schedule, c.optimizer.lr, 4, 3)
     tx = optim.build_optimizer(c.optimizer, schedule, variables["params"], None)
     state = TrainState.create(variables, tx, 0, False)
