@@ -14,11 +14,6 @@ Every test traces the library's CPU default lowering (the exact rewrites), the p
 so the parity tests prove the default exact. ``JAXVISION_TEST_LOWERING=xla`` runs the in-process
 traces on XLA's own convolution instead (a comparison run; subprocesses and the tests marked
 ``default_lowering``, which are about the default itself, keep it).
-
-Every program of the suite compiles jax's random-bit hash unrolled on the CPU, as the library
-compiles a model's initialisation (``layers/rng_lowering.py``): the same bits, 2-3x less
-compile time for each random tensor. The library's own numbers are unchanged by this;
-``test_rng_lowering.py`` compares the unrolled hash with jax's CPU loops explicitly.
 """
 import os
 import shutil
@@ -44,12 +39,6 @@ def pytest_configure(config):
     import jax  # noqa: PLC0415 (in case a plugin imported it before the variable was set)
 
     jax.config.update("jax_compilation_cache_dir", path)
-    from jaxvision.layers import rng_lowering  # noqa: PLC0415
-
-    if rng_lowering.UNROLLED is not None:
-        from jax._src.interpreters import mlir  # noqa: PLC0415
-
-        mlir.register_lowering(*rng_lowering.UNROLLED, platform="cpu")
 
 
 def pytest_unconfigure(config):
