@@ -2,17 +2,15 @@
 
 jax lowers threefry's 20 rounds as a 5-trip ``while`` loop on the CPU and as straight-line code
 everywhere else (the loop keeps a draw that XLA fuses into other code small; below). XLA:CPU
-(jaxlib 0.10.2) compiles each loop as
-several small kernels plus copies of its carried state: resnet18's initialisation compiled
-in 7.5 s with the loops, about a third of that unrolled, and ran 3x faster too, with bitwise
-the same parameters (the same hash, rounds in the same order). An initialisation is one
-threefry per parameter, so it is where the loop costs most; docs/performance.md ("The
-initialisation's random bits").
+(jaxlib 0.10.2) compiles each loop as several small kernels plus copies of its carried state,
+and an initialisation draws once per parameter: resnet18's compiled 2-4x faster unrolled and
+ran 2-3x faster, with bitwise the same parameters (the same hash, its rounds in the same
+order); docs/performance.md, "The initialisation's random bits".
 
 Only initialisations get it. There each parameter's bits feed that parameter alone; in a
 train step XLA fuses a draw into its consumers, and an unrolled hash inside those fusions can
 stall LLVM: Swin's stochastic depth (a per-sample draw fused into the residual's elementwise
-ops) compiled for over 5 minutes unrolled, against seconds with the loops.
+ops) was still compiling after 12 minutes unrolled, against seconds with the loops.
 
 The rule is passed for one lowering only (jax's ``LoweringParameters``), so nothing changes for
 any other program of the process. jax's module paths used here are private: if they move, the
