@@ -9,8 +9,8 @@ import jax.numpy as jnp
 from flax.linen import module as flax_module
 
 from jaxvision.convert import merge, timm_hub
-from jaxvision.layers import rng_lowering
 from jaxvision.convert import torchvision as tv
+from jaxvision.layers import rng_lowering
 from jaxvision.registry import get_spec
 
 

@@ -39,7 +39,7 @@ def init():
 
 def test_the_parameters_are_jaxs_bit_for_bit(init):
     _, jitted, args = init
-    assert rng_lowering.UNROLLED is not None  # this jax has the private paths it uses
+    assert rng_lowering._PARAMETERS is not None  # this jax has the private paths it uses
     got, want = rng_lowering.call(jitted, *args), rolled(jitted, *args)
     leaves = jax.tree.leaves(want)
     # random: both convolution tensors, both kernels, the normal bias; zeros: the other bias

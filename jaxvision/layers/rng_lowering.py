@@ -24,11 +24,11 @@ try:
     from jax._src.interpreters import mlir as _mlir
     from jax._src.random import threefry2x32 as _threefry
 
-    # (primitive, rule): jax's lowering of threefry for every platform but the CPU
-    UNROLLED = (_threefry.threefry2x32_p, _threefry._threefry2x32_lowering_rule)
-    _PARAMETERS = _mlir.LoweringParameters(override_lowering_rules=(UNROLLED,))
+    # jax's lowering of threefry for every platform but the CPU
+    _PARAMETERS = _mlir.LoweringParameters(override_lowering_rules=(
+        (_threefry.threefry2x32_p, _threefry._threefry2x32_lowering_rule),))
 except (ImportError, AttributeError, TypeError):  # another jax: its own lowering
-    UNROLLED, _PARAMETERS = None, None
+    _PARAMETERS = None
 
 
 def call(jitted, *args):
