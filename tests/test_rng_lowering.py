@@ -1,4 +1,5 @@
-"""An initialisation compiled with threefry unrolled gives jax's own numbers, bit for bit."""
+"""An initialisation compiled with threefry as a custom call, or unrolled, gives jax's own
+numbers, bit for bit."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -27,8 +28,16 @@ class Mixed(nn.Module):
         return nn.Dropout(0.5, deterministic=not train)(x)
 
 
-def rolled(jitted, *args):
-    return jitted.trace(*args).lower(_private_parameters=ROLLED).compile()(*args)
+def compiled(jitted, parameters, *args):
+    return jitted.trace(*args).lower(_private_parameters=parameters).compile()(*args)
+
+
+def native():
+    assert rng_lowering.why_not() is None  # Linux with a C++ compiler: the call is built
+    return rng_lowering.parameters()
+
+
+LOWERINGS = {"custom call": native, "unrolled": lambda: rng_lowering._UNROLLED}
 
 
 @pytest.fixture(scope="module")
@@ -37,13 +46,40 @@ def init():
     return model, jax.jit(lambda k, x: model.init(k, x)), (jax.random.key(3), jnp.ones((2, 6, 6, 4)))
 
 
-def test_the_parameters_are_jaxs_bit_for_bit(init):
-    _, jitted, args = init
-    assert rng_lowering._PARAMETERS is not None  # this jax has the private paths it uses
-    got, want = rng_lowering.call(jitted, *args), rolled(jitted, *args)
+@pytest.mark.parametrize("lowering", LOWERINGS)
+def test_the_parameters_and_dropout_are_jaxs_bit_for_bit(init, lowering):
+    model, jitted, args = init
+    params = LOWERINGS[lowering]()
+    got, want = compiled(jitted, params, *args), compiled(jitted, ROLLED, *args)
     leaves = jax.tree.leaves(want)
     # random: both convolution tensors, both kernels, the normal bias; zeros: the other bias
     assert len(leaves) == 6 and sum(float(jnp.std(v)) > 0 for v in leaves) == 5
+    jax.tree.map(np.testing.assert_array_equal, got, want)
+    step = jax.jit(lambda k, x: model.apply(want, x, train=True, rngs={"dropout": k}))
+    got, want = compiled(step, params, jax.random.key(9), args[1]), compiled(
+        step, ROLLED, jax.random.key(9), args[1])
+    assert 0 < int(jnp.sum(want == 0)) < want.size  # some dropped, some kept
+    np.testing.assert_array_equal(got, want)
+
+
+def test_every_kind_of_draw_is_jaxs_through_the_call():
+    """Bits of 8, 16 and 32 bits in odd shapes, one large enough to be split over XLA's threads,
+    splits and fold-ins, a batch of keys (one key pair per element in the call) and the empty
+    draw."""
+    def draws(key, keys):
+        return (jax.random.bits(key, (3, 5, 7), jnp.uint32),
+                jax.random.bits(jax.random.fold_in(key, 11), (13,), jnp.uint8),
+                jax.random.bits(key, (2, 3), jnp.uint16),
+                jax.random.key_data(jax.random.split(key, (2, 3))),
+                jax.vmap(lambda k: jax.random.bits(k, (4,), jnp.uint32))(keys),
+                jax.random.key_data(jax.vmap(jax.random.fold_in)(keys, jnp.arange(6))),
+                jax.random.normal(key, (0, 4)), jax.random.bits(key, (301, 1001), jnp.uint32))
+
+    jitted, args = jax.jit(draws), (jax.random.key(5), jax.random.split(jax.random.key(6), 6))
+    text = jitted.trace(*args).lower(_private_parameters=native()).as_text()
+    assert "stablehlo.while" not in text and "jaxvision_threefry2x32" in text
+    got, want = compiled(jitted, native(), *args), compiled(jitted, ROLLED, *args)
+    assert len(set(np.asarray(got[0]).ravel().tolist())) == 105  # not a constant
     jax.tree.map(np.testing.assert_array_equal, got, want)
 
 
@@ -51,21 +87,42 @@ def test_the_loops_are_gone_only_where_asked(init):
     _, jitted, args = init
     traced = jitted.trace(*args)
     assert "stablehlo.while" in traced.lower(_private_parameters=ROLLED).as_text()
-    unrolled = traced.lower(_private_parameters=rng_lowering._PARAMETERS).as_text()
+    unrolled = traced.lower(_private_parameters=rng_lowering._UNROLLED).as_text()
     assert "stablehlo.while" not in unrolled and "shift_left" in unrolled
-
-
-def test_dropout_bits_are_jaxs_too(init):
-    model, jitted, args = init
-    variables = rng_lowering.call(jitted, *args)
-    step = jax.jit(lambda k, x: model.apply(variables, x, train=True, rngs={"dropout": k}))
-    got = rng_lowering.call(step, jax.random.key(9), args[1])
-    want = rolled(step, jax.random.key(9), args[1])
-    assert 0 < int(jnp.sum(want == 0)) < want.size  # some dropped, some kept
-    np.testing.assert_array_equal(got, want)
+    assert "stablehlo.while" in traced.lower().as_text()  # the process's default is jax's
 
 
 def test_inside_another_trace_it_is_jaxs_call(init):
     _, jitted, args = init
     outer = jax.jit(lambda k, x: rng_lowering.call(jitted, k, x))
-    jax.tree.map(np.testing.assert_array_equal, outer(*args), rolled(jitted, *args))
+    jax.tree.map(np.testing.assert_array_equal, outer(*args),
+                 compiled(jitted, ROLLED, *args))
+
+
+@pytest.fixture
+def fresh(monkeypatch):
+    """``rng_lowering`` deciding again under the test's environment, and as before after it."""
+    rng_lowering._native.cache_clear()
+    yield monkeypatch
+    monkeypatch.undo()
+    rng_lowering._native.cache_clear()
+
+
+def test_opt_out_and_a_failed_build_fall_back_to_the_unrolled_hash(init, fresh, tmp_path):
+    _, jitted, args = init
+    want = compiled(jitted, ROLLED, *args)
+    fresh.setenv(rng_lowering.ENV, "0")
+    assert rng_lowering.why_not() == "JAXVISION_CPU_THREEFRY=0"
+    assert rng_lowering.parameters() is rng_lowering._UNROLLED
+    jax.tree.map(np.testing.assert_array_equal, rng_lowering.call(jitted, *args), want)
+    # a fresh cache and a compiler that fails: one warning naming the source, the same numbers
+    rng_lowering._native.cache_clear()
+    fresh.delenv(rng_lowering.ENV)
+    fresh.setenv("XDG_CACHE_HOME", str(tmp_path))
+    fresh.setenv("CXX", "false")
+    with pytest.warns(RuntimeWarning, match="threefry_cpu.cc failed") as caught:
+        got = rng_lowering.call(jitted, *args)
+        rng_lowering.call(jitted, *args)
+    assert len(caught) == 1
+    jax.tree.map(np.testing.assert_array_equal, got, want)
+    assert not list(tmp_path.rglob("*.so")) and not list(tmp_path.rglob("*.tmp"))

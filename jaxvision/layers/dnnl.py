@@ -14,23 +14,20 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
 import importlib.metadata
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
 import warnings
 
 import jax
 import numpy as np
 
+from jaxvision.layers import native
+
 ENV = "JAXVISION_DNNL"
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dnnl_conv.cc")
 TARGETS = {"forward": "JaxvisionDnnlConvForward", "input": "JaxvisionDnnlConvBackwardData",
            "kernel": "JaxvisionDnnlConvBackwardWeights"}
-_LIB_NAME = "libjaxvision_dnnl.so"
 
 
 def _wheel_file(dist: str, suffix: str) -> str | None:
@@ -57,44 +54,12 @@ def _onednn() -> tuple[str, str]:
     return os.path.dirname(os.path.dirname(os.path.dirname(header))), os.path.dirname(library)
 
 
-def _cache_dir() -> str:
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(root, "jaxvision", "dnnl")
-
-
 def _build() -> str:
-    """The compiled handlers' path, compiling them if this source, jaxlib, oneDNN and compiler
-    have not been compiled together before. OSError (with the reason) if it cannot be built."""
+    """The compiled handlers' path (compiled on first use). OSError (with the reason) if oneDNN
+    is missing or they cannot be built."""
     include, libdir = _onednn()
-    cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
-    if not cxx:
-        raise OSError("no C++ compiler found (set CXX or install g++)")
-    with open(SOURCE, "rb") as f:
-        source = f.read()
-    key = hashlib.sha256(b"\0".join(
-        [source, jax.ffi.include_dir().encode(), include.encode(), libdir.encode(),
-         cxx.encode(), importlib.metadata.version("jaxlib").encode()])).hexdigest()[:16]
-    out_dir = os.path.join(_cache_dir(), key)
-    path = os.path.join(out_dir, _LIB_NAME)
-    if os.path.exists(path):
-        return path
-    os.makedirs(out_dir, exist_ok=True)
-    # another process may build the same file at once: each writes its own and renames it
-    fd, tmp = tempfile.mkstemp(dir=out_dir, suffix=".so.tmp")
-    os.close(fd)
-    cmd = [cxx, "-O2", "-std=c++17", "-shared", "-fPIC", "-w",
-           "-I", jax.ffi.include_dir(), "-I", include, SOURCE,
-           "-L", libdir, "-l:libdnnl.so.3", "-lgomp", f"-Wl,-rpath,{libdir}", "-o", tmp]
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode:
-            raise OSError(f"compiling {SOURCE} failed ({' '.join(cmd)}):\n"
-                          f"{done.stderr[:4000]}")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return native.build("dnnl", SOURCE, flags=["-O2", "-I", include],
+                        libs=["-L", libdir, "-l:libdnnl.so.3", "-lgomp", f"-Wl,-rpath,{libdir}"])
 
 
 @functools.lru_cache(maxsize=None)

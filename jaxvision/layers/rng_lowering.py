@@ -1,13 +1,20 @@
-"""A model's initialisation compiled with jax's random-bit hash unrolled on the CPU.
+"""A model's initialisation compiled with jax's random-bit hash as one custom call per draw.
 
 jax lowers threefry's 20 rounds as a 5-trip ``while`` loop on the CPU and as straight-line code
 everywhere else (the loop keeps a draw that XLA fuses into other code small; below). XLA:CPU
 (jaxlib 0.10.2) compiles each loop as several small kernels plus copies of its carried state,
-and an initialisation draws once per parameter: resnet18's compiled 2-4x faster unrolled and
-ran 2-3x faster, with bitwise the same parameters (the same hash, its rounds in the same
-order); docs/performance.md, "The initialisation's random bits".
+and an initialisation draws once per parameter: a deep model's init program took longer to
+compile than its train step. Two replacements, both bitwise jax's hash (the same rounds on the
+same words):
 
-Only initialisations get it. There each parameter's bits feed that parameter alone; in a
+* ``threefry_cpu.cc``, an XLA:CPU custom call (compiled with the system's compiler on first
+  use, ``layers/native.py``): nothing for XLA to compile per draw. efficientnet_b0's init at
+  64 px: 64.5 s to compile with jax's loops, 50.8 s unrolled, 16.8 s with the call (two
+  processes on two cores); docs/performance.md, "The initialisation's random bits".
+* jax's own unrolled lowering, where the call cannot be built (no compiler, a failed compile,
+  ``JAXVISION_CPU_THREEFRY=0``).
+
+Only initialisations get them. There each parameter's bits feed that parameter alone; in a
 train step XLA fuses a draw into its consumers, and an unrolled hash inside those fusions can
 stall LLVM: Swin's stochastic depth (a per-sample draw fused into the residual's elementwise
 ops) was still compiling after 12 minutes unrolled, against seconds with the loops.
@@ -18,28 +25,87 @@ program is compiled as jax would.
 """
 from __future__ import annotations
 
+import ctypes
+import functools
+import os
+import sys
+import warnings
+
 import jax
+import jax.numpy as jnp
+
+from jaxvision.layers import native
+
+ENV = "JAXVISION_CPU_THREEFRY"
+SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "threefry_cpu.cc")
+_TARGET = "jaxvision_threefry2x32"
 
 try:
     from jax._src.interpreters import mlir as _mlir
     from jax._src.random import threefry2x32 as _threefry
 
+    _PRIMITIVE = _threefry.threefry2x32_p
     # jax's lowering of threefry for every platform but the CPU
-    _PARAMETERS = _mlir.LoweringParameters(override_lowering_rules=(
-        (_threefry.threefry2x32_p, _threefry._threefry2x32_lowering_rule),))
+    _UNROLLED = _mlir.LoweringParameters(override_lowering_rules=(
+        (_PRIMITIVE, _threefry._threefry2x32_lowering_rule),))
 except (ImportError, AttributeError, TypeError):  # another jax: its own lowering
-    _PARAMETERS = None
+    _UNROLLED = None
+
+
+def _hash(k1, k2, x1, x2):
+    """threefry2x32 by the custom call: the counters broadcast to the result's shape, the keys
+    too unless they are one pair."""
+    shape = jnp.broadcast_shapes(k1.shape, k2.shape, x1.shape, x2.shape)
+    if k1.size != 1 or k2.size != 1:
+        k1, k2 = jnp.broadcast_to(k1, shape), jnp.broadcast_to(k2, shape)
+    out = jax.ShapeDtypeStruct(shape, jnp.uint32)
+    return jax.ffi.ffi_call(_TARGET, (out, out))(
+        k1, k2, jnp.broadcast_to(x1, shape), jnp.broadcast_to(x2, shape))
+
+
+@functools.lru_cache(maxsize=None)
+def _native():
+    """(lowering parameters with the custom call, None) once it is registered with XLA, else
+    (None, the reason why not)."""
+    if _UNROLLED is None:
+        return None, "this jax has not the private lowering paths used here"
+    if os.environ.get(ENV, "1") == "0":
+        return None, f"{ENV}=0"
+    if not sys.platform.startswith("linux"):
+        return None, "the custom call is built on Linux only"
+    try:
+        lib = ctypes.cdll.LoadLibrary(native.build("threefry", SOURCE, flags=["-O3"]))
+    except OSError as e:
+        if str(e).startswith("compiling"):
+            warnings.warn(f"jaxvision: initialisations compile jax's unrolled threefry: {e}",
+                          RuntimeWarning, stacklevel=3)
+        return None, str(e)
+    jax.ffi.register_ffi_target(_TARGET, jax.ffi.pycapsule(lib.JaxvisionThreefry2x32),
+                                platform="cpu")
+    rule = _mlir.lower_fun(_hash, multiple_results=True)
+    return _mlir.LoweringParameters(override_lowering_rules=((_PRIMITIVE, rule),)), None
+
+
+def why_not() -> str | None:
+    """None if initialisations hash by the custom call in this process, else the reason."""
+    return _native()[1]
+
+
+def parameters():
+    """The lowering parameters an initialisation is compiled with: the custom call, else jax's
+    unrolled hash, else None (jax's own lowering)."""
+    return _native()[0] or _UNROLLED
 
 
 def call(jitted, *args):
     """``jitted(*args)`` (a ``jax.jit`` function, or anything with its ``trace``), compiled
-    with threefry unrolled when it runs on the CPU; as jax would compile it otherwise, and
+    with threefry as above when it runs on the CPU; as jax would compile it otherwise, and
     when called inside another trace."""
-    if (_PARAMETERS is None or jax.default_backend() != "cpu"
+    if (_UNROLLED is None or jax.default_backend() != "cpu"
             or any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves(args))):
         return jitted(*args)
     try:
-        lowered = jitted.trace(*args).lower(_private_parameters=_PARAMETERS)
+        lowered = jitted.trace(*args).lower(_private_parameters=parameters())
     except TypeError:  # a jax whose lower() takes no such parameters
         return jitted(*args)
     return lowered.compile()(*args)
