@@ -10,6 +10,11 @@ whether a cache is in use. Workers and subprocesses find it through the environm
 ``XDG_CACHE_HOME`` (the CLI's default ``config.compile_cache``) and ``JAX_COMPILATION_CACHE_DIR``
 (a process that calls ``train`` directly).
 
+Every program of the session draws its random bits through jaxvision's threefry custom call
+(``rng_lowering.install()``): bitwise jax's hash (``tests/test_rng_lowering.py`` compares it with
+jax's own lowering), without the loop of kernels that XLA:CPU compiles for every draw of every
+initialisation and dropout (five init- and dropout-heavy files: 612 -> 423 CPU seconds).
+
 Every test traces the library's CPU default lowering (the exact rewrites), the path users get,
 so the parity tests prove the default exact. ``JAXVISION_TEST_LOWERING=xla`` runs the in-process
 traces on XLA's own convolution instead (a comparison run; subprocesses and the tests marked
@@ -39,6 +44,9 @@ def pytest_configure(config):
     import jax  # noqa: PLC0415 (in case a plugin imported it before the variable was set)
 
     jax.config.update("jax_compilation_cache_dir", path)
+    from jaxvision.layers import rng_lowering  # noqa: PLC0415 (after XDG_CACHE_HOME is set)
+
+    rng_lowering.install()
 
 
 def pytest_unconfigure(config):

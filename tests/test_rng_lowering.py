@@ -89,7 +89,19 @@ def test_the_loops_are_gone_only_where_asked(init):
     assert "stablehlo.while" in traced.lower(_private_parameters=ROLLED).as_text()
     unrolled = traced.lower(_private_parameters=rng_lowering._UNROLLED).as_text()
     assert "stablehlo.while" not in unrolled and "shift_left" in unrolled
-    assert "stablehlo.while" in traced.lower().as_text()  # the process's default is jax's
+
+
+
+def test_install_makes_the_call_every_programs_lowering():
+    """conftest installed it for the session: a dropout program compiled the plain way hashes
+    by the call, with jax's bits."""
+    model = Mixed()
+    x = jnp.ones((2, 6, 6, 4))
+    variables = compiled(jax.jit(model.init), ROLLED, jax.random.key(3), x)
+    step = jax.jit(lambda k: model.apply(variables, x, train=True, rngs={"dropout": k}))
+    assert "jaxvision_threefry2x32" in step.trace(jax.random.key(9)).lower().as_text()
+    np.testing.assert_array_equal(step(jax.random.key(9)),
+                                  compiled(step, ROLLED, jax.random.key(9)))
 
 
 def test_inside_another_trace_it_is_jaxs_call(init):

@@ -14,13 +14,14 @@ same words):
 * jax's own unrolled lowering, where the call cannot be built (no compiler, a failed compile,
   ``JAXVISION_CPU_THREEFRY=0``).
 
-Only initialisations get them. There each parameter's bits feed that parameter alone; in a
-train step XLA fuses a draw into its consumers, and an unrolled hash inside those fusions can
-stall LLVM: Swin's stochastic depth (a per-sample draw fused into the residual's elementwise
+The library passes them to initialisations only. The unrolled hash must stay there: each
+parameter's bits feed that parameter alone, where in a train step XLA fuses a draw into its
+consumers, and an unrolled hash inside those fusions can stall LLVM: Swin's stochastic depth (a per-sample draw fused into the residual's elementwise
 ops) was still compiling after 12 minutes unrolled, against seconds with the loops.
 
 The rule is passed for one lowering only (jax's ``LoweringParameters``), so nothing changes for
-any other program of the process. jax's module paths used here are private: if they move, the
+any other program of the process; ``install()`` makes the custom call (which XLA does not fuse,
+so no program can stall on it) the lowering of every program, for those who ask. jax's module paths used here are private: if they move, the
 program is compiled as jax would.
 """
 from __future__ import annotations
@@ -95,6 +96,19 @@ def parameters():
     """The lowering parameters an initialisation is compiled with: the custom call, else jax's
     unrolled hash, else None (jax's own lowering)."""
     return _native()[0] or _UNROLLED
+
+
+def install() -> bool:
+    """Make the custom call jax's CPU lowering of threefry for every program this process
+    compiles from now on, dropout's and any other draw's included; whether it could. A
+    process-wide choice for a user's own script or a test session (``tests/conftest.py``): the
+    library itself only passes it to the initialisations it compiles."""
+    parameters = _native()[0]
+    if parameters is None:
+        return False
+    (primitive, rule), = parameters.override_lowering_rules
+    _mlir.register_lowering(primitive, rule, platform="cpu")
+    return True
 
 
 def call(jitted, *args):
