@@ -253,8 +253,10 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in RUN_COMMANDS:
         from jaxvision.host_memory import keep_freed_memory
+        from jaxvision.layers import rng_lowering
 
         keep_freed_memory()  # bench sets it itself (scripts/bench.py too)
+        rng_lowering.install()  # the command owns the process: every draw by the custom call
         return run_command(argv[0], argv[1:]) or 0
     if argv and argv[0] == "bench":  # imports no data stack: runs on a bare accelerator box
         from jaxvision import bench

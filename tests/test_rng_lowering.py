@@ -138,3 +138,13 @@ def test_opt_out_and_a_failed_build_fall_back_to_the_unrolled_hash(init, fresh, 
     assert len(caught) == 1
     jax.tree.map(np.testing.assert_array_equal, got, want)
     assert not list(tmp_path.rglob("*.so")) and not list(tmp_path.rglob("*.tmp"))
+
+
+def test_the_commands_install_it_for_their_process(monkeypatch, capsys):
+    from jaxvision import cli
+
+    calls = []
+    monkeypatch.setattr(rng_lowering, "install", lambda: calls.append("install") or True)
+    with pytest.raises(SystemExit):
+        cli.main(["eval", "--help"])
+    assert calls == ["install"] and "workdir" in capsys.readouterr().out

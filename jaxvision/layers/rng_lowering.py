@@ -101,8 +101,10 @@ def parameters():
 def install() -> bool:
     """Make the custom call jax's CPU lowering of threefry for every program this process
     compiles from now on, dropout's and any other draw's included; whether it could. A
-    process-wide choice for a user's own script or a test session (``tests/conftest.py``): the
-    library itself only passes it to the initialisations it compiles."""
+    process-wide choice, made by jaxvision's commands (``train``, ``eval``, ``predict``,
+    ``extract``), which own their process, and by the test session (``tests/conftest.py``); a
+    user's own script may call it too. The library's functions only pass the call to the
+    initialisations they compile."""
     parameters = _native()[0]
     if parameters is None:
         return False
