@@ -22,9 +22,10 @@ def cache_dir(name: str) -> str:
 
 
 def build(name: str, source: str, flags=(), libs=()) -> str:
-    """The path of ``source`` compiled into ``libjaxvision_<name>.so`` against XLA's FFI headers, compiling
-    it unless it was compiled with the same inputs before. ``flags`` go before the source,
-    ``libs`` (link arguments) after it. OSError (with the reason) if it cannot be built."""
+    """The path of ``source`` compiled into ``libjaxvision_<name>.so`` against XLA's FFI
+    headers, compiling it unless it was compiled with the same inputs before. ``flags`` go
+    before the source, ``libs`` (link arguments) after it. OSError (with the reason) if it
+    cannot be built."""
     cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
     if not cxx:
         raise OSError("no C++ compiler found (set CXX or install g++)")

@@ -1,4 +1,4 @@
-"""A model's initialisation compiled with jax's random-bit hash as one custom call per draw.
+"""Random bits on the CPU by jax's threefry hash as one custom call per draw.
 
 jax lowers threefry's 20 rounds as a 5-trip ``while`` loop on the CPU and as straight-line code
 everywhere else (the loop keeps a draw that XLA fuses into other code small; below). XLA:CPU
@@ -8,21 +8,19 @@ compile than its train step. Two replacements, both bitwise jax's hash (the same
 same words):
 
 * ``threefry_cpu.cc``, an XLA:CPU custom call (compiled with the system's compiler on first
-  use, ``layers/native.py``): nothing for XLA to compile per draw. efficientnet_b0's init at
-  64 px: 64.5 s to compile with jax's loops, 50.8 s unrolled, 16.8 s with the call (two
-  processes on two cores); docs/performance.md, "The initialisation's random bits".
+  use, ``layers/native.py``): nothing for XLA to compile per draw, nothing to fuse. resnet50's
+  init at 224 px compiled in 13.4 s with jax's loops, 11.5 s unrolled, 4.8 s with the call;
+  docs/performance.md, "The random bits as a custom call".
 * jax's own unrolled lowering, where the call cannot be built (no compiler, a failed compile,
-  ``JAXVISION_CPU_THREEFRY=0``).
+  ``JAXVISION_CPU_THREEFRY=0``), for initialisations only: there each parameter's bits feed
+  that parameter alone, where in a train step XLA fuses a draw into its consumers and an
+  unrolled hash inside those fusions can stall LLVM (Swin's stochastic depth, a per-sample draw
+  fused into the residual's elementwise ops, was still compiling after 12 minutes).
 
-The library passes them to initialisations only. The unrolled hash must stay there: each
-parameter's bits feed that parameter alone, where in a train step XLA fuses a draw into its
-consumers, and an unrolled hash inside those fusions can stall LLVM: Swin's stochastic depth (a per-sample draw fused into the residual's elementwise
-ops) was still compiling after 12 minutes unrolled, against seconds with the loops.
-
-The rule is passed for one lowering only (jax's ``LoweringParameters``), so nothing changes for
-any other program of the process; ``install()`` makes the custom call (which XLA does not fuse,
-so no program can stall on it) the lowering of every program, for those who ask. jax's module paths used here are private: if they move, the
-program is compiled as jax would.
+``call`` passes the rule for one lowering only (jax's ``LoweringParameters``), so nothing changes
+for any other program of the process; ``install()`` makes the custom call the CPU lowering of
+every program, for a process that asks (jaxvision's commands do). jax's module paths used here
+are private: if they move, programs are compiled as jax would.
 """
 from __future__ import annotations
 
