@@ -1,8 +1,6 @@
 // 2-d convolutions (NHWC activations, HWIO kernels, float32) and their two gradients as XLA FFI
 // handlers that run oneDNN's kernels; built on first use and loaded by jaxvision/layers/dnnl.py.
 #include <algorithm>
-#include <atomic>
-#include <condition_variable>
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -13,6 +11,7 @@
 
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
+#include "pool_chunks.h"
 
 extern "C" void omp_set_num_threads(int);  // libgomp, which oneDNN links
 
@@ -111,41 +110,13 @@ Geometry MakeGeometry(ffi::Span<const int64_t> x, ffi::Span<const int64_t> k,
           sh, sw, pt, pb, pl, pr, dh, dw, groups};
 }
 
-// The calling thread and XLA's intra-op pool run body(0..chunks-1), one chunk at a time per
-// thread, each chunk's oneDNN call single-threaded: oneDNN's own OpenMP threads would compete
-// for the cores with XLA's. Tasks that start after every chunk is taken return at once, so the
-// caller waits only for chunks in progress.
-struct Chunks {
-  std::atomic<int64_t> next{0};
-  int64_t done = 0;
-  std::string error;
-  std::mutex mutex;
-  std::condition_variable finished;
-};
-
+// Each chunk's oneDNN call runs single-threaded over XLA's intra-op pool (pool_chunks.h):
+// oneDNN's own OpenMP threads would compete for the cores with XLA's.
 template <typename Body>
 ffi::Error ForChunks(ffi::ThreadPool& pool, int64_t chunks, const Body& body) {
-  auto state = std::make_shared<Chunks>();
-  const Body* f = &body;
-  auto run = [state, chunks, f] {
-    for (int64_t i; (i = state->next.fetch_add(1)) < chunks;) {
-      std::string error;
-      try {
-        (*f)(i);
-      } catch (const dnnl::error& e) {
-        error = e.what();
-      }
-      std::lock_guard<std::mutex> lock(state->mutex);
-      if (!error.empty() && state->error.empty()) state->error = error;
-      if (++state->done == chunks) state->finished.notify_all();
-    }
-  };
-  for (int64_t t = 1; t < chunks; ++t) pool.Schedule([run] { run(); });
-  run();
-  std::unique_lock<std::mutex> lock(state->mutex);
-  state->finished.wait(lock, [&] { return state->done == chunks; });
-  if (!state->error.empty())
-    return ffi::Error(ffi::ErrorCode::kInternal, "oneDNN convolution: " + state->error);
+  const std::string error = jaxvision::ForChunks<dnnl::error>(pool, chunks, body);
+  if (!error.empty())
+    return ffi::Error(ffi::ErrorCode::kInternal, "oneDNN convolution: " + error);
   return ffi::Error::Success();
 }
 

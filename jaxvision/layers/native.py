@@ -1,11 +1,12 @@
 """C++ handlers of XLA:CPU custom calls, compiled with the system's compiler on first use.
 
 Each library is kept in ``$XDG_CACHE_HOME/jaxvision/<name>/<key>`` (``~/.cache``), the key a hash
-of its source, jaxlib's version, the compiler and the flags, so a change to any of them compiles
-it again and nothing else does.
+of its source, the headers beside it (``pool_chunks.h``), jaxlib's version, the compiler and the
+flags, so a change to any of them compiles it again and nothing else does.
 """
 from __future__ import annotations
 
+import glob
 import hashlib
 import importlib.metadata
 import os
@@ -29,12 +30,16 @@ def build(name: str, source: str, flags=(), libs=()) -> str:
     cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
     if not cxx:
         raise OSError("no C++ compiler found (set CXX or install g++)")
-    with open(source, "rb") as f:
-        text = f.read()
-    cmd = [cxx, "-std=c++17", "-shared", "-fPIC", "-w", "-I", jax.ffi.include_dir(), *flags,
-           source, *libs]
+    here = os.path.dirname(os.path.abspath(source))
+    # the source and the headers beside it, which it may include
+    texts = []
+    for path in [source, *sorted(glob.glob(os.path.join(here, "*.h")))]:
+        with open(path, "rb") as f:
+            texts.append(f.read())
+    cmd = [cxx, "-std=c++17", "-shared", "-fPIC", "-w", "-I", jax.ffi.include_dir(), "-I", here,
+           *flags, source, *libs]
     key = hashlib.sha256(b"\0".join(
-        [text, importlib.metadata.version("jaxlib").encode(), *(a.encode() for a in cmd)]
+        [*texts, importlib.metadata.version("jaxlib").encode(), *(a.encode() for a in cmd)]
     )).hexdigest()[:16]
     out_dir = os.path.join(cache_dir(name), key)
     path = os.path.join(out_dir, f"libjaxvision_{name}.so")

@@ -2,13 +2,12 @@
 // as an XLA:CPU custom call: one call per draw, where jax's CPU lowering compiles a loop of
 // kernels and its unrolled lowering a large kernel per draw (layers/rng_lowering.py).
 #include <algorithm>
-#include <atomic>
-#include <condition_variable>
 #include <cstdint>
-#include <memory>
-#include <mutex>
+#include <exception>
+#include <string>
 
 #include "xla/ffi/api/ffi.h"
+#include "pool_chunks.h"
 
 namespace ffi = xla::ffi;
 
@@ -56,7 +55,7 @@ inline void Block(uint32_t a, uint32_t b, uint32_t x0, uint32_t x1, uint32_t* y0
 JAXVISION_HASH(HashOneKey, 0)
 JAXVISION_HASH(HashKeys, i)
 
-// Elements per task: below it a draw is hashed by the calling thread alone.
+// The fewest elements a task hashes.
 constexpr int64_t kChunk = 1 << 16;
 
 ffi::Error Threefry2x32(ffi::ThreadPool pool, ffi::Buffer<ffi::U32> k1, ffi::Buffer<ffi::U32> k2,
@@ -74,31 +73,11 @@ ffi::Error Threefry2x32(ffi::ThreadPool pool, ffi::Buffer<ffi::U32> k1, ffi::Buf
                o0 = y1->typed_data(), o1 = y2->typed_data()](int64_t begin, int64_t end) {
     f(a, b, c0, c1, o0, o1, begin, end);
   };
-  const int64_t tasks = std::min<int64_t>(std::max<int64_t>(1, pool.num_threads()), n / kChunk);
-  if (tasks <= 1) {
-    hash(0, n);
-    return ffi::Error::Success();
-  }
-  // the calling thread takes a share too, then waits for the pool's; the state outlives this
-  // call for a pool thread that looks for more work after the last task is done
-  struct State {
-    std::atomic<int64_t> next{0};
-    int64_t done = 0;
-    std::mutex mutex;
-    std::condition_variable finished;
-  };
-  auto state = std::make_shared<State>();
-  auto run = [state, tasks, n, hash] {
-    for (int64_t t; (t = state->next.fetch_add(1)) < tasks;) {
-      hash(n * t / tasks, n * (t + 1) / tasks);
-      std::lock_guard<std::mutex> lock(state->mutex);
-      if (++state->done == tasks) state->finished.notify_all();
-    }
-  };
-  for (int64_t t = 1; t < tasks; ++t) pool.Schedule([run] { run(); });
-  run();
-  std::unique_lock<std::mutex> lock(state->mutex);
-  state->finished.wait(lock, [&] { return state->done == tasks; });
+  // one task per thread, none smaller than kChunk: a small draw stays on the calling thread
+  const int64_t tasks = std::max<int64_t>(1, std::min<int64_t>(pool.num_threads(), n / kChunk));
+  const std::string error = jaxvision::ForChunks<std::exception>(
+      pool, tasks, [&](int64_t t) { hash(n * t / tasks, n * (t + 1) / tasks); });
+  if (!error.empty()) return ffi::Error(ffi::ErrorCode::kInternal, "threefry2x32: " + error);
   return ffi::Error::Success();
 }
 
