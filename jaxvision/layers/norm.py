@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from jaxvision.layers import lowering
+from jaxvision.layers import bn_native, lowering
 from jaxvision.layers.params import param
 
 
@@ -41,34 +41,38 @@ def _batch_stats(x):
     return mean, jnp.mean(jnp.square(xf - mean), axes)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _batch_norm_train(x, scale, bias, eps):
-    """(normalised x, batch mean, biased batch variance) over every axis but the last."""
-    y, mean, var, _ = _batch_norm_train_fwd_core(x, scale, bias, eps)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _batch_norm_train(x, scale, bias, eps, native):
+    """(normalised x, batch mean, biased batch variance) over every axis but the last;
+    ``native``: the reductions by ``bn_native``'s custom calls."""
+    y, mean, var, _ = _batch_norm_train_fwd_core(x, scale, bias, eps, native)
     return y, mean, var
 
 
-def _batch_norm_train_fwd_core(x, scale, bias, eps):
-    mean, var = _batch_stats(x)
+def _batch_norm_train_fwd_core(x, scale, bias, eps, native):
+    mean, var = bn_native.stats(x) if native else _batch_stats(x)
     inv = jnp.reciprocal(jnp.sqrt(var + eps))
     xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
     return (xf - mean) * (scale * inv) + bias, mean, var, inv
 
 
-def _batch_norm_train_fwd(x, scale, bias, eps):
-    y, mean, var, inv = _batch_norm_train_fwd_core(x, scale, bias, eps)
+def _batch_norm_train_fwd(x, scale, bias, eps, native):
+    y, mean, var, inv = _batch_norm_train_fwd_core(x, scale, bias, eps, native)
     return (y, mean, var), (x, mean, inv, scale)
 
 
-def _batch_norm_train_bwd(eps, res, cts):
+def _batch_norm_train_bwd(eps, native, res, cts):
     x, mean, inv, scale = res
     dy, dmean, dvar = cts
     axes = tuple(range(x.ndim - 1))
     n = x.size // x.shape[-1]
     xc = x.astype(jnp.promote_types(x.dtype, jnp.float32)) - mean
     dy = dy.astype(xc.dtype)
-    dbias = jnp.sum(dy, axes)
-    dscale = jnp.sum(dy * xc, axes) * inv
+    if native:
+        dbias, dy_xc = bn_native.grad_sums(dy, x, mean)
+    else:
+        dbias, dy_xc = jnp.sum(dy, axes), jnp.sum(dy * xc, axes)
+    dscale = dy_xc * inv
     # through the normalisation, its mean and its variance; then the statistics' own outputs
     dx = (scale * inv) * (dy - dbias / n - xc * (inv * dscale / n)) \
         + dmean / n + dvar * (2.0 / n) * xc
@@ -107,7 +111,8 @@ class BatchNorm(nn.Module):
             xf = x.astype(jnp.float32)
             y = None
             if mask is None and lowering.rewrites_on():
-                y, mean, var = _batch_norm_train(x, scale, bias, self.epsilon)
+                native = bn_native.usable(x, lowering.current()[1])
+                y, mean, var = _batch_norm_train(x, scale, bias, self.epsilon, native)
                 n = x.size // c
             elif mask is None:
                 mean, var = _batch_stats(x)
