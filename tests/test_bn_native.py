@@ -103,3 +103,33 @@ def test_opt_out_and_a_failed_build_keep_xlas_reductions(fresh, tmp_path):
     want = (x - x.mean((0, 1, 2))) / jnp.sqrt(x.var((0, 1, 2)) + 1e-5)
     np.testing.assert_allclose(y, want, atol=1e-5)
     assert not list(tmp_path.rglob("*.so")) and not list(tmp_path.rglob("*.tmp"))
+
+
+def test_a_gradient_of_the_gradient_goes_through_them():
+    """The backward is made of the calls; their derivatives are XLA's reductions (a gradient
+    penalty, as in WGAN-GP: the gradient of the input gradient's norm)."""
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.normal(1.0, 2.0, size=(3, 5, 4, 6)).astype(np.float32))
+    params = {"scale": jnp.asarray(rng.uniform(0.5, 2, 6).astype(np.float32)),
+              "bias": jnp.asarray(rng.uniform(-1, 1, 6).astype(np.float32))}
+    stats = {"mean": jnp.zeros(6), "var": jnp.ones(6)}
+
+    def penalty(params, x):
+        def out(x):
+            y, _ = BatchNorm().apply({"params": params, "batch_stats": stats}, x, train=True,
+                                     mutable=["batch_stats"])
+            return jnp.sum(jnp.sin(y) ** 2)
+
+        return jnp.sum(jax.grad(out)(x) ** 2)
+
+    f = lowering.jit(jax.grad(penalty, argnums=(0, 1)))
+    assert "jaxvision_bn_grad_sums" in f.lower(params, x).compile().as_text()
+    got = f(params, x)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(bn_native, "usable", lambda *a: False)
+        want = lowering.jit(jax.grad(penalty, argnums=(0, 1)))(params, x)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-4), got, want)
+    # and forward mode through the statistics
+    t = jax.jvp(bn_native.stats, (x,), (jnp.ones_like(x),))[1]
+    np.testing.assert_allclose(t[0], np.ones(6), rtol=1e-6)
+    np.testing.assert_allclose(t[1], np.zeros(6), atol=1e-5)

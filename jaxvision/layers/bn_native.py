@@ -67,14 +67,34 @@ def _rows(x):
     return x.reshape(-1, x.shape[-1])
 
 
+# Both calls carry their derivatives as XLA reductions (custom_jvp): a BatchNorm's backward is
+# made of them, so a gradient of a gradient (a gradient penalty, meta-learning) goes through.
+@jax.custom_jvp
 def stats(x):
     """The float32 mean over every axis but the last, and the biased variance around it."""
     c = jax.ShapeDtypeStruct((x.shape[-1],), jnp.float32)
     return jax.ffi.ffi_call("jaxvision_bn_stats", (c, c), vmap_method="sequential")(_rows(x))
 
 
+@stats.defjvp
+def _stats_jvp(primals, tangents):
+    (x,), (tx,) = primals, tangents
+    mean, var = stats(x)
+    axes = tuple(range(x.ndim - 1))
+    return (mean, var), (jnp.mean(tx, axes), 2.0 * jnp.mean((x - mean) * tx, axes))
+
+
+@jax.custom_jvp
 def grad_sums(dy, x, mean):
     """``(sum(dy), sum(dy * (x - mean)))`` over every axis but the last."""
     c = jax.ShapeDtypeStruct((x.shape[-1],), jnp.float32)
     return jax.ffi.ffi_call("jaxvision_bn_grad_sums", (c, c), vmap_method="sequential")(
         _rows(dy), _rows(x), mean)
+
+
+@grad_sums.defjvp
+def _grad_sums_jvp(primals, tangents):
+    (dy, x, mean), (tdy, tx, tmean) = primals, tangents
+    axes = tuple(range(x.ndim - 1))
+    return grad_sums(dy, x, mean), (
+        jnp.sum(tdy, axes), jnp.sum(tdy * (x - mean) + dy * (tx - tmean), axes))
