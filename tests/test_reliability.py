@@ -120,7 +120,9 @@ def test_nan_resume_saves_nothing_non_finite(base_run, tmp_path):
     c.optimizer.lr = 1e6
     c.train.log_every = 1
     c.checkpoint.save_every_steps = 1
-    with pytest.raises(NonFiniteLoss, match="non-finite"):
+    # caught by the step's guard (a non-finite loss or gradient) or, where the gradients are
+    # still finite but the update has overflowed the state, by the check before each save
+    with pytest.raises(NonFiniteLoss, match="non-finite training loss|state arrays hold NaN/Inf"):
         train(c, str(workdir), log=lambda *a: None)
     states = saved_states(workdir)
     assert max(states) > 12, "the resume saved nothing before diverging"
