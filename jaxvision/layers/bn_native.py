@@ -6,16 +6,13 @@ backward's ``sum(dy * (x - mean))``. Here the statistics are read from x directl
 nothing written) and the backward's two sums come from one read of dy and x.
 
 Compiled with the system's C++ compiler on first use (``layers/native.py``). Without one, off
-Linux, or with ``JAXVISION_CPU_BN_STATS=0``, ``available()`` is False and BatchNorm keeps XLA's
-reductions.
+Linux, or with ``JAXVISION_CPU_BN_STATS=0``, ``why_not()`` names the reason and BatchNorm keeps
+XLA's reductions.
 """
 from __future__ import annotations
 
-import ctypes
 import functools
 import os
-import sys
-import warnings
 
 import jax
 import jax.numpy as jnp
@@ -31,21 +28,9 @@ TARGETS = {"jaxvision_bn_stats": "JaxvisionBnStats",
 @functools.lru_cache(maxsize=None)
 def _load() -> str | None:
     """Registers the handlers with XLA once per process; the reason why not, or None."""
-    if os.environ.get(ENV, "1") == "0":
-        return f"{ENV}=0"
-    if not sys.platform.startswith("linux"):
-        return "the custom calls are built on Linux only"
-    try:
-        lib = ctypes.cdll.LoadLibrary(native.build("bn_stats", SOURCE, flags=["-O3"]))
-    except OSError as e:
-        if str(e).startswith("compiling"):
-            warnings.warn(f"jaxvision: BatchNorm keeps XLA's reductions: {e}", RuntimeWarning,
-                          stacklevel=3)
-        return str(e)
-    for target, symbol in TARGETS.items():
-        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)),
-                                    platform="cpu")
-    return None
+    return native.load(lambda: native.build("bn_stats", SOURCE, flags=["-O3"]), TARGETS, ENV,
+                       "the custom calls are built on Linux only",
+                       "BatchNorm keeps XLA's reductions", native.failed_to_compile)
 
 
 def why_not() -> str | None:

@@ -21,12 +21,6 @@ namespace ffi = xla::ffi;
 
 namespace {
 
-#if defined(__x86_64__)
-#define JAXVISION_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define JAXVISION_CLONES
-#endif
-
 JAXVISION_CLONES void SumRows(const float* __restrict x, int64_t c, int64_t begin, int64_t end,
                               double* __restrict acc) {
   for (int64_t r = begin; r < end; ++r) {
@@ -102,6 +96,7 @@ ffi::Error Stats(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::ResultBuffe
   std::vector<double> sums = OverRanges(pool, rows, c, c, [&](int64_t b, int64_t e, double* acc) {
     SumRows(data, c, b, e, acc);
   }, &error);
+  if (!error.empty()) return ffi::Error(ffi::ErrorCode::kInternal, "bn_stats: " + error);
   float* m = mean->typed_data();
   for (int64_t j = 0; j < c; ++j) m[j] = static_cast<float>(sums[j] / std::max<int64_t>(rows, 1));
   // the deviations from the float32 mean, the one the normalisation subtracts

@@ -12,12 +12,9 @@ That file is compiled on first use (a few seconds, once per machine) against the
 """
 from __future__ import annotations
 
-import ctypes
 import functools
 import importlib.metadata
 import os
-import sys
-import warnings
 
 import jax
 import numpy as np
@@ -65,21 +62,10 @@ def _build() -> str:
 @functools.lru_cache(maxsize=None)
 def _load() -> str | None:
     """Registers the handlers with XLA once per process; the reason why not, or None."""
-    if os.environ.get(ENV, "1") == "0":
-        return f"{ENV}=0"
-    if not sys.platform.startswith("linux"):
-        return "oneDNN's custom calls are built on Linux only"
-    try:
-        lib = ctypes.cdll.LoadLibrary(_build())
-    except OSError as e:
-        if not str(e).startswith("oneDNN is not installed"):
-            warnings.warn(f"jaxvision: oneDNN's convolutions are off, XLA's run instead: {e}",
-                          RuntimeWarning, stacklevel=3)
-        return str(e)
-    for piece, symbol in TARGETS.items():
-        jax.ffi.register_ffi_target(_target(piece), jax.ffi.pycapsule(getattr(lib, symbol)),
-                                    platform="cpu")
-    return None
+    return native.load(_build, {_target(p): symbol for p, symbol in TARGETS.items()}, ENV,
+                       "oneDNN's custom calls are built on Linux only",
+                       "oneDNN's convolutions are off, XLA's run instead",
+                       lambda e: not str(e).startswith("oneDNN is not installed"))
 
 
 def why_not() -> str | None:

@@ -6,13 +6,17 @@ flags, so a change to any of them compiles it again and nothing else does.
 """
 from __future__ import annotations
 
+import ctypes
 import glob
 import hashlib
 import importlib.metadata
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
+import warnings
+from typing import Callable, Mapping
 
 import jax
 
@@ -58,3 +62,30 @@ def build(name: str, source: str, flags=(), libs=()) -> str:
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def load(library: Callable[[], str], targets: Mapping[str, str], env: str, off_linux: str,
+         fallback: str, warn: Callable[[OSError], bool]) -> str | None:
+    """Registers with XLA:CPU each custom-call target of ``targets`` (name -> the handler's
+    symbol) of the library whose path ``library()`` returns (building it); None, or the reason
+    why not: ``env`` set to 0, not Linux (``off_linux``), or the OSError of ``library()``, warned
+    as "jaxvision: ``fallback``: error" where ``warn(error)``. Callers cache it per process."""
+    if os.environ.get(env, "1") == "0":
+        return f"{env}=0"
+    if not sys.platform.startswith("linux"):
+        return off_linux
+    try:
+        lib = ctypes.cdll.LoadLibrary(library())
+    except OSError as e:
+        if warn(e):
+            warnings.warn(f"jaxvision: {fallback}: {e}", RuntimeWarning, stacklevel=4)
+        return str(e)
+    for target, symbol in targets.items():
+        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)),
+                                    platform="cpu")
+    return None
+
+
+def failed_to_compile(error: OSError) -> bool:
+    """``build``'s own failure (the compiler's error), as opposed to a missing compiler."""
+    return str(error).startswith("compiling")

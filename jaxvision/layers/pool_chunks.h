@@ -1,4 +1,5 @@
-// Work split over XLA's intra-op thread pool, for the custom calls compiled by layers/native.py.
+// Shared by the custom calls compiled by layers/native.py: their work split over XLA's intra-op
+// thread pool, and the clones of their loops for each CPU class.
 #ifndef JAXVISION_LAYERS_POOL_CHUNKS_H_
 #define JAXVISION_LAYERS_POOL_CHUNKS_H_
 
@@ -10,6 +11,13 @@
 #include <string>
 
 #include "xla/ffi/api/ffi.h"
+
+// A loop compiled for AVX2 and for the baseline on x86-64, the loader picking what the CPU runs.
+#if defined(__x86_64__)
+#define JAXVISION_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define JAXVISION_CLONES
+#endif
 
 namespace jaxvision {
 

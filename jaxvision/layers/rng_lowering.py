@@ -24,11 +24,8 @@ are private: if they move, programs are compiled as jax would.
 """
 from __future__ import annotations
 
-import ctypes
 import functools
 import os
-import sys
-import warnings
 
 import jax
 import jax.numpy as jnp
@@ -68,19 +65,13 @@ def _native():
     (None, the reason why not)."""
     if _UNROLLED is None:
         return None, "this jax has not the private lowering paths used here"
-    if os.environ.get(ENV, "1") == "0":
-        return None, f"{ENV}=0"
-    if not sys.platform.startswith("linux"):
-        return None, "the custom call is built on Linux only"
-    try:
-        lib = ctypes.cdll.LoadLibrary(native.build("threefry", SOURCE, flags=["-O3"]))
-    except OSError as e:
-        if str(e).startswith("compiling"):
-            warnings.warn(f"jaxvision: initialisations compile jax's unrolled threefry: {e}",
-                          RuntimeWarning, stacklevel=3)
-        return None, str(e)
-    jax.ffi.register_ffi_target(_TARGET, jax.ffi.pycapsule(lib.JaxvisionThreefry2x32),
-                                platform="cpu")
+    reason = native.load(lambda: native.build("threefry", SOURCE, flags=["-O3"]),
+                         {_TARGET: "JaxvisionThreefry2x32"}, ENV,
+                         "the custom call is built on Linux only",
+                         "initialisations compile jax's unrolled threefry",
+                         native.failed_to_compile)
+    if reason is not None:
+        return None, reason
     rule = _mlir.lower_fun(_hash, multiple_results=True)
     return _mlir.LoweringParameters(override_lowering_rules=((_PRIMITIVE, rule),)), None
 

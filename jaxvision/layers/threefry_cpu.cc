@@ -37,13 +37,8 @@ inline void Block(uint32_t a, uint32_t b, uint32_t x0, uint32_t x1, uint32_t* y0
   *y1 = v1;
 }
 
-// One key pair for every element (a draw), or a pair per element (vmapped keys). On x86-64
-// compiled for AVX2 and for the baseline, the loader picking what the CPU runs.
-#if defined(__x86_64__)
-#define JAXVISION_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define JAXVISION_CLONES
-#endif
+// One key pair for every element (a draw), or a pair per element (vmapped keys); cloned per CPU
+// class (JAXVISION_CLONES, pool_chunks.h).
 #define JAXVISION_HASH(NAME, KEY)                                                              \
   JAXVISION_CLONES void NAME(                                                                  \
       const uint32_t* __restrict k1, const uint32_t* __restrict k2,                             \
