@@ -91,10 +91,15 @@ def test_best_checkpoint_is_evaluated_not_the_latest(base_run, tmp_path, capsys)
     mgr.close()
     best = max(sorted(top1), key=lambda s: top1[s])
     assert best != max(top1), f"precondition: the best epoch is not the last one ({top1})"
+    cache = os.environ["JAX_COMPILATION_CACHE_DIR"]  # the session's, the run's too (conftest)
+    before = set(os.listdir(cache))
     result = evaluate_run(str(workdir))
     assert result["step"] == best
     assert abs(result["val_top1"] - top1[best]) < 1e-6
     assert f"using checkpoint step {best}, the best by val_top1 (max)" in capsys.readouterr().err
+    # the eval step is jitted as the training run jitted it: read from the run's compilation
+    # cache, not compiled (and written) again
+    assert not [k for k in set(os.listdir(cache)) - before if k.startswith("jit_step-")]
 
 
 def test_val_loss_keeps_the_minimum_across_restarts(tmp_path):

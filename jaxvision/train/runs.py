@@ -79,13 +79,16 @@ def _data(config):
 def evaluate_run(workdir: str) -> dict:
     """The task's metrics over the whole val split, plus its details (per-class IoU...)."""
     from jaxvision.train.loop import evaluate
-    from jaxvision.train.step import make_eval_step, make_mesh
+    from jaxvision.train.step import jit_eval, make_eval_step, make_mesh
 
     config, meta, task, model, variables, step = load_task_run(workdir)
     data = _data(config)
-    eval_step = lowering.jit(make_eval_step(model, task, norm=(data.mean, data.std)),
-                             config.get("conv_lowering"))
-    result, sums = evaluate(eval_step, variables, data, make_mesh(), task, return_sums=True)
+    mesh = make_mesh()
+    # jitted as the training loop jits it: the same program, so the run's compilation cache
+    # already holds it
+    eval_step = jit_eval(mesh, make_eval_step(model, task, norm=(data.mean, data.std)),
+                         config.get("conv_lowering"))
+    result, sums = evaluate(eval_step, variables, data, mesh, task, return_sums=True)
     return {**result, **task.details(sums, meta["class_names"]), "step": step}
 
 
