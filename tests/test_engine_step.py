@@ -26,7 +26,7 @@ def setup(norm="batch", smoothing=0.0, ema=None, accum=1, dtype=jnp.float32, fro
     c.freeze.update(frozen_stages=frozen, norm_eval=norm_eval)
     kwargs = {"norm": norm, **freeze.model_overrides(c.freeze)}
     model = jv.create_model("resnet18", num_classes=3, dtype=dtype, **kwargs)
-    variables = model.init(jax.random.key(seed), jnp.zeros((1, 32, 32, 3)))
+    variables = jax.jit(model.init)(jax.random.key(seed), jnp.zeros((1, 32, 32, 3)))
     trainable = freeze.trainable_mask(variables["params"], c.freeze, "resnet18")
     tx = build_optimizer(c.optimizer, 0.005, variables["params"], trainable)
     state = TrainState.create(variables, tx, 0, ema is not None)

@@ -225,7 +225,7 @@ def test_v2_box_head_and_postprocess_equal_torchvision():
     from jaxvision.convert import merge, torchvision as tv
     heads = roi_heads.RoIBoxHeads(k, "conv_fc", 64, (c,) * 4)
     pooler = jv.ops.MultiScaleRoIAlign(list(feats), 7, 2)
-    ours = pooler(feats, jnp.asarray(props), padded)
+    ours = jax.jit(lambda f, p: pooler(f, p, padded))(feats, jnp.asarray(props))
     target = jax.eval_shape(lambda: heads.init(jax.random.key(0), ours))
     report = merge.Report()
     source, names = tv.map_state_dict(thead.state_dict(), target, report)

@@ -103,20 +103,21 @@ def test_frozen_batchnorm_matches_torchvision_and_never_changes():
 def test_norm_eval_keeps_statistics_in_training():
     model = jv.create_model("resnet18", norm="batch_eval")
     x = jnp.asarray(images((2, 64, 64, 3)))
-    variables = model.init(jax.random.key(0), x)
-    _, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    variables = jax.jit(model.init)(jax.random.key(0), x)
+    _, updates = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))(
+        variables, x)
     jax.tree.map(np.testing.assert_array_equal, updates["batch_stats"], variables["batch_stats"])
 
 
 def test_zero_init_residual_like_torchvision():
     model = jv.create_model("resnet50", zero_init_residual=True)
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
+    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
     assert not np.any(variables["params"]["layer1_0"]["bn3"]["scale"])
     assert np.all(variables["params"]["layer1_0"]["bn2"]["scale"] == 1)
     tmodel = torchvision.models.resnet50(zero_init_residual=True)
     assert not torch.any(tmodel.layer1[0].bn3.weight)
     basic = jv.create_model("resnet18", zero_init_residual=True)
-    bv = basic.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
+    bv = jax.jit(basic.init)(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
     assert not np.any(bv["params"]["layer2_1"]["bn2"]["scale"])
 
 
@@ -151,9 +152,9 @@ def test_features_only_out_indices_and_info():
 def test_bfloat16_compute_keeps_float32_params():
     model = jv.create_model("resnet18", dtype=jnp.bfloat16)
     x = jnp.asarray(images((2, 64, 64, 3)))
-    variables = model.init(jax.random.key(0), x)
+    variables = jax.jit(model.init)(jax.random.key(0), x)
     assert {p.dtype for p in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
-    out = model.apply(variables, x)
+    out = jax.jit(model.apply)(variables, x)
     assert out.dtype == jnp.bfloat16
-    ref = jv.create_model("resnet18").apply(variables, x)
+    ref = jax.jit(jv.create_model("resnet18").apply)(variables, x)
     assert float(jnp.max(jnp.abs(out.astype(jnp.float32) - ref))) < 0.1 * float(jnp.max(jnp.abs(ref))) + 0.05
