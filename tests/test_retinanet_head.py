@@ -57,7 +57,7 @@ def test_head_outputs_equal(heads):
 
 def test_head_init_matches_torchvision_recipe():
     head = RetinaNetHead(A, K)
-    v = head.init(jax.random.key(0), _features(np.random.default_rng(0)))["params"]
+    v = jax.jit(head.init)(jax.random.key(0), _features(np.random.default_rng(0)))["params"]
     bias = np.asarray(v["classification_head"]["cls_logits"]["bias"])
     np.testing.assert_allclose(bias, -np.log(99.0), rtol=1e-6)  # prior 0.01
     assert float(np.std(v["regression_head"]["conv_0_0"]["kernel"])) == pytest.approx(0.01, rel=0.1)
@@ -113,7 +113,7 @@ def test_loss_gradients_are_finite(heads):
     padded = _pad(*_targets(np.random.default_rng(3), (2, 0)))
     loss = lambda o: sum(retinanet_loss(o, jnp.concatenate(anchors), *padded,
                                         box_loss="giou" if group_norm else "l1").values())
-    grads = jax.grad(loss)(out)
+    grads = jax.jit(jax.grad(loss))(out)
     assert all(bool(jnp.isfinite(g).all()) for g in jax.tree.leaves(grads))
 
 

@@ -42,9 +42,10 @@ def test_small_segmenter_runs_and_trains_on_cpu():
     moved = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), upd["batch_stats"],
                          variables["batch_stats"])
     assert all(jax.tree.leaves(moved))
-    out = model.apply(variables, x)
+    fwd = jax.jit(model.apply)
+    out = fwd(variables, x)
     assert out["out"].shape == (2, 32, 32, 3)
-    np.testing.assert_array_equal(out["out"], model.apply(variables, x)["out"])
+    np.testing.assert_array_equal(out["out"], fwd(variables, x)["out"])
 
 
 def test_bad_input_is_a_clear_error():

@@ -85,11 +85,11 @@ def test_aux_head_gets_ten_times_the_lr():
     c = seg_config()
     task = build_task(c, 4)
     model = build_model(c, 4, task)
-    params = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
+    params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
     c.optimizer.update(name="sgd", momentum=0.0, weight_decay=1e-2)
     tx = build_optimizer(c.optimizer, 0.1, params, None, task.lr_multipliers(params))
     grads = jax.tree.map(jnp.ones_like, params)
-    updates, _ = tx.update(grads, tx.init(params), params)
+    updates, _ = jax.jit(lambda g, p: tx.update(g, tx.init(p), p))(grads, params)
     for path, u in jax.tree_util.tree_leaves_with_path(updates):
         p = params
         for k in path:
