@@ -24,7 +24,7 @@ def resnet18_pth(tmp_path_factory):
 
 
 def logits(model, variables, x):
-    return model.apply(variables, jnp.asarray(x), train=False)
+    return jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, jnp.asarray(x))
 
 
 def leftovers(parent):
@@ -76,7 +76,7 @@ def test_features_only_model_loads_a_classifier_state_dict(resnet18_pth):
     tmodel, pth = resnet18_pth
     model, variables = jv.create_model("resnet18", pretrained=pth, features_only=True)
     assert "fc" not in variables["params"]
-    feats = model.apply(variables, jnp.asarray(images((1, 64, 64, 3))))
+    feats = jax.jit(model.apply)(variables, jnp.asarray(images((1, 64, 64, 3))))
     assert set(feats) == {"stem", "layer1", "layer2", "layer3", "layer4"}
 
 
