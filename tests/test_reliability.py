@@ -362,7 +362,8 @@ def test_export_safetensors_loads_into_torchvision_with_the_same_logits(base_run
     with torch.no_grad():
         want = tmodel(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
     # rtol: the shared lr-0.2 run may end with logits of ~1e6, where float32 holds ~0.06
-    np.testing.assert_allclose(model.apply(variables, x, train=False), want, rtol=1e-5, atol=1e-4)
+    got = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
 
 
 def test_export_stablehlo_runs_in_a_process_without_jaxvision(base_run, tmp_path):
