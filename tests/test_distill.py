@@ -249,8 +249,8 @@ def test_teacher_from_a_torchvision_pth(tmp_path):
     x = np.random.default_rng(0).normal(0, 1, (2, 32, 32, 3)).astype(np.float32)
     with torch.no_grad():
         want = net(torch.tensor(x).permute(0, 3, 1, 2)).numpy()
-    np.testing.assert_allclose(np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)), want,
-                               rtol=1e-4, atol=1e-4)
+    got = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match=r"t.pth does not fit resnet18 with 5 classes"):
         teachers.load_teacher(distill_config(tmp_path / "t.pth"), 5, log=lambda m: None)
 
